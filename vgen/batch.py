@@ -1,0 +1,40 @@
+"""Batch generation from a prompts file: one prompt a line, ``DIR/0000.png``, ``DIR/0001.png``,
+... in line order, the model loaded once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import InvalidRequestError
+from .generate import generate
+from .metadata import save_png
+from .requests import GenerateRequest
+
+
+def read_prompts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidRequestError(f"cannot read prompts file {path}: {e}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise InvalidRequestError(f"prompts file {path} has no prompts (one a line)")
+    return prompts
+
+
+def output_name(index: int, image: int, n_images: int) -> str:
+    return f"{index:04d}.png" if n_images == 1 else f"{index:04d}-{image}.png"
+
+
+def generate_file(prompts_file: Path, out_dir: Path, base: GenerateRequest,
+                  indices: range | None = None) -> list[Path]:
+    """Generate every prompt of ``prompts_file`` (or those at ``indices``) with the settings of
+    ``base``; returns the files written."""
+    prompts = read_prompts(prompts_file)
+    written = []
+    for i in indices if indices is not None else range(len(prompts)):
+        result = generate(replace(base, prompt=prompts[i]))
+        for j, im in enumerate(result.images):
+            written.append(save_png(im, out_dir / output_name(i, j, len(result.images))))
+    return written

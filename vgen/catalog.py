@@ -1,0 +1,66 @@
+"""The models the app offers by name, and each one's sensible defaults.
+
+The default model is the project's own (``checkpoints/vgen-shapes``) so the app works offline;
+an operator picks another with ``VGEN_DEFAULT_MODEL`` (e.g. ``stabilityai/sdxl-turbo`` on a GPU
+Space).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .requests import ModelDefaults
+
+EMBEDDED_MODEL = "vgen-shapes"
+EMBEDDED_EDIT_MODEL = "vgen-shapes-edit"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    ref: str
+    label: str
+    defaults: ModelDefaults
+    tasks: tuple[str, ...]
+
+
+SHAPES_DEFAULTS = ModelDefaults(width=64, height=64, steps=20, guidance=4.0)
+
+CATALOG: tuple[CatalogEntry, ...] = (
+    CatalogEntry(EMBEDDED_MODEL, "vgen-shapes (embedded, offline)", SHAPES_DEFAULTS,
+                 ("txt2img", "img2img", "inpaint")),
+    CatalogEntry(EMBEDDED_EDIT_MODEL, "vgen-shapes-edit (embedded, offline)",
+                 ModelDefaults(64, 64, 20, 4.0), ("instruct",)),
+    CatalogEntry("stabilityai/sd-turbo", "SD-Turbo (512, 1-4 steps)",
+                 ModelDefaults(512, 512, 1, 0.0), ("txt2img", "img2img", "inpaint")),
+    CatalogEntry("stabilityai/sdxl-turbo", "SDXL-Turbo (512, 1-4 steps)",
+                 ModelDefaults(512, 512, 1, 0.0), ("txt2img", "img2img", "inpaint")),
+    CatalogEntry("stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion 1.5",
+                 ModelDefaults(512, 512, 25, 7.5), ("txt2img", "img2img", "inpaint")),
+    CatalogEntry("timbrooks/instruct-pix2pix", "InstructPix2Pix",
+                 ModelDefaults(512, 512, 20, 7.5), ("instruct",)),
+)
+
+
+def default_model() -> str:
+    return os.environ.get("VGEN_DEFAULT_MODEL", "").strip() or EMBEDDED_MODEL
+
+
+def entry_for(ref: str) -> CatalogEntry | None:
+    bare = ref.split("@", 1)[0].rstrip("/")
+    for e in CATALOG:
+        if bare == e.ref or bare.endswith("/" + e.ref) and "/" not in e.ref:
+            return e
+    return None
+
+
+def defaults_for(ref: str, pipe=None) -> ModelDefaults:
+    """Catalog defaults, else ones read off the pipeline (native size from the UNet config)."""
+    e = entry_for(ref)
+    if e is not None:
+        return e.defaults
+    size = 512
+    if pipe is not None and getattr(pipe, "unet", None) is not None:
+        size = pipe.unet.config.sample_size * getattr(pipe, "vae_scale_factor", 8)
+    turbo = "turbo" in ref.lower()
+    return ModelDefaults(size, size, 1 if turbo else 25, 0.0 if turbo else 7.5)

@@ -1,0 +1,246 @@
+"""Command line: ``python -m vgen {generate,edit,info,train,eval} ...``.
+
+Bad input exits with status 2 and one line on stderr; the engine's own errors carry the
+message (what was wrong, what is allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import VgenError
+
+
+# ---- shared option groups -----------------------------------------------------------------
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x512, got {text!r}") from None
+    return w, h
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="Hub repo id[@revision] or local folder "
+                   "(default: VGEN_DEFAULT_MODEL or the embedded vgen-shapes)")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="-1 or omitted: draw one")
+    p.add_argument("--size", type=_size, default=None, metavar="WxH")
+    p.add_argument("--num", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    p.add_argument("--scheduler", default=None, help="dpm++2m, euler, euler-a, ddim, unipc, lcm, ...")
+
+
+def _request_kwargs(a: argparse.Namespace) -> dict:
+    w, h = a.size if a.size else (None, None)
+    return dict(negative_prompt=a.negative, model=a.model, steps=a.steps, guidance=a.guidance,
+                seed=a.seed, width=w, height=h, num_images=a.num, scheduler=a.scheduler)
+
+
+class _Bars:
+    """tqdm bars for downloads and denoising steps, as a JobControl."""
+
+    def __init__(self):
+        from tqdm.auto import tqdm
+
+        self._tqdm, self._steps, self._dl = tqdm, None, None
+
+    def progress(self, step: int, total: int) -> None:
+        if self._steps is None or step == 1:
+            if self._steps is not None:
+                self._steps.close()
+            self._steps = self._tqdm(total=total, desc="denoising", unit="step", leave=False)
+        self._steps.update(step - self._steps.n)
+
+    def download(self, p) -> None:
+        if self._dl is None:
+            self._dl = self._tqdm(total=p.bytes_total, desc="downloading", unit="B",
+                                  unit_scale=True, leave=False)
+        self._dl.set_postfix_str(f"{p.files_done}/{p.files_total} files")
+        self._dl.update(p.bytes_done - self._dl.n)
+
+    def control(self):
+        from .jobs import JobControl
+
+        return JobControl(progress=self.progress, download=self.download)
+
+    def close(self) -> None:
+        for bar in (self._steps, self._dl):
+            if bar is not None:
+                bar.close()
+        self._steps = self._dl = None
+
+
+def _numbered(out: Path, i: int, n: int) -> Path:
+    return out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+
+
+def _warn_vocabulary(result) -> None:
+    unknown = result.extras.get("unknown_words")
+    if unknown:
+        from .vocab import known_words
+        from .pipelines import model_cache
+
+        model = model_cache().get(result.model)
+        known = known_words(getattr(model.pipe, "tokenizer", None))
+        msg = f"warning: {result.model} does not know the words: {', '.join(unknown)}"
+        if known:
+            msg += f"\n  it knows: {' '.join(known)}"
+        print(msg, file=sys.stderr)
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .generate import generate
+    from .metadata import save_png
+    from .requests import GenerateRequest
+
+    if (a.prompt is None) == (a.prompts_file is None):
+        raise VgenError("give either a PROMPT or --prompts-file FILE")
+    bars = _Bars()
+    if a.prompts_file:
+        if not a.out_dir:
+            raise VgenError("--prompts-file needs --out-dir DIR")
+        from .batch import generate_file
+
+        written = generate_file(Path(a.prompts_file), Path(a.out_dir),
+                                GenerateRequest(prompt="", **_request_kwargs(a)))
+        print(f"wrote {len(written)} images to {a.out_dir}")
+        return 0
+    if not a.out:
+        raise VgenError("give --out FILE.png")
+    req = GenerateRequest(prompt=a.prompt, **_request_kwargs(a))
+    try:
+        result = generate(req, control=bars.control())
+    finally:
+        bars.close()
+    _warn_vocabulary(result)
+    out = Path(a.out)
+    for i, im in enumerate(result.images):
+        path = save_png(im, _numbered(out, i, len(result.images)))
+        print(f"{path}  seed {result.seeds[i]}")
+    return 0
+
+
+def cmd_edit(a: argparse.Namespace) -> int:
+    from .edit import edit
+    from .images import load_image
+    from .metadata import save_png
+    from .requests import EditRequest
+
+    image = load_image(a.image)
+    mask = load_image(a.mask, kind="mask") if a.mask else None
+    req = EditRequest(prompt=a.instruction, image=image, mask=mask, mode=a.mode,
+                      strength=a.strength, image_guidance=a.image_guidance, **_request_kwargs(a))
+    bars = _Bars()
+    try:
+        result = edit(req, control=bars.control())
+    finally:
+        bars.close()
+    _warn_vocabulary(result)
+    out = Path(a.out)
+    for i, im in enumerate(result.images):
+        path = save_png(im, _numbered(out, i, len(result.images)))
+        print(f"{path}  seed {result.seeds[i]}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from .images import open_image
+    from .metadata import read_parameters
+
+    print(read_parameters(open_image(a.file)))
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    if a.what == "shapes":
+        from .shapes.model import ModelConfig
+        from .shapes.train import TrainConfig, train_shapes
+
+        cfg = TrainConfig()
+        cfg = replace(cfg, out=a.out or cfg.out, steps=a.steps or cfg.steps,
+                      state_dir=a.state_dir or cfg.state_dir,
+                      vae_steps=a.vae_steps if a.vae_steps is not None else cfg.vae_steps)
+        if a.tiny:
+            cfg = replace(cfg, model=ModelConfig.tiny(), batch=4, vae_batch=4, save_every=max(1, cfg.steps // 2),
+                          log_every=1)
+        train_shapes(cfg, resume=a.resume, log=lambda m: print(m, flush=True))
+        return 0
+    raise VgenError(f"unknown training target {a.what!r}; known: shapes")
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    if a.what == "shapes":
+        from .shapes.evaluate import main as eval_main
+
+        return eval_main(a)
+    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m vgen", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="text to image")
+    g.add_argument("prompt", nargs="?")
+    g.add_argument("--prompts-file", default=None, help="one prompt a line")
+    g.add_argument("--out", default=None, help="FILE.png (with --num N: FILE-0.png, FILE-1.png, ...)")
+    g.add_argument("--out-dir", default=None, help="with --prompts-file: DIR/0000.png, ...")
+    _add_common(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("edit", help="edit an image")
+    e.add_argument("image")
+    e.add_argument("instruction")
+    e.add_argument("--mode", default="img2img", help="img2img | instruct | inpaint")
+    e.add_argument("--mask", default=None, help="mask image, white = repaint (inpaint)")
+    e.add_argument("--strength", type=float, default=0.75)
+    e.add_argument("--image-guidance", type=float, default=1.5)
+    e.add_argument("--out", required=True)
+    _add_common(e)
+    e.set_defaults(func=cmd_edit)
+
+    i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
+    i.add_argument("file")
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train an embedded model")
+    t.add_argument("what", help="shapes")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--out", default=None)
+    t.add_argument("--state-dir", default=None)
+    t.add_argument("--tiny", action="store_true", help="tiny config for smoke tests")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("eval", help="score a model on the shapes benchmark")
+    v.add_argument("what", help="shapes")
+    v.add_argument("--model", default=None)
+    v.add_argument("--n", type=int, default=None, help="prompts per category")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--steps", type=int, default=None)
+    v.add_argument("--guidance", type=float, default=None)
+    v.add_argument("--scheduler", default=None)
+    v.add_argument("--json", default=None)
+    v.set_defaults(func=cmd_eval)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (VgenError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

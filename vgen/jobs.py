@@ -1,0 +1,56 @@
+"""Per-job progress, cancel and time limit, hooked in through diffusers' step-end callback.
+
+A ``JobControl`` belongs to one job (one user's request), never to the process: Stop on one
+user's job sets only that job's event. Cancel is cooperative and checked after every denoising
+step, so a cancelled job stops within one step and frees its worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import CancelledError, VgenError
+
+
+class TimeLimitError(VgenError, TimeoutError):
+    """The job ran past the per-request time limit."""
+
+
+@dataclass
+class JobControl:
+    """Hooks of one job. ``progress(step, total)`` is called once per denoising step (1-based);
+    ``on_step(pipe, step, timestep, callback_kwargs)`` lets features observe the latents."""
+
+    progress: Callable[[int, int], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    time_limit_s: float | None = None
+    on_step: Callable[[Any, int, Any, dict], None] | None = None
+    download: Callable[[Any], None] | None = None  # hub.DownloadProgress updates
+    started: float = field(default_factory=time.monotonic)
+
+    def check(self) -> None:
+        """Raise if the job was cancelled or ran out of time."""
+        if self.cancel.is_set():
+            raise CancelledError("the job was cancelled")
+        if self.time_limit_s is not None and time.monotonic() - self.started > self.time_limit_s:
+            raise TimeLimitError(
+                f"the job ran past its time limit of {self.time_limit_s:.0f} s; "
+                "ask for fewer steps, fewer images or a smaller size"
+            )
+
+    def step_end_callback(self, total_hint: int):
+        """A ``callback_on_step_end`` for diffusers pipelines."""
+
+        def callback(pipe, i: int, t, kwargs: dict) -> dict:
+            total = getattr(pipe, "num_timesteps", None) or total_hint
+            if self.on_step is not None:
+                self.on_step(pipe, i, t, kwargs)
+            if self.progress is not None:
+                self.progress(i + 1, total)
+            self.check()
+            return kwargs
+
+        return callback

@@ -1,0 +1,181 @@
+"""Loading pipelines: one bounded, locked LRU cache of loaded models, and task views over them.
+
+A model is loaded once (even when two requests ask for it at the same moment) and every task
+of that model (text-to-image, img2img, inpainting) is a ``from_pipe`` view sharing its
+components, so nothing is loaded twice. Device and dtype are chosen automatically (CUDA with
+fp16 when present, else CPU with fp32) and can be overridden with ``VGEN_DEVICE`` and
+``VGEN_DTYPE``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import hub
+from .catalog import default_model
+from .errors import ModelError, UnsupportedModelError
+
+TASKS = ("txt2img", "img2img", "inpaint", "instruct")
+
+
+def pick_device() -> torch.device:
+    name = os.environ.get("VGEN_DEVICE", "").strip()
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    name = os.environ.get("VGEN_DTYPE", "").strip()
+    if name:
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                    "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[name]
+        except KeyError:
+            raise ModelError(f"VGEN_DTYPE={name!r} is not one of float32, float16, bfloat16") from None
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline plus where it came from; ``views`` caches its task pipelines."""
+
+    ref: str
+    resolved: hub.ResolvedModel
+    pipe: object
+    device: torch.device
+    dtype: torch.dtype
+    load_s: float
+    views: dict
+
+    @property
+    def revision(self) -> str:
+        return self.resolved.commit
+
+
+def _is_instruct(pipe) -> bool:
+    return "InstructPix2Pix" in type(pipe).__name__
+
+
+def load_pipeline(resolved: hub.ResolvedModel, device: torch.device, dtype: torch.dtype):
+    """Load a diffusers pipeline from a resolved folder: safetensors only, no remote code."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()
+    kwargs = dict(torch_dtype=dtype, use_safetensors=True)
+    if resolved.variant:
+        kwargs["variant"] = resolved.variant
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(resolved.path), **kwargs)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise UnsupportedModelError(
+            f"{resolved.ref} could not be loaded as a diffusers pipeline: {e}"
+        ) from e
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None:
+        raise UnsupportedModelError(f"{resolved.ref} is not a diffusion pipeline vgen can run")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def task_view(model: LoadedModel, task: str):
+    """The pipeline for ``task`` sharing ``model``'s components (``from_pipe``)."""
+    from diffusers import (
+        AutoPipelineForImage2Image,
+        AutoPipelineForInpainting,
+        AutoPipelineForText2Image,
+    )
+
+    if task not in TASKS:
+        raise UnsupportedModelError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task in model.views:
+        return model.views[task]
+    pipe = model.pipe
+    if _is_instruct(pipe) != (task == "instruct"):
+        if task == "instruct":
+            raise UnsupportedModelError(
+                f"{model.ref} is not an instruction-editing model; for the instruct mode pick an "
+                "InstructPix2Pix model (vgen-shapes-edit offline, or timbrooks/instruct-pix2pix)"
+            )
+        raise UnsupportedModelError(
+            f"{model.ref} is an instruction-editing model and only supports the instruct mode; "
+            f"pick a text-to-image model for {task}"
+        )
+    if task == "instruct":
+        view = pipe
+    else:
+        auto = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
+                "inpaint": AutoPipelineForInpainting}[task]
+        try:
+            view = auto.from_pipe(pipe)
+        except (ValueError, KeyError) as e:
+            raise UnsupportedModelError(f"{model.ref} does not support {task}: {e}") from e
+    view.set_progress_bar_config(disable=True)
+    model.views[task] = view
+    return view
+
+
+class ModelCache:
+    """Bounded LRU of loaded models, safe across threads; one load per model at a time."""
+
+    def __init__(self, max_models: int | None = None):
+        self.max_models = max_models or int(os.environ.get("VGEN_MODEL_CACHE_SIZE", "2"))
+        self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple, threading.Lock] = {}
+
+    def get(self, reference: str | None = None,
+            progress: Callable[[hub.DownloadProgress], None] | None = None) -> LoadedModel:
+        ref = (reference or "").strip() or default_model()
+        device = pick_device()
+        dtype = pick_dtype(device)
+        parsed = hub.parse_reference(ref)  # validate before touching the network
+        key = (str(parsed), str(device), str(dtype))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:  # a second request for the same model waits here, then hits the cache
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            t0 = time.perf_counter()
+            resolved = hub.resolve(parsed, prefer_fp16=dtype == torch.float16, progress=progress)
+            pipe = load_pipeline(resolved, device, dtype)
+            model = LoadedModel(str(parsed), resolved, pipe, device, dtype,
+                                time.perf_counter() - t0, {})
+            with self._lock:
+                self._models[key] = model
+                self._loading.pop(key, None)
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
+            return model
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return [m.ref for m in self._models.values()]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+_CACHE: ModelCache | None = None
+_CACHE_LOCK = threading.Lock()
+
+
+def model_cache() -> ModelCache:
+    """The process-wide model cache (the only global state of the engine)."""
+    global _CACHE
+    with _CACHE_LOCK:
+        if _CACHE is None:
+            _CACHE = ModelCache()
+        return _CACHE

@@ -1,0 +1,91 @@
+"""The steps every task shares: resolve the model, fill defaults, validate, seed, run the
+pipeline with progress and cancel, and stamp each image with its parameters."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from .catalog import default_model, defaults_for
+from .jobs import JobControl
+from .metadata import attach, format_parameters
+from .pipelines import LoadedModel, ModelCache, model_cache, task_view
+from .requests import (
+    GenerateRequest,
+    GenerationResult,
+    Limits,
+    Timings,
+    check_inputs,
+    with_model_defaults,
+)
+from .schedulers import make_scheduler, sampler_name
+from .vocab import unknown_words
+
+
+def resolve_seed(req: GenerateRequest, limits: Limits) -> GenerateRequest:
+    """A seed of None or -1 draws a fresh one (reported in the result)."""
+    if req.seed is None or req.seed == -1:
+        return replace(req, seed=random.SystemRandom().randrange(0, 2**32 - limits.max_images))
+    return req
+
+
+def generators(seed: int, n: int) -> list[torch.Generator]:
+    """Image ``i`` draws its noise from seed ``seed + i`` on the CPU, so it does not depend on
+    the batch it was made in nor on the device."""
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache | None,
+            limits: Limits | None) -> tuple[GenerateRequest, LoadedModel, Any]:
+    """Steps 1-4 of every task: validate, load, fill defaults, make a per-job pipeline."""
+    limits = limits or Limits.from_env()
+    ref = (req.model or "").strip() or default_model()
+    req = replace(req, model=ref)
+    # 1. Validate what can be validated before any download.
+    check_inputs(resolve_seed(with_model_defaults(req, defaults_for(ref)), limits), limits)
+    # 2. Load (or reuse) the model.
+    model = (cache or model_cache()).get(ref, progress=control.download if control else None)
+    # 3. Fill the model's real defaults, draw the seed, validate again.
+    req = resolve_seed(with_model_defaults(req, defaults_for(model.ref, model.pipe)), limits)
+    check_inputs(req, limits)
+    # 4. A per-job view with its own scheduler: schedulers keep per-run state.
+    view = task_view(model, req.task)
+    view = type(view).from_pipe(view, scheduler=make_scheduler(view.scheduler.config, req.scheduler))
+    view.set_progress_bar_config(disable=True)
+    return req, model, view
+
+
+def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
+        control: JobControl | None) -> GenerationResult:
+    """Run the pipeline and stamp the images; ``call_kwargs`` are the task's own arguments."""
+    control = control or JobControl()
+    control.check()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = view(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt or None,
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance,
+            num_images_per_prompt=req.num_images,
+            generator=generators(req.seed, req.num_images),
+            callback_on_step_end=control.step_end_callback(req.steps),
+            output_type="pil",
+            **call_kwargs,
+        )
+    seconds = time.perf_counter() - t0
+    sampler = sampler_name(view.scheduler)
+    seeds = tuple(req.seed + i for i in range(req.num_images))
+    images = tuple(
+        attach(im, format_parameters(req, s, sampler, model.ref, model.revision))
+        for im, s in zip(out.images, seeds)
+    )
+    return GenerationResult(
+        images=images, seeds=seeds, request=req, model=model.ref, revision=model.revision,
+        sampler=sampler, timings=Timings(load_s=model.load_s, denoise_s=seconds, total_s=seconds),
+        extras={"unknown_words": unknown_words(getattr(view, "tokenizer", None), req.prompt)},
+    )

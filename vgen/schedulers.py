@@ -1,0 +1,57 @@
+"""Sampler choices, by short key, mapped to diffusers schedulers and to the names AUTOMATIC1111
+writes in its ``parameters`` text (so files from both tools read the same)."""
+
+from __future__ import annotations
+
+import diffusers
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    UniPCMultistepScheduler,
+)
+
+# key: (class, extra config, A1111 sampler name)
+SCHEDULERS: dict[str, tuple[type, dict, str]] = {
+    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}, "DPM++ 2M"),
+    "dpm++2m-karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+        "DPM++ 2M Karras",
+    ),
+    "euler": (EulerDiscreteScheduler, {}, "Euler"),
+    "euler-a": (EulerAncestralDiscreteScheduler, {}, "Euler a"),
+    "ddim": (DDIMScheduler, {}, "DDIM"),
+    "unipc": (UniPCMultistepScheduler, {}, "UniPC"),
+    "lcm": (LCMScheduler, {}, "LCM"),
+}
+
+
+def make_scheduler(base_config, key: str | None):
+    """A fresh scheduler (schedulers hold per-run state, so never share one between jobs):
+    the model's own when ``key`` is None, else the named one built from the model's config."""
+    if key is None:
+        return getattr(diffusers, base_config["_class_name"]).from_config(base_config)
+    cls, extra, _ = SCHEDULERS[key]
+    return cls.from_config(base_config, **extra)
+
+
+def sampler_name(scheduler) -> str:
+    """The A1111 name of a scheduler instance (its class name when A1111 has none)."""
+    cfg = scheduler.config
+    for cls, extra, name in SCHEDULERS.values():
+        if type(scheduler) is cls and all(cfg.get(k) == v for k, v in extra.items()):
+            if cls is DPMSolverMultistepScheduler and not extra.get("use_karras_sigmas") and cfg.get("use_karras_sigmas"):
+                continue
+            return name
+    return type(scheduler).__name__
+
+
+def key_for_sampler(name: str) -> str | None:
+    """Inverse of ``sampler_name`` for the samplers vgen offers."""
+    for key, (_, _, a1111) in SCHEDULERS.items():
+        if a1111 == name:
+            return key
+    return None

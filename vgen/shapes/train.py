@@ -1,0 +1,297 @@
+"""Train the embedded shapes model: ``python -m vgen train shapes [--steps N] [--resume]``.
+
+Two phases in one resumable run:
+1. the autoencoder (``AutoencoderKL``, 64x64 -> 4x16x16 latents), L1 reconstruction plus a tiny
+   KL term, then frozen; its latent scale is set so latents have unit variance (as SD's 0.18215);
+2. the text encoder and UNet jointly, v-prediction on a cosine schedule (Nichol & Dhariwal 2021;
+   Salimans & Ho 2022) with min-SNR loss weighting (Hang et al. 2023), classifier-free guidance
+   dropout (Ho & Salimans 2022) and EMA weights, which are what gets saved.
+
+Resumable two ways: from ``STATE_DIR/state.pt`` (optimizer included; never committed) or, on a
+fresh machine, from the saved pipeline alone (weights of the last export, fresh optimizer).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import captions, world
+from .model import ModelConfig, build_all, build_sample_scheduler
+
+
+@dataclass
+class TrainConfig:
+    out: str = "checkpoints/vgen-shapes"
+    state_dir: str = "runs/vgen-shapes"
+    steps: int = 20000  # diffusion steps (phase 2)
+    vae_steps: int = 1500
+    batch: int = 32
+    vae_batch: int = 16
+    lr: float = 5e-4
+    vae_lr: float = 1e-3
+    warmup: int = 500
+    cfg_dropout: float = 0.1
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    save_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def sample_batch(rng: random.Random, n: int, cfg_dropout: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    """Fresh scenes (held-out pairs never included) with fresh captions; some captions are
+    dropped to "" so the model also learns the unconditional score for guidance."""
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    images = np.stack([world.render_array(s) for s in scenes])  # (n, 64, 64, 3)
+    texts = [
+        "" if rng.random() < cfg_dropout else captions.describe(rng, s) for s in scenes
+    ]
+    return images, texts
+
+
+def fix_tokenizer_class(folder: Path) -> None:
+    """transformers 5 names the fast tokenizer class ``TokenizersBackend``; record the name
+    every transformers release can load (``PreTrainedTokenizerFast``) in model_index.json."""
+    index = folder / "model_index.json"
+    data = json.loads(index.read_text())
+    data["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class EMA:
+    """Exponential moving average of parameters (Polyak averaging), with the usual warmup."""
+
+    def __init__(self, params, decay: float):
+        self.params = list(params)
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, params) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print):
+        self.cfg, self.log = cfg, log
+        torch.manual_seed(cfg.seed)
+        self.tok, self.text, self.vae, self.unet, self.noise = build_all(cfg.model)
+        self.phase, self.step, self.vae_step = "vae", 0, 0
+        self.rng = random.Random(cfg.seed)
+        self.state_path = Path(cfg.state_dir) / "state.pt"
+        self._make_optimizers()
+
+    # -- setup ---------------------------------------------------------------------------
+    def _make_optimizers(self) -> None:
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=self.cfg.vae_lr)
+        params = list(self.unet.parameters()) + list(self.text.parameters())
+        self.opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.01)
+        self.ema = EMA(params, self.cfg.ema_decay)
+
+    def _gen_params(self):
+        return list(self.unet.parameters()) + list(self.text.parameters())
+
+    def resume(self) -> bool:
+        """Restore from the full training state, or else from the exported pipeline."""
+        if self.state_path.exists():
+            st = torch.load(self.state_path, weights_only=False)
+            self.text.load_state_dict(st["text"])
+            self.vae.load_state_dict(st["vae"])
+            self.unet.load_state_dict(st["unet"])
+            self.vae_opt.load_state_dict(st["vae_opt"])
+            self.opt.load_state_dict(st["opt"])
+            self.ema.shadow = st["ema"]
+            self.phase, self.step, self.vae_step = st["phase"], st["step"], st["vae_step"]
+            self.vae.config.scaling_factor = st["scaling_factor"]
+            self.rng.setstate(st["rng"])
+            torch.set_rng_state(st["torch_rng"])
+            self.log(f"resumed from {self.state_path}: phase {self.phase}, step {self.step}")
+            return True
+        info = Path(self.cfg.out) / "training.json"
+        if info.exists():
+            from diffusers import StableDiffusionPipeline
+
+            meta = json.loads(info.read_text())
+            pipe = StableDiffusionPipeline.from_pretrained(self.cfg.out)
+            self.text.load_state_dict(pipe.text_encoder.state_dict())
+            self.vae.load_state_dict(pipe.vae.state_dict())
+            self.unet.load_state_dict(pipe.unet.state_dict())
+            self.vae.config.scaling_factor = pipe.vae.config.scaling_factor
+            self.ema = EMA(self._gen_params(), self.cfg.ema_decay)
+            self.phase, self.step, self.vae_step = "diffusion", meta["step"], meta["vae_step"]
+            self.rng = random.Random(self.cfg.seed + self.step)
+            self.log(f"resumed from exported weights in {self.cfg.out}: step {self.step}")
+            return True
+        return False
+
+    def save_state(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "text": self.text.state_dict(), "vae": self.vae.state_dict(),
+                "unet": self.unet.state_dict(), "vae_opt": self.vae_opt.state_dict(),
+                "opt": self.opt.state_dict(), "ema": self.ema.shadow, "phase": self.phase,
+                "step": self.step, "vae_step": self.vae_step,
+                "scaling_factor": self.vae.config.scaling_factor,
+                "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
+        tmp.replace(self.state_path)  # atomic: a kill mid-save never corrupts the state
+
+    # -- phase 1: autoencoder -------------------------------------------------------------
+    def vae_step_once(self) -> float:
+        images, _ = sample_batch(self.rng, self.cfg.vae_batch)
+        x = images_to_tensor(images)  # (B, 3, 64, 64)
+        post = self.vae.encode(x).latent_dist
+        # The posterior mean plus a little fixed noise: sampling at the initial unit variance
+        # drowns the signal and the decoder learns color far too slowly; a small fixed noise
+        # still makes the decoder robust to the diffusion model's small latent errors.
+        z = post.mean + 0.1 * torch.randn_like(post.mean)  # (B, 4, 16, 16)
+        rec = self.vae.decode(z).sample  # (B, 3, 64, 64)
+        loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+        self.vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.vae_opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def fit_latent_scale(self, n: int = 512) -> float:
+        images, _ = sample_batch(random.Random(1234), n)
+        z = self.vae.encode(images_to_tensor(images)).latent_dist.mean
+        return float(1.0 / z.flatten().std())
+
+    # -- phase 2: text encoder + UNet -----------------------------------------------------
+    def diffusion_step_once(self) -> float:
+        c = self.cfg
+        images, texts = sample_batch(self.rng, c.batch, c.cfg_dropout)
+        with torch.no_grad():
+            z0 = self.vae.encode(images_to_tensor(images)).latent_dist.mean
+            z0 = z0 * self.vae.config.scaling_factor  # (B, 4, 16, 16)
+        ids = self.tok(texts, padding="max_length", max_length=self.tok.model_max_length,
+                       truncation=True, return_tensors="pt").input_ids  # (B, 32)
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (z0.shape[0],))
+        zt = self.noise.add_noise(z0, noise, t)
+        target = self.noise.get_velocity(z0, noise, t)
+        cond = self.text(ids).last_hidden_state  # (B, 32, D)
+        pred = self.unet(zt, t, cond).sample
+        # Min-SNR-gamma weights for v-prediction: min(snr, gamma) / (snr + 1).
+        abar = self.noise.alphas_cumprod[t]
+        snr = abar / (1 - abar)
+        w = torch.clamp(snr, max=c.min_snr_gamma) / (snr + 1)
+        loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        lr = c.lr * min(1.0, (self.step + 1) / c.warmup)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self._gen_params(), 1.0)
+        self.opt.step()
+        self.ema.update(self.step)
+        return loss.item()
+
+    # -- export ---------------------------------------------------------------------------
+    def export(self, out: str | Path | None = None):
+        """Write the pipeline (EMA weights) with save_pretrained, safetensors only."""
+        import copy
+
+        from diffusers import StableDiffusionPipeline
+
+        out = Path(out or self.cfg.out)
+        text, unet = copy.deepcopy(self.text), copy.deepcopy(self.unet)
+        self.ema.copy_to(list(unet.parameters()) + list(text.parameters()))
+        pipe = StableDiffusionPipeline(
+            vae=self.vae, text_encoder=text, tokenizer=self.tok, unet=unet,
+            scheduler=build_sample_scheduler(self.cfg.model), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.save_pretrained(out, safe_serialization=True)
+        fix_tokenizer_class(out)
+        meta = {
+            "step": self.step, "vae_step": self.vae_step, "batch": self.cfg.batch,
+            "samples_seen": self.step * self.cfg.batch, "world_spec": world.SPEC_VERSION,
+            "config": asdict(self.cfg),
+        }
+        (out / "training.json").write_text(json.dumps(meta, indent=2))
+        return pipe
+
+    # -- loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        c = self.cfg
+        t0, losses = time.time(), []
+        while self.phase == "vae" and self.vae_step < c.vae_steps:
+            losses.append(self.vae_step_once())
+            self.vae_step += 1
+            if self.vae_step % c.log_every == 0:
+                self.log(f"vae step {self.vae_step}/{c.vae_steps} l1 {np.mean(losses):.4f} "
+                         f"({(time.time() - t0) / len(losses):.2f} s/step)")
+                t0, losses = time.time(), []
+            if self.vae_step % c.save_every == 0:
+                self.save_state()
+        if self.phase == "vae":
+            self.vae.config.scaling_factor = self.fit_latent_scale()
+            self.vae.requires_grad_(False)
+            self.phase = "diffusion"
+            self.log(f"latent scale {self.vae.config.scaling_factor:.4f}")
+            self.save_state()
+        self.vae.requires_grad_(False).eval()
+        t0, losses = time.time(), []
+        while self.step < c.steps:
+            losses.append(self.diffusion_step_once())
+            self.step += 1
+            if self.step % c.log_every == 0:
+                self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f} "
+                         f"({(time.time() - t0) / len(losses):.2f} s/step)")
+                t0, losses = time.time(), []
+            if self.step % c.save_every == 0:
+                self.save_state()
+                self.export()
+                self.log(f"exported step {self.step} to {c.out}")
+        self.save_state()
+        self.export()
+        self.log(f"done: step {self.step}, exported to {c.out}")
+
+
+def train_shapes(cfg: TrainConfig, resume: bool = False, log=print) -> Trainer:
+    """Entry point of ``python -m vgen train shapes``."""
+    trainer = Trainer(cfg, log=log)
+    if resume and not trainer.resume():
+        log("nothing to resume from; starting fresh")
+    trainer.run()
+    return trainer
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for background runs
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    ap.add_argument("--out", default=TrainConfig.out)
+    ap.add_argument("--state-dir", default=TrainConfig.state_dir)
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args()
+    train_shapes(TrainConfig(out=a.out, state_dir=a.state_dir, steps=a.steps, vae_steps=a.vae_steps),
+                 resume=a.resume, log=lambda m: print(m, flush=True))
