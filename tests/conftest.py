@@ -152,3 +152,33 @@ def local_hub_env(local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.Monke
 # ==================================================================================================
 # (end of local Hugging Face Hub section)
 # ==================================================================================================
+
+
+# ==================================================================================================
+# Tiny random pipelines (txt2img, inpaint, instruct) saved in Hub layout under one allowed root.
+#
+#   tiny_models    session fixture: {"root": Path, "txt2img": Path, "inpaint": Path, "instruct": Path}
+#   tiny_env       function fixture: VGEN_MODEL_ROOTS = that root and VGEN_DEFAULT_MODEL = the txt2img
+#                  folder, with a fresh model cache; returns tiny_models.
+# ==================================================================================================
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    from tiny_models import save_tiny
+
+    root = tmp_path_factory.mktemp("models")
+    out = {"root": root}
+    for kind in ("txt2img", "inpaint", "instruct"):
+        out[kind] = save_tiny(root / f"tiny-{kind}", kind)
+    return out
+
+
+@pytest.fixture
+def tiny_env(tiny_models, monkeypatch):
+    from vgen import pipelines
+
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tiny_models["root"]))
+    monkeypatch.setenv("VGEN_DEFAULT_MODEL", str(tiny_models["txt2img"]))
+    monkeypatch.setattr(pipelines, "_CACHE", None)
+    return tiny_models

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -92,6 +93,14 @@ def repos(local_hub) -> dict[str, str]:
         "v1": v1,
         "main": main,
     }
+
+
+def _dead_endpoint() -> str:
+    """An endpoint on a loopback port nothing listens on (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def _files(folder: Path) -> set[str]:
@@ -304,6 +313,7 @@ def test_resolve_downloads_only_pipeline_files(local_hub_env, repos):
     cached_names = {p.name for p in local_hub_env.rglob("*")}
     assert not any(n.endswith((".bin", ".ckpt", ".py", ".onnx", ".msgpack")) for n in cached_names)
     assert "tiny_single_file.safetensors" not in cached_names
+    assert len(list(local_hub_env.rglob("blobs/*"))) == len(EXPECTED_PLAIN)  # one blob per wanted file
 
     assert events, "progress callback never called"
     assert all(e.files_total == len(EXPECTED_PLAIN) for e in events)
@@ -343,7 +353,7 @@ def test_second_resolve_downloads_nothing(local_hub_env, repos, local_hub, monke
     assert resolve(PIPE) == first
     assert resolve(f"{PIPE}@{repos[PIPE]}").path == first.path
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setenv("HF_ENDPOINT", _dead_endpoint())
     assert resolve(PIPE) == first
 
 
@@ -390,9 +400,10 @@ def test_offline_and_not_cached(local_hub_env, repos, monkeypatch):
 
 
 def test_unreachable_hub_and_not_cached(local_hub_env, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    endpoint = _dead_endpoint()
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
     start = time.monotonic()
-    with pytest.raises(OfflineError, match="127.0.0.1:9"):
+    with pytest.raises(OfflineError, match=endpoint):
         resolve(PIPE)
     assert time.monotonic() - start < 20
 

@@ -7,26 +7,13 @@ Brooks et al. 2023: follow an instruction, with image guidance keeping the sourc
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from PIL import Image
 
-from .catalog import default_model, defaults_for
 from .errors import InvalidRequestError
 from .jobs import JobControl
 from .pipelines import ModelCache
 from .requests import EditRequest, GenerationResult, Limits
 from .runner import prepare, run
-
-
-def fit_size(image: Image.Image, native_w: int, native_h: int) -> tuple[int, int]:
-    """The size to edit at when none is given: the source's aspect at the model's native area,
-    in multiples of 8."""
-    area = native_w * native_h
-    aspect = image.width / image.height
-    w = max(8, round((area * aspect) ** 0.5 / 8) * 8)
-    h = max(8, round((area / aspect) ** 0.5 / 8) * 8)
-    return w, h
 
 
 def _mask_image(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -43,11 +30,7 @@ def edit(req: EditRequest, control: JobControl | None = None,
         raise InvalidRequestError("edit() takes an EditRequest")
     if req.image is None:
         raise InvalidRequestError("an edit needs a source image; none was given")
-    # 1. Default size from the source's aspect at the model's native area.
-    if req.width is None or req.height is None:
-        d = defaults_for((req.model or "").strip() or default_model())
-        w, h = fit_size(req.image, d.width, d.height)
-        req = replace(req, width=req.width or w, height=req.height or h)
+    # 1. Load, fill defaults (the source's aspect at the model's native size), validate.
     req, model, view = prepare(req, control, cache, limits)
     # 2. Source (and mask) at the working size.
     size = (req.width, req.height)

@@ -142,7 +142,7 @@ class ResolvedModel:
     ref: ModelRef
     path: Path
     commit: str  # resolved commit hash for Hub refs; "local" for local folders
-    variant: str | None  # "fp16" when the fp16 weight files are the ones present, else None
+    variant: str | None  # pass as from_pretrained(variant=...): "fp16" if fp16 weights were chosen, else None
 
 
 # --------------------------------------------------------------------------------------------------

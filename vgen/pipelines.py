@@ -68,9 +68,14 @@ def load_pipeline(resolved: hub.ResolvedModel, device: torch.device, dtype: torc
     """Load a diffusers pipeline from a resolved folder: safetensors only, no remote code."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
 
+    # Engine callers show their own progress; the libraries' bars and notices are noise here.
     dlogging.set_verbosity_error()
-    kwargs = dict(torch_dtype=dtype, use_safetensors=True)
+    dlogging.disable_progress_bar()
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+    kwargs = dict(dtype=dtype, use_safetensors=True)
     if resolved.variant:
         kwargs["variant"] = resolved.variant
     try:

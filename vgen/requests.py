@@ -126,14 +126,28 @@ class GenerationResult:
         return tuple(im.info.get("parameters", "") for im in self.images)
 
 
+def fit_size(image: Image.Image, native_w: int, native_h: int) -> tuple[int, int]:
+    """The size to edit at when none is given: the source's aspect at the model's native area,
+    in multiples of 8."""
+    area = native_w * native_h
+    aspect = image.width / image.height
+    w = max(8, round((area * aspect) ** 0.5 / 8) * 8)
+    h = max(8, round((area / aspect) ** 0.5 / 8) * 8)
+    return w, h
+
+
 def with_model_defaults(req: GenerateRequest, defaults: ModelDefaults) -> GenerateRequest:
-    """Fill the fields left as None with the model's defaults."""
+    """Fill the fields left as None with the model's defaults (an edit keeps its source's
+    aspect ratio at the model's native area)."""
+    width, height = defaults.width, defaults.height
+    if isinstance(req, EditRequest) and isinstance(req.image, Image.Image):
+        width, height = fit_size(req.image, width, height)
     return replace(
         req,
         steps=defaults.steps if req.steps is None else req.steps,
         guidance=defaults.guidance if req.guidance is None else req.guidance,
-        width=defaults.width if req.width is None else req.width,
-        height=defaults.height if req.height is None else req.height,
+        width=width if req.width is None else req.width,
+        height=height if req.height is None else req.height,
     )
 
 

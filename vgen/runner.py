@@ -81,11 +81,11 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     sampler = sampler_name(view.scheduler)
     seeds = tuple(req.seed + i for i in range(req.num_images))
     images = tuple(
-        attach(im, format_parameters(req, s, sampler, model.ref, model.revision))
+        attach(im, format_parameters(req, s, sampler, req.model, model.revision))
         for im, s in zip(out.images, seeds)
     )
     return GenerationResult(
-        images=images, seeds=seeds, request=req, model=model.ref, revision=model.revision,
+        images=images, seeds=seeds, request=req, model=req.model, revision=model.revision,
         sampler=sampler, timings=Timings(load_s=model.load_s, denoise_s=seconds, total_s=seconds),
         extras={"unknown_words": unknown_words(getattr(view, "tokenizer", None), req.prompt)},
     )

@@ -1,0 +1,504 @@
+"""The web demo end to end: ``python app.py`` in a subprocess on a loopback port, driven by
+``gradio_client`` against tiny random 64x64 pipelines; plus the cancel path (Stop and a client
+that goes away) against an in-process server whose engine call is replaced by a slow fake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 2
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_http(url: str, proc: subprocess.Popen | None, log: Path | None,
+                   timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:]
+            pytest.fail(f"app.py exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(url + "config", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    tail = log.read_text(errors="replace")[-4000:] if log else ""
+    pytest.fail(f"the app did not answer on {url} within {timeout:.0f} s:\n{tail}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The real app in a subprocess
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, models folder): app.py serving with a tiny txt2img default model."""
+    work = tmp_path_factory.mktemp("app")
+    models = work / "models"
+    models.mkdir()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "VGEN_DEFAULT_MODEL": str(models / "tiny-txt2img"),
+        "VGEN_MODEL_ROOTS": str(models),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_TEMP_DIR": str(work / "gradio"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(work / "hf-cache"),
+        "VGEN_DEVICE": "cpu",
+        "VGEN_JOB_TIME_LIMIT": "300",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("VGEN_CONCURRENCY", None)
+    log = work / "app.log"
+    with open(log, "wb") as out:
+        # The app starts before its default model exists: nothing is loaded at start-up.
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        from tiny_models import save_tiny
+
+        for kind in ("txt2img", "inpaint", "instruct"):
+            save_tiny(models / f"tiny-{kind}", kind)
+        url = f"http://127.0.0.1:{port}/"
+        _wait_for_http(url, proc, log, timeout=240)
+        yield url, models
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def client(served, tmp_path_factory) -> Client:
+    url, _ = served
+    return Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+@pytest.fixture(scope="module")
+def models(served) -> Path:
+    return served[1]
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pictures")
+    source = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(source).rectangle([16, 16, 47, 47], fill="red")
+    source.save(folder / "source.png")
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle([16, 16, 47, 47], fill=255)
+    mask.save(folder / "mask.png")
+    (folder / "notes.txt").write_text("this is not an image\n")
+    return {"source": folder / "source.png", "mask": folder / "mask.png",
+            "text": folder / "notes.txt"}
+
+
+def _generate(client: Client, prompt: str = "a red circle", **kw):
+    kw.setdefault("steps", STEPS)
+    kw.setdefault("randomize_seed", False)
+    return client.predict(prompt, api_name="/generate", **kw)
+
+
+def _parameters(item: dict) -> str:
+    return Image.open(item["image"]).info["parameters"]
+
+
+def test_only_generate_and_edit_are_public(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == {"/generate", "/edit"}
+    assert not api["unnamed_endpoints"]
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
+    assert names == ["prompt", "negative_prompt", "model", "steps", "guidance", "seed",
+                     "randomize_seed", "width", "height", "num_images", "scheduler"]
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/edit"]["parameters"]]
+    assert names[:4] == ["image", "prompt", "mode", "mask"]
+
+
+def test_generate_returns_pngs_with_their_seeds(client):
+    gallery, info, notice = _generate(client, "a red circle to the left of a blue square",
+                                      seed=5, num_images=2)
+    assert [item["caption"] for item in gallery] == ["seed 5", "seed 6"]
+    for item, seed in zip(gallery, (5, 6)):
+        image = Image.open(item["image"])
+        assert image.format == "PNG" and image.size == (64, 64)  # native pixels, not enlarged
+        text = image.info["parameters"]
+        assert text.startswith("a red circle to the left of a blue square\n")
+        assert f"Seed: {seed}," in text and f"Steps: {STEPS}," in text
+    assert "seeds 5, 6" in info and "tiny-txt2img" in info
+    assert notice == ""
+
+
+def test_same_seed_same_pixels_and_restore(client):
+    import app
+
+    first = _generate(client, "two yellow triangles and a green square", seed=11, steps=1)[0][0]
+    second = _generate(client, "two yellow triangles and a green square", seed=11, steps=1)[0][0]
+    assert Image.open(first["image"]).tobytes() == Image.open(second["image"]).tobytes()
+    # Dropping that PNG on "Restore parameters" fills the Text to Image fields.
+    prompt, negative, model, steps, guidance, seed, randomize, width, height, scheduler = (
+        app.restore_parameters(first["image"]))
+    assert (prompt, steps, seed, randomize, width, height) == (
+        "two yellow triangles and a green square", 1, 11, False, 64, 64)
+    assert model.endswith("tiny-txt2img") and scheduler in app._scheduler_choices()
+
+
+def test_unknown_words_are_reported(client):
+    _, _, notice = _generate(client, "a cat on a sofa", steps=1)
+    assert "`cat`" in notice and "`sofa`" in notice
+    assert "circle" in notice and "square" in notice  # what the model does know
+    assert "stabilityai/sd-turbo" in notice  # and where to go for everything else
+
+
+def _edit(client, pictures, prompt="a blue circle", **kw):
+    kw.setdefault("steps", STEPS)
+    kw.setdefault("seed", 3)
+    kw.setdefault("randomize_seed", False)
+    # Explicit size: the engine sizes edits of models outside the catalog at 512 by default.
+    kw.setdefault("width", 64)
+    kw.setdefault("height", 64)
+    return client.predict(handle_file(str(pictures["source"])), prompt, api_name="/edit", **kw)
+
+
+def test_edit_img2img(client, pictures):
+    gallery, info, _ = _edit(client, pictures, mode="img2img", strength=0.6)
+    text = _parameters(gallery[0])
+    assert "Task: img2img" in text and "Denoising strength: 0.6" in text and "Seed: 3," in text
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
+    assert gallery[0]["caption"] == "seed 3"
+
+
+def test_edit_inpaint(client, pictures, models):
+    gallery, _, _ = _edit(client, pictures, mode="inpaint",
+                          mask=handle_file(str(pictures["mask"])),
+                          model=str(models / "tiny-inpaint"))
+    text = _parameters(gallery[0])
+    assert "Task: inpaint" in text and "tiny-inpaint" in text
+
+
+def test_edit_instruct(client, pictures, models):
+    gallery, _, _ = _edit(client, pictures, "make the square blue", mode="instruct",
+                          image_guidance=1.2, model=str(models / "tiny-instruct"))
+    text = _parameters(gallery[0])
+    assert "Task: instruct" in text and "Image CFG scale: 1.2" in text
+
+
+BAD_GENERATE = [
+    pytest.param(dict(width=10000, height=10000), "width must be from 64 to 2048", id="size"),
+    pytest.param(dict(steps=0), "steps must be from 1", id="steps-0"),
+    pytest.param(dict(num_images=-1), "number of images must be from 1", id="negative-batch"),
+    pytest.param(dict(model="../../etc"), "outside the allowed model folders|not an existing folder",
+                 id="model-path"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_GENERATE)
+def test_bad_generate_input_is_a_readable_error(client, kwargs, message):
+    with pytest.raises(AppError, match=message):
+        _generate(client, "a red circle", **kwargs)
+    gallery, _, _ = _generate(client, "a red circle", steps=1, seed=1)  # still serving
+    assert len(gallery) == 1
+
+
+@pytest.mark.parametrize("which, kwargs, message", [
+    pytest.param(None, dict(), "needs a source image", id="no-image"),
+    pytest.param("text", dict(), "not a readable image", id="not-an-image"),
+    pytest.param("source", dict(mode="inpaint"), "inpainting needs a mask", id="inpaint-no-mask"),
+])
+def test_bad_edit_input_is_a_readable_error(client, pictures, which, kwargs, message):
+    image = handle_file(str(pictures[which])) if which else None
+    with pytest.raises(AppError, match=message):
+        client.predict(image, "x", api_name="/edit", steps=1, width=64, height=64, **kwargs)
+    gallery, _, _ = _edit(client, pictures, steps=2, strength=0.5)  # still serving
+    assert len(gallery) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the UI, without a server
+# ---------------------------------------------------------------------------------------------
+
+
+def test_editor_layers_become_the_inpainting_mask(tmp_path):
+    import app
+
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "bg.png")
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).rectangle([8, 8, 23, 23], fill=(255, 61, 245, 90))  # any paint counts
+    layer.save(tmp_path / "layer.png")
+    editor = {"background": str(tmp_path / "bg.png"), "layers": [str(tmp_path / "layer.png")],
+              "composite": str(tmp_path / "bg.png")}
+    source, mask = app.editor_image_and_mask(editor, "inpaint")
+    assert source.mode == "RGB" and mask.mode == "L"
+    assert mask.getpixel((10, 10)) == 255 and mask.getpixel((40, 40)) == 0
+    assert app.editor_image_and_mask(editor, "img2img")[1] is None
+    empty = dict(editor, layers=[])
+    assert app.editor_image_and_mask(empty, "inpaint")[1] is None  # -> "needs a mask"
+    assert app.editor_image_and_mask(None, "img2img") == (None, None)
+
+
+def test_ui_values_become_requests_with_none_for_defaults():
+    import app
+
+    req = app.generate_request("p", None, "", None, None, 7, True, None, None, None,
+                               app.DEFAULT_SCHEDULER)
+    assert (req.model, req.steps, req.guidance, req.seed, req.width, req.height) == (None,) * 6
+    assert (req.num_images, req.scheduler, req.negative_prompt) == (1, None, "")
+    req = app.generate_request("p", "n", "org/name", 4, 3.5, 7, False, 128, 64, 2, "euler")
+    assert (req.model, req.steps, req.guidance, req.seed, req.width, req.height, req.num_images,
+            req.scheduler) == ("org/name", 4, 3.5, 7, 128, 64, 2, "euler")
+    with pytest.raises(ValueError, match="whole number"):
+        app.generate_request("p", "", None, 2.5, None, 0, True, None, None, 1, None)
+    # The browser sends an untouched gr.Number as 0: in the UI (only) that is "model default".
+    assert [app._ui_default(v) for v in (0, 0.0, None, 4, 7.5)] == [None, None, None, 4, 7.5]
+
+
+def test_model_picker_marks_cached_models(tmp_path, monkeypatch):
+    import app
+    from tiny_models import save_tiny
+
+    save_tiny(tmp_path / "tiny", "txt2img")
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tmp_path))
+    monkeypatch.setenv("VGEN_DEFAULT_MODEL", str(tmp_path / "tiny"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    labels = {ref: label for label, ref in app.model_choices(app.T2I_TASKS)}
+    tiny = labels[str(tmp_path / "tiny")]
+    assert "✓ cached" in tiny and "default" in tiny
+    assert "downloads on first use" in labels["stabilityai/sd-turbo"]
+    assert "timbrooks/instruct-pix2pix" not in labels  # an edit-only model
+    edit_refs = [ref for _, ref in app.model_choices(app.EDIT_TASKS)]
+    assert "timbrooks/instruct-pix2pix" in edit_refs
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancel: an in-process server whose engine call is a slow fake
+# ---------------------------------------------------------------------------------------------
+
+
+class SlowEngine:
+    """Stands in for app._engine_call: reports a step every 20 ms until cancelled."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+        self.abort = threading.Event()  # set at teardown so a failed test leaves no job behind
+
+    def __call__(self, kind, request, control):
+        from vgen.errors import CancelledError
+
+        self.started.set()
+        try:
+            for step in range(1, 3001):  # about a minute unless cancelled
+                time.sleep(0.02)
+                control.progress(step, 3000)
+                if control.cancel.is_set():
+                    self.cancelled.set()
+                    raise CancelledError("the job was cancelled")
+                if self.abort.is_set():
+                    break
+            raise AssertionError("the fake engine was never cancelled")
+        finally:
+            self.finished.set()
+
+
+@pytest.fixture(scope="module")
+def inprocess_url():
+    import app
+
+    demo = app.build_demo()
+    demo.queue(**app.queue_settings())
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_http(url, None, None, timeout=60)
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def slow_engine(monkeypatch):
+    import app
+
+    fake = SlowEngine()
+    monkeypatch.setattr(app, "_engine_call", fake)
+    yield fake
+    fake.abort.set()
+    fake.finished.wait(10)
+
+
+def test_stop_cancels_the_running_engine(inprocess_url, slow_engine):
+    client = Client(inprocess_url, verbose=False)
+    job = client.submit("a red circle", api_name="/generate")
+    assert slow_engine.started.wait(30), "the job never started"
+    deadline = time.monotonic() + 15  # the progress bar moves per denoising step
+    progress = None
+    while time.monotonic() < deadline and not (progress and progress[0].length == 3000):
+        time.sleep(0.05)
+        progress = job.status().progress_data
+    assert progress and progress[0].unit == "steps" and progress[0].length == 3000
+    assert progress[0].desc == "denoising" and 1 <= progress[0].index < 3000
+    assert job.cancel()
+    assert slow_engine.cancelled.wait(10), "Stop did not reach the engine"
+    assert slow_engine.finished.wait(10)
+
+
+def _queue_messages(url: str, api_name: str, data: list, http):
+    """Join the queue as the browser does (also for private UI events) and yield the SSE
+    messages; closing this generator hangs up."""
+    config = http.get(url + "config").json()
+    prefix = config.get("api_prefix", "/gradio_api").strip("/")
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+    session = uuid.uuid4().hex
+    joined = http.post(f"{url}{prefix}/queue/join",
+                       json={"data": data, "fn_index": fn_index, "session_hash": session,
+                             "event_data": None, "trigger_id": None})
+    assert joined.status_code == 200, joined.text
+    with http.stream("GET", f"{url}{prefix}/queue/data", params={"session_hash": session}) as s:
+        for line in s.iter_lines():
+            if line.startswith("data:"):
+                yield json.loads(line[5:])
+
+
+def test_a_client_that_goes_away_cancels_its_job(inprocess_url, slow_engine):
+    import httpx
+
+    data = ["a red circle", "", None, None, None, 0, True, None, None, 1, "model default"]
+    with httpx.Client(timeout=30) as http:
+        messages = _queue_messages(inprocess_url, "generate", data, http)
+        for message in messages:
+            if message.get("msg") == "progress":
+                break  # the engine is running; now hang up
+        messages.close()
+    assert slow_engine.started.is_set()
+    assert slow_engine.cancelled.wait(20), "a vanished client's job kept running"
+    assert slow_engine.finished.wait(10)
+
+
+def test_the_generate_button_sends_0_for_model_defaults(inprocess_url, monkeypatch):
+    """The browser sends untouched number fields as 0; the UI event turns them into None."""
+    import httpx
+
+    import app
+    from vgen.errors import InvalidRequestError
+
+    seen = []
+
+    def recording_engine(kind, request, control):
+        seen.append(request)
+        raise InvalidRequestError("recorded")
+
+    monkeypatch.setattr(app, "_engine_call", recording_engine)
+    data = ["a red circle", "", None, 0, 0, 3, False, 0, 0, 2, "model default"]
+    with httpx.Client(timeout=30) as http:
+        for message in _queue_messages(inprocess_url, "generate_from_ui", data, http):
+            if message.get("msg") == "process_completed":
+                assert message["output"]["error"] == "recorded"
+                break
+    (req,) = seen
+    assert (req.steps, req.guidance, req.width, req.height) == (None, None, None, None)
+    assert (req.seed, req.num_images, req.scheduler) == (3, 2, None)
+
+
+def test_a_missing_default_model_is_an_error_on_use_not_at_start(inprocess_url, monkeypatch):
+    monkeypatch.setenv("VGEN_DEFAULT_MODEL", "no-such-model")
+    client = Client(inprocess_url, verbose=False)
+    with pytest.raises(AppError, match="no-such-model"):
+        client.predict("a red circle", model="", steps=1, api_name="/generate")
+
+
+def test_downloading_a_model_reports_bytes_and_files(inprocess_url, local_hub, local_hub_env,
+                                                     tmp_path):
+    import httpx
+
+    from tiny_models import save_tiny
+
+    save_tiny(tmp_path / "tiny", "txt2img")
+    local_hub.add_repo("vgen-tests/tiny-app", from_dir=tmp_path / "tiny")
+    data = ["a red circle", "", "vgen-tests/tiny-app", 1, None, 2, False, None, None, 1,
+            "model default"]
+    descs, completed = [], None
+    with httpx.Client(timeout=120) as http:
+        for message in _queue_messages(inprocess_url, "generate", data, http):
+            if message.get("msg") == "progress":
+                descs += [p.get("desc") or "" for p in message["progress_data"]]
+            if message.get("msg") == "process_completed":
+                completed = message
+                break
+    assert completed and completed["success"], completed
+    downloads = [d for d in descs if d.startswith("downloading the model")]
+    assert downloads and "MB" in downloads[-1] and "files" in downloads[-1], descs
+    assert "denoising" in descs
+
+
+def test_on_zero_gpu_the_engine_call_runs_inside_spaces_gpu(monkeypatch):
+    import importlib.util
+    import types
+
+    calls = []
+
+    def gpu(duration=60):
+        def wrap(fn):
+            calls.append(("decorated", duration))
+
+            def on_gpu(*args, **kwargs):
+                calls.append(("called", args[0]))
+                return fn(*args, **kwargs)
+
+            return on_gpu
+
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setenv("VGEN_GPU_DURATION", "90")
+    spec = importlib.util.spec_from_file_location("app_on_zero_gpu", REPO / "app.py")
+    zero = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, zero)
+    spec.loader.exec_module(zero)
+    assert zero.ZERO_GPU and calls == [("decorated", 90)]
+
+    def engine(kind, request, control):  # runs in the GPU process: a fresh, picklable control
+        assert control.progress is None and not control.cancel.is_set()
+        return types.SimpleNamespace(images=(), seeds=()), []
+
+    monkeypatch.setattr(zero, "_engine_call", engine)
+    from vgen.jobs import JobControl
+
+    job = zero._Job("generate", control=JobControl())
+    zero._worker(job, lambda: "a request")
+    assert job.error is None and calls[-1] == ("called", "generate")
