@@ -31,6 +31,7 @@ import os
 import tempfile
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -105,10 +106,14 @@ def _known_words(result) -> list[str]:
     if not result.extras.get("unknown_words"):
         return []
     try:
+        from vgen import hub
         from vgen.pipelines import model_cache
         from vgen.vocab import known_words
 
-        pipe = model_cache().get(result.model).pipe  # a cache hit: the model was just used
+        cache = model_cache()
+        if str(hub.parse_reference(result.model)) not in cache.loaded():
+            return []  # evicted meanwhile: never load a model just for this notice
+        pipe = cache.get(result.model).pipe  # a cache hit: the model was just used
         return known_words(getattr(pipe, "tokenizer", None))
     except Exception:  # the notice is a courtesy; never fail a finished job for it
         return []
@@ -388,7 +393,10 @@ def _report(progress, snap: tuple) -> None:
         files_done, files_total, bytes_done, bytes_total = data
         mb = f"{bytes_done / 1e6:.1f}" + (f" / {bytes_total / 1e6:.1f}" if bytes_total else "")
         desc = f"downloading the model: {mb} MB, {files_done}/{files_total} files"
-        progress(bytes_done / bytes_total if bytes_total else None, desc=desc)
+        if bytes_total:
+            progress(min(1.0, bytes_done / bytes_total), desc=desc)
+        else:  # the Hub did not give sizes: count files
+            progress((files_done, files_total), desc=desc, unit="files")
     else:
         progress(0.0, desc="loading the model")
 
@@ -466,14 +474,6 @@ async def _run_job(kind: str, build: Callable[[], GenerateRequest], progress, n_
     yield _outputs(job, started)
 
 
-async def _relay(agen):
-    """``async for`` over an inner generator that is closed when the outer one is."""
-    try:
-        async for item in agen:
-            yield item
-    finally:
-        await agen.aclose()
-
 # --------------------------------------------------------------------------------------------
 # Handlers
 # --------------------------------------------------------------------------------------------
@@ -516,18 +516,20 @@ async def generate_images(
                                randomize_seed, width, height, num_images, scheduler)
     except (VgenError, ValueError) as e:
         raise _ui_error(e) from None
-    async for out in _relay(_run_job("generate", lambda: req, progress)):
-        yield out
+    async with aclosing(_run_job("generate", lambda: req, progress)) as job:
+        async for out in job:  # closing this generator closes (and so cancels) the job
+            yield out
 
 
 async def generate_from_ui(prompt, negative_prompt, model, steps, guidance, seed, randomize_seed,
                            width, height, num_images, scheduler, progress=gr.Progress()):
     """The Generate button: like ``generate_images``, with 0 for "model default"."""
-    async for out in _relay(generate_images(
+    async with aclosing(generate_images(
             prompt, negative_prompt, model, _ui_default(steps), _ui_default(guidance), seed,
             randomize_seed, _ui_default(width), _ui_default(height), num_images, scheduler,
-            progress=progress)):
-        yield out
+            progress=progress)) as job:
+        async for out in job:
+            yield out
 
 
 async def edit_image(
@@ -579,8 +581,9 @@ async def edit_image(
                             image_guidance, negative_prompt, model, steps, guidance, seed,
                             randomize_seed, width, height, num_images, scheduler)
 
-    async for out in _relay(_run_job("edit", build, progress)):
-        yield out
+    async with aclosing(_run_job("edit", build, progress)) as job:
+        async for out in job:
+            yield out
 
 
 async def edit_from_editor(editor, prompt, mode, strength, image_guidance, negative_prompt, model,
@@ -596,8 +599,9 @@ async def edit_from_editor(editor, prompt, mode, strength, image_guidance, negat
                             seed, randomize_seed, _ui_default(width), _ui_default(height),
                             num_images, scheduler)
 
-    async for out in _relay(_run_job("edit", build, progress)):
-        yield out
+    async with aclosing(_run_job("edit", build, progress)) as job:
+        async for out in job:
+            yield out
 
 
 def restore_parameters(path: str | None):

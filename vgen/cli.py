@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--guidance", type=float, default=None)
     v.add_argument("--scheduler", default=None)
     v.add_argument("--json", default=None)
+    v.add_argument("--save-dir", default=None, help="also write every generated image here")
+    v.add_argument("--update-card", action="store_true",
+                   help="store the report as eval.json in the (local) model folder and re-render its card")
     v.set_defaults(func=cmd_eval)
     return ap
 

@@ -154,8 +154,18 @@ def format_report(report: dict) -> str:
 def main(args) -> int:
     report = evaluate(model=args.model, n=args.n or DEFAULT_N, seed=args.seed, steps=args.steps,
                       guidance=args.guidance, scheduler=args.scheduler,
-                      save_dir=getattr(args, "save_dir", None))
+                      save_dir=args.save_dir)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    if getattr(args, "update_card", False):
+        from ..catalog import default_model
+        from ..hub import parse_reference
+        from .card import write_card
+
+        ref = parse_reference(args.model or default_model())
+        if not ref.is_local:
+            raise ValueError("--update-card needs a local model folder")
+        (ref.local_path / "eval.json").write_text(json.dumps(report, indent=2))
+        print(f"updated {write_card(ref.local_path)}")
     return 0

@@ -132,7 +132,7 @@ class Trainer:
             from diffusers import StableDiffusionPipeline
 
             meta = json.loads(info.read_text())
-            pipe = StableDiffusionPipeline.from_pretrained(self.cfg.out)
+            pipe = StableDiffusionPipeline.from_pretrained(self.cfg.out, dtype=torch.float32)
             self.text.load_state_dict(pipe.text_encoder.state_dict())
             self.vae.load_state_dict(pipe.vae.state_dict())
             self.unet.load_state_dict(pipe.unet.state_dict())
@@ -214,20 +214,24 @@ class Trainer:
 
     # -- export ---------------------------------------------------------------------------
     def export(self, out: str | Path | None = None):
-        """Write the pipeline (EMA weights) with save_pretrained, safetensors only."""
+        """Write the pipeline (EMA weights) with save_pretrained: safetensors, stored in fp16
+        (loaded back at any dtype) and sharded under 8 MB a file, so the whole model stays under
+        20 MB with no file over 10 MB (Hugging Face Spaces refuses larger files without LFS)."""
         import copy
 
         from diffusers import StableDiffusionPipeline
+
+        from .card import write_card
 
         out = Path(out or self.cfg.out)
         text, unet = copy.deepcopy(self.text), copy.deepcopy(self.unet)
         self.ema.copy_to(list(unet.parameters()) + list(text.parameters()))
         pipe = StableDiffusionPipeline(
-            vae=self.vae, text_encoder=text, tokenizer=self.tok, unet=unet,
+            vae=copy.deepcopy(self.vae), text_encoder=text, tokenizer=self.tok, unet=unet,
             scheduler=build_sample_scheduler(self.cfg.model), safety_checker=None,
             feature_extractor=None, requires_safety_checker=False,
-        )
-        pipe.save_pretrained(out, safe_serialization=True)
+        ).to(torch.float16)
+        pipe.save_pretrained(out, safe_serialization=True, max_shard_size="8MB")
         fix_tokenizer_class(out)
         meta = {
             "step": self.step, "vae_step": self.vae_step, "batch": self.cfg.batch,
@@ -235,6 +239,7 @@ class Trainer:
             "config": asdict(self.cfg),
         }
         (out / "training.json").write_text(json.dumps(meta, indent=2))
+        write_card(out)
         return pipe
 
     # -- loop -----------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""The model card (README.md) of the embedded shapes model, rendered from what the folder
+holds: ``training.json`` (written at export) and ``eval.json`` (written by
+``python -m vgen eval shapes --update-card``), so the card never states a figure no command
+produced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import world
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def _eval_table(report: dict) -> str:
+    rows = ["| category | strict accuracy | prompts |", "| --- | --- | --- |"]
+    for name, v in report["categories"].items():
+        rows.append(f"| {name} | {v['accuracy']:.3f} | {v['n']} |")
+    rows.append(f"| **overall (seen combinations)** | **{report['overall_seen']:.3f}** | |")
+    s = report["settings"]
+    return "\n".join(rows) + (
+        f"\n\nSettings: {s['steps']} steps, {s['sampler']}, guidance {s['guidance']}, "
+        f"{s['size']}; prompt-set seed {report['seed']}, {report['n_per_category']} prompts per "
+        f"category; {report['seconds_per_image']:.2f} s per image (generation and scoring, "
+        "2 CPU cores).\nReproduce with `python -m vgen eval shapes "
+        f"--n {report['n_per_category']} --seed {report['seed']} --json e.json`."
+    )
+
+
+def write_card(folder: str | Path) -> Path:
+    folder = Path(folder)
+    meta = json.loads((folder / "training.json").read_text())
+    cfg = meta["config"]
+    m = cfg["model"]
+    report_path = folder / "eval.json"
+    scores = (
+        _eval_table(json.loads(report_path.read_text()))
+        if report_path.exists()
+        else "Not evaluated yet: run `python -m vgen eval shapes --update-card`."
+    )
+    held = ", ".join(f"{c} {s}" for c, s in sorted(world.HELD_OUT))
+    text = f"""---
+library_name: diffusers
+pipeline_tag: text-to-image
+license: apache-2.0
+tags: [vgen, shapes-world, tiny]
+---
+
+# vgen-shapes
+
+A complete, small Stable Diffusion (diffusers `StableDiffusionPipeline`) trained from scratch by
+the vgen project on the **shapes world** (spec v{meta['world_spec']}): 64×64 images of 1–4
+circles, squares and triangles in 8 colours and 2 sizes on a light background, described in
+varied English — counts, sizes, colours, relations ("to the left of", "above", ...) and places
+("at the top", ...). It is the app's offline default and the model every feature is checked on.
+
+Its vocabulary is the world's ~40 words; other words map to `<unk>` and are reported by the app.
+Held out of training entirely (images and captions): {held}.
+
+## Parts
+- tokenizer: word-level (`tokenizer.json`), max length 32
+- text encoder: `CLIPTextModel`, width {m['text_width']}, {m['text_layers']} layers
+- autoencoder: `AutoencoderKL`, channels {tuple(m['vae_channels'])}, 64×64 → {m['latent_channels']}×{64 // 2 ** (len(m['vae_channels']) - 1)}² latents
+- UNet: `UNet2DConditionModel`, channels {tuple(m['unet_channels'])}, cross-attention at every level
+- scheduler: DPM-Solver++ (2M), {m['prediction_type']}, {m['beta_schedule']} schedule
+- weights: safetensors, stored in fp16, {_size_mb(folder):.1f} MB in all
+
+## Training
+`python -m vgen train shapes` — autoencoder first ({meta['vae_step']} steps, L1 + tiny KL), then
+text encoder and UNet jointly: {meta['step']} steps of batch {meta['batch']}
+({meta['samples_seen']:,} freshly rendered images with fresh captions), AdamW lr {cfg['lr']},
+min-SNR-γ={cfg['min_snr_gamma']} weighting, {cfg['cfg_dropout']:.0%} caption dropout for
+classifier-free guidance, EMA {cfg['ema_decay']} (the exported weights). CPU only.
+Resume with `python -m vgen train shapes --resume` (from this folder's weights when no
+optimizer state is around).
+
+## Scores
+Strict GenEval-style accuracy from `python -m vgen eval shapes`, judged by the exact
+analyzer in `vgen/shapes/analyzer.py`:
+
+{scores}
+"""
+    path = folder / "README.md"
+    path.write_text(text)
+    return path
