@@ -24,8 +24,10 @@ def _mask_image(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def edit(req: EditRequest, control: JobControl | None = None,
-         cache: ModelCache | None = None, limits: Limits | None = None) -> GenerationResult:
-    """Edit ``req.image`` as ``req.mode`` says; image ``i`` uses seed ``req.seed + i``."""
+         cache: ModelCache | None = None, limits: Limits | None = None,
+         hooks=None) -> GenerationResult:
+    """Edit ``req.image`` as ``req.mode`` says; image ``i`` uses seed ``req.seed + i``.
+    ``hooks``: see :func:`vgen.runner.run`."""
     if not isinstance(req, EditRequest):
         raise InvalidRequestError("edit() takes an EditRequest")
     if req.image is None:
@@ -43,4 +45,4 @@ def edit(req: EditRequest, control: JobControl | None = None,
                       width=req.width, height=req.height)
     else:
         kwargs["image_guidance_scale"] = req.image_guidance
-    return run(req, model, view, kwargs, control)
+    return run(req, model, view, kwargs, control, hooks)

@@ -9,7 +9,9 @@ from .runner import prepare, run
 
 
 def generate(req: GenerateRequest, control: JobControl | None = None,
-             cache: ModelCache | None = None, limits: Limits | None = None) -> GenerationResult:
-    """Generate ``req.num_images`` images; image ``i`` uses seed ``req.seed + i``."""
+             cache: ModelCache | None = None, limits: Limits | None = None,
+             hooks=None) -> GenerationResult:
+    """Generate ``req.num_images`` images; image ``i`` uses seed ``req.seed + i``.
+    ``hooks``: see :func:`vgen.runner.run`."""
     req, model, view = prepare(req, control, cache, limits)
-    return run(req, model, view, {"width": req.width, "height": req.height}, control)
+    return run(req, model, view, {"width": req.width, "height": req.height}, control, hooks)

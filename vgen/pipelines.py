@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -45,7 +45,11 @@ def pick_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass
 class LoadedModel:
-    """A loaded pipeline plus where it came from; ``views`` caches its task pipelines."""
+    """A loaded pipeline plus where it came from; ``views`` caches its task pipelines.
+
+    ``lock`` serialises the jobs that run on this model: on 2 CPU cores (or one GPU) two jobs at
+    once are no faster than one after the other, and a job that swaps attention processors to
+    look inside the model (the Features tab) must never see another user's job pass through."""
 
     ref: str
     resolved: hub.ResolvedModel
@@ -54,6 +58,7 @@ class LoadedModel:
     dtype: torch.dtype
     load_s: float
     views: dict
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def revision(self) -> str:

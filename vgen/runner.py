@@ -3,6 +3,7 @@ pipeline with progress and cancel, and stamp each image with its parameters."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import replace
@@ -60,23 +61,28 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
 
 
 def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
-        control: JobControl | None) -> GenerationResult:
-    """Run the pipeline and stamp the images; ``call_kwargs`` are the task's own arguments."""
+        control: JobControl | None, hooks=None) -> GenerationResult:
+    """Run the pipeline and stamp the images; ``call_kwargs`` are the task's own arguments.
+
+    ``hooks(view)``, if given, returns a context manager entered while this job holds the model,
+    e.g. one that installs attention processors and restores the originals on exit, error or
+    cancel (see ``vgen.attention``)."""
     control = control or JobControl()
-    control.check()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = view(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt or None,
-            num_inference_steps=req.steps,
-            guidance_scale=req.guidance,
-            num_images_per_prompt=req.num_images,
-            generator=generators(req.seed, req.num_images),
-            callback_on_step_end=control.step_end_callback(req.steps),
-            output_type="pil",
-            **call_kwargs,
-        )
+    with model.lock:
+        control.check()  # it may have been cancelled while waiting for the model
+        t0 = time.perf_counter()
+        with hooks(view) if hooks else contextlib.nullcontext(), torch.inference_mode():
+            out = view(
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt or None,
+                num_inference_steps=req.steps,
+                guidance_scale=req.guidance,
+                num_images_per_prompt=req.num_images,
+                generator=generators(req.seed, req.num_images),
+                callback_on_step_end=control.step_end_callback(req.steps),
+                output_type="pil",
+                **call_kwargs,
+            )
     seconds = time.perf_counter() - t0
     sampler = sampler_name(view.scheduler)
     seeds = tuple(req.seed + i for i in range(req.num_images))
