@@ -115,6 +115,12 @@ def test_edit_needs_an_image_and_inpaint_a_mask(tiny_env):
         edit(EditRequest(prompt="x", mode="inpaint", image=source_image(), steps=1))
 
 
+def test_edit_that_would_run_no_step_is_refused(tiny_env):
+    # regression: steps 1 at strength 0.5 crashed inside diffusers ("cannot reshape tensor of 0 elements")
+    with pytest.raises(InvalidRequestError, match="no denoising step"):
+        edit(EditRequest(prompt="x", mode="img2img", image=source_image(), steps=1, strength=0.5))
+
+
 def test_instruct_mode_needs_an_instruct_model(tiny_env):
     with pytest.raises(UnsupportedModelError, match="instruction-editing"):
         edit(EditRequest(prompt="make it blue", mode="instruct", image=source_image(), steps=1))

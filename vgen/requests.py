@@ -207,6 +207,12 @@ def _check_edit(req: EditRequest) -> None:
     if not isinstance(req.image, Image.Image):
         raise InvalidRequestError("the source image must be a PIL image")
     _check_number("strength", req.strength, 0.01, 1.0, integer=False)
+    if req.mode in ("img2img", "inpaint") and int(req.steps * req.strength) < 1:
+        # SDEdit runs only the last steps x strength steps of the schedule: none is no edit.
+        raise InvalidRequestError(
+            f"{req.steps} steps at strength {req.strength} runs no denoising step; "
+            f"use at least {int(1 / req.strength + 0.999)} steps or a higher strength"
+        )
     _check_number("image guidance", req.image_guidance, 0.0, 30.0, integer=False)
     if req.mode == "inpaint":
         if req.mask is None:

@@ -1,0 +1,46 @@
+"""The shipped shapes model: loads offline through the engine, generates, evaluates."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vgen.generate import generate
+from vgen.requests import GenerateRequest
+
+CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "vgen-shapes"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    from vgen import pipelines
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("VGEN_DEFAULT_MODEL", raising=False)
+    monkeypatch.setattr(pipelines, "_CACHE", None)
+
+
+def test_checkpoint_is_small_enough_for_a_space():
+    files = [f for f in CHECKPOINT.rglob("*") if f.is_file()]
+    assert (CHECKPOINT / "model_index.json").exists() and (CHECKPOINT / "README.md").exists()
+    assert sum(f.stat().st_size for f in files) < 20e6
+    assert max(f.stat().st_size for f in files) < 10e6
+    assert not any(f.suffix in (".bin", ".ckpt", ".pt", ".pth") for f in files)
+
+
+def test_default_model_generates_offline(offline):
+    r = generate(GenerateRequest(prompt="a red circle to the left of a blue square", seed=0))
+    assert r.model == "vgen-shapes" and r.revision == "local"
+    assert r.images[0].size == (64, 64)
+    assert r.extras["unknown_words"] == []
+    r2 = generate(GenerateRequest(prompt="a cat on a sofa", seed=0, steps=2))
+    assert r2.extras["unknown_words"] == ["cat", "sofa"]
+
+
+def test_short_eval_runs(offline, tmp_path):
+    from vgen.shapes.evaluate import CATEGORIES, evaluate
+
+    report = evaluate(n=1, seed=0, steps=4, log=lambda m: None)
+    assert set(report["categories"]) == set(CATEGORIES)
+    assert 0.0 <= report["overall_seen"] <= 1.0
+    json.dumps(report)  # serialisable as the --json file
