@@ -16,9 +16,17 @@ only the job of the session that pressed it.
 
 Run ``python app.py``; environment: ``GRADIO_SERVER_NAME`` (default 0.0.0.0),
 ``GRADIO_SERVER_PORT`` (7860), ``VGEN_CONCURRENCY`` (1 engine job at a time),
-``VGEN_QUEUE_SIZE`` (16 waiting), ``VGEN_MAX_FILE_SIZE`` (20mb), ``VGEN_JOB_TIME_LIMIT``
-(seconds; unset = none), ``VGEN_GPU_DURATION`` (ZeroGPU seconds, 120), plus the engine's own
-``VGEN_*`` variables (default model, model roots, limits).
+``VGEN_QUEUE_SIZE`` (16 waiting; more are answered "busy, try again"), ``VGEN_MAX_FILE_SIZE``
+(20mb per upload), ``VGEN_MAX_BODY_SIZE`` (2mb per non-upload request), ``VGEN_JOB_TIME_LIMIT``
+(seconds of a job's own work, model loading not counted; 300, 0 = none), ``VGEN_BLOCKED_PATHS``
+(extra folders never served, separated by ``:``), ``VGEN_GPU_DURATION`` (ZeroGPU seconds, 120),
+plus the engine's own ``VGEN_*`` variables (default model, model roots, limits).
+
+Hardening: every value from a browser or API caller goes through the engine's checks
+(``vgen.requests.check_inputs``, ``vgen.hub.parse_reference``, ``vgen.images``); uploads to the
+image editor are checked (format allow-list, pixel cap before decoding) before Gradio decodes
+them; only Gradio's upload/cache folder is served (``allowed_paths`` empty, secrets and the
+project folder in ``blocked_paths``); request bodies are bounded; the queue is bounded.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import asyncio
 import contextvars
 import hashlib
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -97,26 +106,16 @@ def _env_float(name: str) -> float | None:
     return value if value > 0 else None
 
 
+DEFAULT_JOB_TIME_LIMIT_S = 300.0
+
+
 def _time_limit_s() -> float | None:
+    """Seconds a job may spend on its own work (encode, denoise; the clock starts when the model
+    is loaded, see ``JobControl.restart``). Unset: 300 s; 0 (or less): no limit."""
+    raw = os.environ.get("VGEN_JOB_TIME_LIMIT", "").strip()
+    if not raw:
+        return DEFAULT_JOB_TIME_LIMIT_S
     return _env_float("VGEN_JOB_TIME_LIMIT")
-
-
-def _known_words(result) -> list[str]:
-    """What the model can read, when the prompt had words it cannot (small vocabularies only)."""
-    if not result.extras.get("unknown_words"):
-        return []
-    try:
-        from vgen import hub
-        from vgen.pipelines import model_cache
-        from vgen.vocab import known_words
-
-        cache = model_cache()
-        if str(hub.parse_reference(result.model)) not in cache.loaded():
-            return []  # evicted meanwhile: never load a model just for this notice
-        pipe = cache.get(result.model).pipe  # a cache hit: the model was just used
-        return known_words(getattr(pipe, "tokenizer", None))
-    except Exception:  # the notice is a courtesy; never fail a finished job for it
-        return []
 
 
 def _engine_call(kind: str, request: GenerateRequest, control) -> tuple[Any, list[str]]:
@@ -130,7 +129,7 @@ def _engine_call(kind: str, request: GenerateRequest, control) -> tuple[Any, lis
         from vgen.edit import edit
 
         result = edit(request, control=control)
-    return result, _known_words(result)
+    return result, result.extras.get("known_words", [])
 
 
 def _gpu_engine_call(kind: str, request: GenerateRequest, time_limit_s: float | None):
@@ -145,6 +144,84 @@ if ZERO_GPU:
     _gpu_engine_call = spaces.GPU(duration=int(_env_float("VGEN_GPU_DURATION") or 120))(
         _gpu_engine_call
     )
+
+# --------------------------------------------------------------------------------------------
+# Strict inputs: an API caller may send any JSON for any field. Gradio's own preprocess crashes
+# on some wrong types (a string for a whole-number field) with a message that says nothing, and
+# silently accepts others (a string for a checkbox). These say which field and what it takes.
+# Bounds are not checked here: the engine's (vgen.requests.check_inputs) are the defence.
+# --------------------------------------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse(component, payload: Any, kind: str):
+    raise gr.Error(f"{component.label or 'a field'} must be {kind}, got {_shown(payload)}",
+                   print_exception=False)
+
+
+def _strict_number(component, payload: Any, whole: bool):
+    if payload is None or (isinstance(payload, str) and not payload.strip()):
+        return None
+    kind = "a whole number" if whole else "a number"
+    if isinstance(payload, str):
+        try:
+            payload = float(payload)
+        except ValueError:
+            _refuse(component, payload, kind)
+    if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+        _refuse(component, payload, kind)
+    if isinstance(payload, float) and not math.isfinite(payload):  # NaN, infinity
+        _refuse(component, payload, "a finite number")
+    if whole:
+        if payload != int(payload):
+            _refuse(component, payload, kind)
+        return int(payload)
+    return float(payload)
+
+
+class StrictNumber(gr.Number):
+    is_template = True  # the browser draws it as the Gradio component it extends
+
+    def preprocess(self, payload):
+        return _strict_number(self, payload, whole=self.precision == 0)
+
+
+class StrictSlider(gr.Slider):
+    is_template = True  # the browser draws it as the Gradio component it extends
+
+    def preprocess(self, payload):
+        return _strict_number(self, payload, whole=False)
+
+
+class StrictCheckbox(gr.Checkbox):
+    is_template = True  # the browser draws it as the Gradio component it extends
+
+    def preprocess(self, payload):
+        if payload is None or isinstance(payload, bool):
+            return payload
+        _refuse(self, payload, "true or false")
+
+
+class StrictTextbox(gr.Textbox):
+    is_template = True  # the browser draws it as the Gradio component it extends
+
+    def preprocess(self, payload):
+        if payload is None or isinstance(payload, str):
+            return payload
+        _refuse(self, payload, "text")
+
+
+class StrictDropdown(gr.Dropdown):
+    is_template = True  # the browser draws it as the Gradio component it extends
+
+    def preprocess(self, payload):
+        if payload is not None and not isinstance(payload, str):
+            _refuse(self, payload, "text")
+        return super().preprocess(payload)
 
 # --------------------------------------------------------------------------------------------
 # Model picker
@@ -180,7 +257,7 @@ def model_choices(tasks: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def _model_dropdown(tasks: tuple[str, ...]) -> gr.Dropdown:
-    return gr.Dropdown(
+    return StrictDropdown(
         choices=model_choices(tasks), value=default_model(), allow_custom_value=True,
         label="Model",
         info="Pick one, or type a Hub repo id (org/name[@revision]) or a local model folder.",
@@ -269,13 +346,28 @@ def edit_request(image, mask, prompt, mode, strength, image_guidance, negative_p
     )
 
 
+# Notices about the input images of the job running in this context (e.g. "the image is
+# animated; its first frame was used"). Each job's worker runs in its own context copy.
+_INPUT_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "vgen_input_notes", default=None)
+
+
+def _note(*notes: str) -> None:
+    sink = _INPUT_NOTES.get()
+    if sink is not None:
+        sink.extend(n for n in notes if n not in sink)
+
+
 def _load(path: str | None, kind: str = "image"):
-    """A checked, normalised image from an uploaded file (None stays None)."""
+    """A checked, normalised image from an uploaded file (None stays None); what the checks
+    noticed (first frame of an animation, unreadable EXIF) goes to the job's notice."""
     if not path:
         return None
-    from vgen.images import load_image
+    from vgen.images import normalise, open_image
 
-    return load_image(str(path), kind=kind)
+    image, notes = normalise(open_image(str(path)), kind)
+    _note(*notes)
+    return image
 
 
 def editor_image_and_mask(editor: dict | None, mode: str):
@@ -285,6 +377,7 @@ def editor_image_and_mask(editor: dict | None, mode: str):
     other modes edit the composite, so brush strokes act as a sketch on the picture."""
     if not editor:
         return None, None
+    _note(*(editor.get("notes") or []))  # found by SafeImageEditor when the upload came in
     background, composite = editor.get("background"), editor.get("composite")
     if mode == "inpaint":
         source = _load(background or composite)
@@ -304,6 +397,89 @@ def editor_image_and_mask(editor: dict | None, mode: str):
     return source, mask
 
 # --------------------------------------------------------------------------------------------
+# The image editor: uploads are checked by vgen.images before Gradio decodes them
+# --------------------------------------------------------------------------------------------
+
+MAX_EDITOR_LAYERS = 16  # brush layers one edit may carry
+MAX_PENDING_BLOBS = 32  # editor states sent ahead with accept_blobs and not yet used
+_EDITOR_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "vgen_editor_notes", default=None)
+
+
+class SafeImageEditor(gr.ImageEditor):
+    """``gr.ImageEditor`` whose images go through ``vgen.images`` first.
+
+    Gradio's own ``preprocess`` opens every background, layer and composite with any format
+    PIL knows and converts it, so a decompression bomb or an odd format would be decoded before
+    the engine sees it. Here the format allow-list and the pixel cap are checked from the header
+    first; the picture (background, composite) is made upright, first frame, RGB on white (what
+    the engine does to any input) and saved as PNG, layers keep their alpha; the notices (an
+    animation's first frame) travel in the value's ``"notes"``. ``accept_blobs`` (a server
+    function any client can call) is bounded: known kinds only, at most ``MAX_EDITOR_LAYERS``
+    layers, at most ``MAX_PENDING_BLOBS`` pending editor states (oldest dropped).
+    """
+
+    is_template = True  # drawn by the browser as gr.ImageEditor
+
+    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+        if file is None:
+            return None
+        from gradio import image_utils
+        from gradio.data_classes import FileData
+
+        from vgen.images import normalise, open_image
+
+        source = file.path if isinstance(file, FileData) else bytes(file)
+        try:
+            image = open_image(source)
+            if flatten_on_white:  # background / composite: the picture
+                image, notes = normalise(image)
+                sink = _EDITOR_NOTES.get()
+                if sink is not None:
+                    sink.extend(n for n in notes if n not in sink)
+            else:  # a brush layer: where it is painted is its alpha
+                image = image.convert("RGBA")
+        except VgenError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        return image_utils.format_image(image, self.type, self.GRADIO_CACHE, name="image",
+                                        format="png")
+
+    def preprocess(self, payload):
+        notes: list[str] = []
+        token = _EDITOR_NOTES.set(notes)
+        try:
+            value = super().preprocess(payload)
+        finally:
+            _EDITOR_NOTES.reset(token)
+        if value is not None and notes:
+            value["notes"] = notes
+        return value
+
+    @gr.components.base.server
+    def accept_blobs(self, data):
+        from fastapi import HTTPException
+
+        fields = data.data if isinstance(getattr(data, "data", None), dict) else {}
+        kind, index = fields.get("type"), fields.get("index")
+        if kind not in ("background", "composite", "layer") or not data.files:
+            raise HTTPException(400, "accept_blobs takes one background, composite or layer file")
+        if kind == "layer" and index not in (None, "", "null"):
+            try:
+                number = int(index)
+            except (TypeError, ValueError):
+                raise HTTPException(400, f"layer index must be a number, got {index!r}") from None
+            if not 0 <= number < MAX_EDITOR_LAYERS:
+                raise HTTPException(400, f"layer index must be from 0 to {MAX_EDITOR_LAYERS - 1}")
+        storage = self.blob_storage
+        while len(storage) >= MAX_PENDING_BLOBS and fields.get("id") not in storage:
+            try:
+                storage.pop(next(iter(storage)))
+            except (StopIteration, KeyError, RuntimeError):  # another thread got there first
+                break
+        return super().accept_blobs(data)
+
+
+# --------------------------------------------------------------------------------------------
 # Jobs: the engine in a worker thread, progress and cancel
 # --------------------------------------------------------------------------------------------
 
@@ -319,6 +495,7 @@ class _Job:
     result: Any = None
     known: list[str] = field(default_factory=list)
     files: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # about the input images
     error: BaseException | None = None
 
     def on_step(self, step: int, total: int) -> None:
@@ -363,6 +540,7 @@ def _save_images(result) -> list[tuple[str, str]]:
 
 
 def _worker(job: _Job, build: Callable[[], GenerateRequest]) -> None:
+    _INPUT_NOTES.set(job.notes)  # this thread runs in the job's own context copy
     try:
         request = build()  # image decoding happens here, off the event loop
         if ZERO_GPU:
@@ -416,7 +594,11 @@ def _outputs(job: _Job, started: float) -> tuple:
         f"{req.width}×{req.height} · {req.steps} steps · guidance {req.guidance:g} · "
         f"seed{'s' if len(r.seeds) > 1 else ''} {seeds} · {time.perf_counter() - started:.1f} s"
     )
-    return job.files, info, _vocabulary_notice(r, job.known)
+    notice = _vocabulary_notice(r, job.known)
+    if job.notes:
+        inputs = "ℹ️ " + "; ".join(n[0].upper() + n[1:] for n in job.notes) + "."
+        notice = inputs + ("\n\n" + notice if notice else "")
+    return job.files, info, notice
 
 
 def _vocabulary_notice(result, known: list[str]) -> str:
@@ -741,9 +923,9 @@ def build_text_to_image_tab() -> TextToImageTab:
     with gr.Tab("Text to Image", id="t2i"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                prompt = gr.Textbox(label="Prompt", lines=2, autofocus=True,
+                prompt = StrictTextbox(label="Prompt", lines=2, autofocus=True,
                                     placeholder=EXAMPLE_PROMPTS[0])
-                negative = gr.Textbox(label="Negative prompt", lines=1,
+                negative = StrictTextbox(label="Negative prompt", lines=1,
                                       placeholder="what to avoid (optional)")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", scale=3)
@@ -751,18 +933,18 @@ def build_text_to_image_tab() -> TextToImageTab:
                 model = _model_dropdown(T2I_TASKS)
                 with gr.Accordion("Settings · 0 = the model's default", open=True):
                     with gr.Row():
-                        steps = gr.Number(label="Steps", value=None, precision=0)
-                        guidance = gr.Number(label="Guidance", value=None, step=0.5)
+                        steps = StrictNumber(label="Steps", value=None, precision=0)
+                        guidance = StrictNumber(label="Guidance", value=None, step=0.5)
                     with gr.Row():
-                        width = gr.Number(label="Width", value=None, precision=0, step=8)
-                        height = gr.Number(label="Height", value=None, precision=0, step=8)
+                        width = StrictNumber(label="Width", value=None, precision=0, step=8)
+                        height = StrictNumber(label="Height", value=None, precision=0, step=8)
                     with gr.Row():
-                        seed = gr.Number(label="Seed", value=0, precision=0)
-                        randomize = gr.Checkbox(label="Randomize seed", value=True)
+                        seed = StrictNumber(label="Seed", value=0, precision=0)
+                        randomize = StrictCheckbox(label="Randomize seed", value=True)
                     with gr.Row():
-                        num_images = gr.Number(label=f"Images (1-{lim.max_images})", value=1,
+                        num_images = StrictNumber(label=f"Images (1-{lim.max_images})", value=1,
                                                precision=0)
-                        scheduler = gr.Dropdown(label="Scheduler", choices=_scheduler_choices(),
+                        scheduler = StrictDropdown(label="Scheduler", choices=_scheduler_choices(),
                                                 value=DEFAULT_SCHEDULER)
                 with gr.Accordion("Restore parameters from a vgen PNG", open=False):
                     restore_file = gr.File(label="Drop a PNG made by vgen", file_types=[".png"],
@@ -787,14 +969,14 @@ def build_edit_tab() -> EditTab:
     with gr.Tab("Edit", id="edit"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                editor = gr.ImageEditor(
+                editor = SafeImageEditor(
                     label="Image (inpaint: paint where to repaint)", type="filepath",
                     format="png", sources=["upload", "clipboard"], height=520,
                     elem_id="edit-editor", elem_classes=["vgen-pixelated"],
                     brush=gr.Brush(colors=["#ffffff", "#ff3df5", "#000000"],
                                    default_color="#ff3df5", color_mode="defaults"),
                 )
-                prompt = gr.Textbox(label="Instruction / prompt", lines=2,
+                prompt = StrictTextbox(label="Instruction / prompt", lines=2,
                                     placeholder="img2img / inpaint: describe the result; "
                                     "instruct: say what to change")
                 mode = gr.Radio(choices=list(EDIT_MODES), value="img2img", label="Mode",
@@ -806,25 +988,25 @@ def build_edit_tab() -> EditTab:
                 model = _model_dropdown(EDIT_TASKS)
                 with gr.Accordion("Settings · 0 = the model's default (size: the source's "
                                   "aspect)", open=True):
-                    strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength",
+                    strength = StrictSlider(0.01, 1.0, value=0.75, step=0.01, label="Strength",
                                          info="how much of the image is redrawn")
-                    image_guidance = gr.Slider(0.0, 10.0, value=1.5, step=0.1,
+                    image_guidance = StrictSlider(0.0, 10.0, value=1.5, step=0.1,
                                                label="Image guidance", visible=False,
                                                info="how closely to keep the source image")
                     with gr.Row():
-                        steps = gr.Number(label="Steps", value=None, precision=0)
-                        guidance = gr.Number(label="Guidance", value=None, step=0.5)
+                        steps = StrictNumber(label="Steps", value=None, precision=0)
+                        guidance = StrictNumber(label="Guidance", value=None, step=0.5)
                     with gr.Row():
-                        seed = gr.Number(label="Seed", value=0, precision=0)
-                        randomize = gr.Checkbox(label="Randomize seed", value=True)
+                        seed = StrictNumber(label="Seed", value=0, precision=0)
+                        randomize = StrictCheckbox(label="Randomize seed", value=True)
                     with gr.Row():
-                        width = gr.Number(label="Width", value=None, precision=0, step=8)
-                        height = gr.Number(label="Height", value=None, precision=0, step=8)
-                    negative = gr.Textbox(label="Negative prompt", lines=1)
+                        width = StrictNumber(label="Width", value=None, precision=0, step=8)
+                        height = StrictNumber(label="Height", value=None, precision=0, step=8)
+                    negative = StrictTextbox(label="Negative prompt", lines=1)
                     with gr.Row():
-                        num_images = gr.Number(label=f"Images (1-{lim.max_images})", value=1,
+                        num_images = StrictNumber(label=f"Images (1-{lim.max_images})", value=1,
                                                precision=0)
-                        scheduler = gr.Dropdown(label="Scheduler", choices=_scheduler_choices(),
+                        scheduler = StrictDropdown(label="Scheduler", choices=_scheduler_choices(),
                                                 value=DEFAULT_SCHEDULER)
             with gr.Column(scale=6):
                 gallery = _gallery("Edited", "edit-gallery")
@@ -928,12 +1110,133 @@ def queue_settings() -> dict:
     )
 
 
+REPO_DIR = Path(__file__).resolve().parent
+DEFAULT_MAX_BODY_SIZE = "2mb"
+
+
+def _file_size(name: str, default: str) -> int:
+    """Bytes from a size such as ``20mb`` (Gradio's units: b, kb, mb, gb)."""
+    from gradio.utils import _parse_file_size
+
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        size = _parse_file_size(raw)
+    except ValueError:
+        size = None
+    if not size or size <= 0:
+        raise SystemExit(f"{name}={raw!r} is not a size such as 20mb")
+    return size
+
+
+def blocked_paths() -> list[str]:
+    """Folders Gradio must never serve, whatever else is allowed: this project (code, .git,
+    checkpoints), the Hugging Face home (token, cache), the model roots, the usual secret
+    folders of the home directory, /etc, /proc, /sys, plus ``VGEN_BLOCKED_PATHS`` (and
+    ``GRADIO_BLOCKED_PATHS``, which Gradio ignores once ``blocked_paths`` is given). Gradio
+    only serves its own upload/cache folder here anyway (``allowed_paths`` is empty); this is
+    the second line. A folder that contains the upload folder cannot be blocked: skipped."""
+    from gradio.utils import get_upload_folder
+    from huggingface_hub import constants as hf
+
+    from vgen.hub import allowed_local_roots
+
+    home = Path.home()
+    candidates = [REPO_DIR, Path(hf.HF_HOME), Path(hf.HF_HUB_CACHE), Path(hf.HF_TOKEN_PATH),
+                  Path(hf.HF_STORED_TOKENS_PATH), *allowed_local_roots(),
+                  *(home / name for name in (".ssh", ".aws", ".azure", ".config", ".docker",
+                                              ".kube", ".gnupg", ".netrc", ".git-credentials",
+                                              ".cache", ".pypirc", ".bash_history")),
+                  Path("/etc"), Path("/proc"), Path("/sys")]
+    extra = os.environ.get("VGEN_BLOCKED_PATHS", "").split(os.pathsep)
+    extra += os.environ.get("GRADIO_BLOCKED_PATHS", "").split(",")  # ignored by Gradio once
+    candidates += [Path(e.strip()) for e in extra if e.strip()]  # blocked_paths is passed
+    served = Path(get_upload_folder()).resolve()
+    out: list[str] = []
+    for path in candidates:
+        path = path.expanduser().resolve()
+        if served == path or served.is_relative_to(path):
+            if path == REPO_DIR:  # the upload folder was put inside the project
+                out += [str(REPO_DIR / n) for n in (".git", "checkpoints", "vgen", "tests", "runs")]
+            else:
+                logger.warning("not blocking %s: Gradio's upload folder %s is inside it", path,
+                               served)
+            continue
+        if str(path) not in out:
+            out.append(str(path))
+    return out
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body larger than the limit is answered 413 (by its
+    Content-Length at once, else as soon as the bytes read pass it). Uploads (multipart) may
+    carry one file of ``max_file_size`` plus the form's overhead; every other body (JSON of
+    the API and the queue) is small: an unbounded one would be read into memory whole."""
+
+    def __init__(self, app, max_body: int, max_upload: int):
+        self.app, self.max_body, self.max_upload = app, max_body, max_upload
+
+    class _TooLarge(Exception):
+        pass
+
+    async def _reject(self, send, limit: int) -> None:
+        body = f"request body too large: at most {limit} bytes are accepted".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        limit = self.max_upload if content_type.startswith("multipart/") else self.max_body
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > limit
+            except ValueError:
+                too_large = True
+            if too_large:
+                return await self._reject(send, limit)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodySizeLimit._TooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message.get("type") == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodySizeLimit._TooLarge:
+            if not started:
+                await self._reject(send, limit)
+
+
 def launch_settings() -> dict:
+    from starlette.middleware import Middleware
+
+    max_file = _file_size("VGEN_MAX_FILE_SIZE", DEFAULT_MAX_FILE_SIZE)
+    max_body = _file_size("VGEN_MAX_BODY_SIZE", DEFAULT_MAX_BODY_SIZE)
     return dict(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-        max_file_size=os.environ.get("VGEN_MAX_FILE_SIZE", DEFAULT_MAX_FILE_SIZE),
+        max_file_size=max_file,
         allowed_paths=[],  # outputs live in Gradio's own cache folder
+        blocked_paths=blocked_paths(),
+        enable_monitoring=False,  # /monitoring/summary would show every event's timing
+        app_kwargs={"middleware": [Middleware(BodySizeLimit, max_body=max_body,
+                                              max_upload=max_file + 64 * 1024)]},
         css=CSS,
     )
 

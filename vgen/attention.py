@@ -187,6 +187,12 @@ class AttentionCapture:
         self.prompt = prompt
         self.num_images = max(1, int(num_images))
         self.instruct = instruct
+        self._view = None
+        self._saved: dict | None = None
+        self._hook = None
+        self._reset()
+
+    def _reset(self) -> None:
         self.step = 0
         self.timesteps: list[float] = []
         self.tokens: PromptTokens | None = None
@@ -195,9 +201,8 @@ class AttentionCapture:
         self._sums: dict[tuple, torch.Tensor] = {}
         self._layers: dict[tuple, int] = {}
         self._columns: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._view = None
-        self._saved: dict | None = None
-        self._hook = None
+        self._unet_calls = 0
+        self._steps_observed = False
 
     # hooks(view) -> context manager
     def __call__(self, view) -> "AttentionCapture":
@@ -214,6 +219,7 @@ class AttentionCapture:
         if self._view is None:
             raise RuntimeError("bind the capture to a pipeline first: capture(view)")
         unet = self._view.unet
+        self._reset()
         self.tokens = prompt_tokens(self._view.tokenizer, self.prompt)
         self.vae_scale = int(getattr(self._view, "vae_scale_factor", 8) or 8)
         saved = dict(unet.attn_processors)
@@ -246,6 +252,9 @@ class AttentionCapture:
             self._saved = None
 
     def _pre_unet(self, module, args, kwargs):
+        if not self._steps_observed:  # nobody forwards on_step: one UNet call per step
+            self.step = self._unet_calls
+        self._unet_calls += 1
         sample = args[0] if args else kwargs["sample"]
         self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
         if len(self.timesteps) <= self.step:
@@ -254,7 +263,9 @@ class AttentionCapture:
         return None
 
     def on_step(self, pipe, i: int, t, callback_kwargs: dict) -> None:
-        """Step ``i`` (0-based) of the pipeline ended; what follows belongs to step ``i + 1``."""
+        """Step ``i`` (0-based) of the pipeline ended; what follows belongs to step ``i + 1``.
+        Without these calls, each UNet call counts as one step."""
+        self._steps_observed = True
         self.step = i + 1
 
     def _columns_for(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +307,7 @@ class AttentionCapture:
         cols, pad = self._columns_for(length, probs.device)
         kept = probs.index_select(2, cols)
         pad_col = probs.index_select(2, pad).sum(2, keepdim=True) if len(pad) else probs.new_zeros(per, n, 1)
-        kept = torch.cat([kept, pad_col], 2).cpu()
+        kept = torch.cat([kept, pad_col], 2)  # stays on the device until the job ends
         h, w = _grid_size(n, *(self.latent_hw or (int(n ** 0.5), int(n ** 0.5))))
         k = (self.step, kind, h, w)
         if k in self._sums:
@@ -316,7 +327,7 @@ class AttentionCapture:
             image_size = (lw * self.vae_scale, lh * self.vae_scale)
         sums = {}
         for (step, kind, h, w), t in self._sums.items():
-            sums[(step, kind, h, w)] = t.reshape(t.shape[0], h, w, t.shape[2]).numpy()
+            sums[(step, kind, h, w)] = t.cpu().reshape(t.shape[0], h, w, t.shape[2]).numpy()
         return AttentionMaps(self.tokens, sums, dict(self._layers), tuple(self.timesteps), tuple(image_size),
                              self.prompt)
 
@@ -592,10 +603,10 @@ def safe_name(key: str) -> str:
     index, _, token = key.partition(":")
     token = re.sub(r"[^A-Za-z0-9_.-]+", "_", token).strip("_") or "tok"
     try:
-        index = f"{int(index):02d}"
+        number = int(index)
     except ValueError:
-        pass
-    return f"{index}-{token}"
+        return f"{index}-{token}"
+    return token if number < 0 else f"{number:02d}-{token}"
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vgen {generate,edit,info,train,eval} ...``.
+"""Command line: ``python -m vgen {generate,edit,info,attention,features,train,eval} ...``.
 
 Bad input exits with status 2 and one line on stderr; the engine's own errors carry the
 message (what was wrong, what is allowed).
@@ -83,14 +83,9 @@ def _numbered(out: Path, i: int, n: int) -> Path:
 def _warn_vocabulary(result) -> None:
     unknown = result.extras.get("unknown_words")
     if unknown:
-        from .vocab import known_words
-        from .pipelines import model_cache
-
-        model = model_cache().get(result.model)
-        known = known_words(getattr(model.pipe, "tokenizer", None))
         msg = f"warning: {result.model} does not know the words: {', '.join(unknown)}"
-        if known:
-            msg += f"\n  it knows: {' '.join(known)}"
+        if result.extras.get("known_words"):
+            msg += f"\n  it knows: {' '.join(result.extras['known_words'])}"
         print(msg, file=sys.stderr)
 
 
@@ -159,6 +154,55 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attention(a: argparse.Namespace) -> int:
+    """image.png, maps.npz, one overlay per token, grid.png (and path.png with --path)."""
+    from .attention import inspect_generation, safe_name
+    from .denoising import filmstrip
+    from .images import load_image
+    from .metadata import save_png
+    from .requests import EditRequest, GenerateRequest
+
+    kw = dict(prompt=a.prompt, **_request_kwargs(a))
+    if a.image:
+        mask = load_image(a.mask, kind="mask") if a.mask else None
+        req = EditRequest(image=load_image(a.image), mask=mask, mode=a.mode, strength=a.strength, **kw)
+    else:
+        req = GenerateRequest(**kw)
+    bars = _Bars()
+    try:
+        out = inspect_generation(req, control=bars.control(), path=a.path)
+    finally:
+        bars.close()
+    _warn_vocabulary(out.result)
+    d = Path(a.out)
+    d.mkdir(parents=True, exist_ok=True)
+    image, maps = out.result.images[0], out.maps
+    save_png(image, d / "image.png")
+    maps.save_npz(d / "maps.npz", include_special=a.include_special)
+    for key in maps.keys(a.include_special):
+        maps.overlay(image, key, a.opacity).save(d / f"overlay-{safe_name(key)}.png")
+    maps.grid(image, opacity=a.opacity).save(d / "grid.png")
+    if out.path:
+        filmstrip(out.path[0]).save(d / "path.png")
+    print(f"{d}: image.png, maps.npz ({len(maps.keys(a.include_special))} maps: "
+          f"{' '.join(maps.keys(a.include_special))}), overlays, grid.png{', path.png' if out.path else ''}"
+          f"  seed {out.result.seeds[0]}")
+    return 0
+
+
+def cmd_features(a: argparse.Namespace) -> int:
+    from .features import extract
+    from .images import load_image
+
+    kw: dict = {"vgg16": dict(weights=a.weights, size=a.size), "vae": dict(model=a.model),
+                "unet": dict(model=a.model, prompt=a.prompt, timestep=a.timestep, seed=a.seed)}.get(a.backbone, {})
+    fm = extract(load_image(a.image), a.backbone, **kw)
+    written = fm.save(a.out, k=a.top)
+    print(f"{a.out}: {len(written)} images; layers: "
+          + ", ".join(f"{n} {tuple(t.shape)}" for n, t in fm.layers.items()))
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     if a.what == "shapes":
         from .shapes.model import ModelConfig
@@ -181,7 +225,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from .shapes.evaluate import main as eval_main
 
         return eval_main(a)
-    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes")
+    if a.what == "attention":
+        from .attention_eval import main as attention_main
+
+        return attention_main(a)
+    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes, attention")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +259,32 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     i.set_defaults(func=cmd_info)
 
+    at = sub.add_parser("attention", help="generate (or edit) and write per-token cross-attention maps")
+    at.add_argument("prompt")
+    at.add_argument("--out", required=True, help="DIR: image.png, maps.npz, overlay-*.png, grid.png")
+    at.add_argument("--image", default=None, help="edit this image instead of generating")
+    at.add_argument("--mode", default="img2img", help="with --image: img2img | instruct | inpaint")
+    at.add_argument("--mask", default=None, help="with --mode inpaint: white = repaint")
+    at.add_argument("--strength", type=float, default=0.75)
+    at.add_argument("--opacity", type=float, default=0.6)
+    at.add_argument("--include-special", action="store_true", help="also the start/end/padding maps")
+    at.add_argument("--path", action="store_true", help="also write the denoising path (path.png)")
+    _add_common(at)
+    at.set_defaults(func=cmd_attention)
+
+    f = sub.add_parser("features", help="feature maps of an image (PCA view and strongest channels)")
+    f.add_argument("image")
+    f.add_argument("--backbone", default="vgg16", choices=("vgg16", "unet", "vae"))
+    f.add_argument("--out", required=True, help="DIR for the PNGs")
+    f.add_argument("--model", default=None, help="unet/vae: the generator (default: the default model)")
+    f.add_argument("--weights", default=None, help="vgg16: Hub id or folder (default timm/vgg16.tv_in1k)")
+    f.add_argument("--size", type=int, default=224, help="vgg16: shorter side of the input")
+    f.add_argument("--prompt", default="", help="unet: text condition")
+    f.add_argument("--timestep", type=int, default=200, help="unet: noise level (0-999)")
+    f.add_argument("--seed", type=int, default=0, help="unet: noise seed")
+    f.add_argument("--top", type=int, default=16, help="channels in each grid")
+    f.set_defaults(func=cmd_features)
+
     t = sub.add_parser("train", help="train an embedded model")
     t.add_argument("what", help="shapes")
     t.add_argument("--steps", type=int, default=None)
@@ -221,10 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tiny", action="store_true", help="tiny config for smoke tests")
     t.set_defaults(func=cmd_train)
 
-    v = sub.add_parser("eval", help="score a model on the shapes benchmark")
-    v.add_argument("what", help="shapes")
+    v = sub.add_parser("eval", help="score a model: shapes benchmark, or attention localization")
+    v.add_argument("what", help="shapes | attention")
     v.add_argument("--model", default=None)
-    v.add_argument("--n", type=int, default=None, help="prompts per category")
+    v.add_argument("--n", type=int, default=None, help="prompts per category (attention: prompts)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--steps", type=int, default=None)
     v.add_argument("--guidance", type=float, default=None)

@@ -49,7 +49,7 @@ class FeatureMaps:
     def pca_grid(self, cell_size: int = 128) -> Image.Image:
         """The input and every layer's PCA view side by side, labelled with shapes."""
         cells = [self.image] + [self.pca(n) for n in self.layers]
-        labels = ["input"] + [f"{n} {tuple(t.shape[1:])}x{t.shape[0]}" for n, t in self.layers.items()]
+        labels = ["input"] + [f"{n} {t.shape[0]}ch {t.shape[1]}x{t.shape[2]}" for n, t in self.layers.items()]
         return viz.grid(cells, labels, columns=len(cells), cell_size=cell_size)
 
     def views(self, k: int = 16) -> dict[str, dict[str, Image.Image]]:

@@ -3,6 +3,11 @@
 A ``JobControl`` belongs to one job (one user's request), never to the process: Stop on one
 user's job sets only that job's event. Cancel is cooperative and checked after every denoising
 step, so a cancelled job stops within one step and frees its worker.
+
+The time limit bounds the work a request asks for (encoding, denoising), not the wait for a
+model: the engine calls :meth:`JobControl.restart` once it holds the loaded model, so neither a
+first download nor the wait behind another job on the same model counts against it. (A download
+still stops on cancel, checked between chunks.)
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class JobControl:
     on_step: Callable[[Any, int, Any, dict], None] | None = None
     download: Callable[[Any], None] | None = None  # hub.DownloadProgress updates
     started: float = field(default_factory=time.monotonic)
+
+    def restart(self) -> None:
+        """Start the time-limit clock now (the engine calls this when the model is ready)."""
+        self.started = time.monotonic()
 
     def check(self) -> None:
         """Raise if the job was cancelled or ran out of time."""

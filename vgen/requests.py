@@ -206,6 +206,11 @@ def _check_edit(req: EditRequest) -> None:
         raise InvalidRequestError("an edit needs a source image; none was given")
     if not isinstance(req.image, Image.Image):
         raise InvalidRequestError("the source image must be a PIL image")
+    if req.mode == "inpaint":
+        if req.mask is None:
+            raise InvalidRequestError("inpainting needs a mask (white where to repaint); none was given")
+        if not isinstance(req.mask, Image.Image):
+            raise InvalidRequestError("the mask must be a PIL image")
     _check_number("strength", req.strength, 0.01, 1.0, integer=False)
     if req.mode in ("img2img", "inpaint") and int(req.steps * req.strength) < 1:
         # SDEdit runs only the last steps x strength steps of the schedule: none is no edit.
@@ -214,11 +219,6 @@ def _check_edit(req: EditRequest) -> None:
             f"use at least {int(1 / req.strength + 0.999)} steps or a higher strength"
         )
     _check_number("image guidance", req.image_guidance, 0.0, 30.0, integer=False)
-    if req.mode == "inpaint":
-        if req.mask is None:
-            raise InvalidRequestError("inpainting needs a mask (white where to repaint); none was given")
-        if not isinstance(req.mask, Image.Image):
-            raise InvalidRequestError("the mask must be a PIL image")
 
 
 def request_fields(cls: type) -> list[str]:

@@ -24,7 +24,7 @@ from .requests import (
     with_model_defaults,
 )
 from .schedulers import make_scheduler, sampler_name
-from .vocab import unknown_words
+from .vocab import known_words, unknown_words
 
 
 def resolve_seed(req: GenerateRequest, limits: Limits) -> GenerateRequest:
@@ -70,6 +70,7 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     control = control or JobControl()
     with model.lock:
         control.check()  # it may have been cancelled while waiting for the model
+        control.restart()  # the time limit counts this job's own work, not loading or waiting
         t0 = time.perf_counter()
         with hooks(view) if hooks else contextlib.nullcontext(), torch.inference_mode():
             out = view(
@@ -93,5 +94,12 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     return GenerationResult(
         images=images, seeds=seeds, request=req, model=req.model, revision=model.revision,
         sampler=sampler, timings=Timings(load_s=model.load_s, denoise_s=seconds, total_s=seconds),
-        extras={"unknown_words": unknown_words(getattr(view, "tokenizer", None), req.prompt)},
+        extras=vocabulary_extras(getattr(view, "tokenizer", None), req.prompt),
     )
+
+
+def vocabulary_extras(tokenizer, prompt: str) -> dict:
+    """``unknown_words`` of the prompt, and (only when there are some) the ``known_words`` of a
+    small vocabulary, so a user learns what the model can read."""
+    unknown = unknown_words(tokenizer, prompt)
+    return {"unknown_words": unknown, "known_words": known_words(tokenizer) if unknown else []}

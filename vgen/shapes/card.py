@@ -21,8 +21,10 @@ def _eval_table(report: dict) -> str:
         rows.append(f"| {name} | {v['accuracy']:.3f} | {v['n']} |")
     rows.append(f"| **overall (seen combinations)** | **{report['overall_seen']:.3f}** | |")
     s = report["settings"]
-    return "\n".join(rows) + (
-        f"\n\nSettings: {s['steps']} steps, {s['sampler']}, guidance {s['guidance']}, "
+    when = (f"Measured on the weights of training step {report['training_step']}. "
+            if "training_step" in report else "")
+    return "\n".join(rows) + "\n\n" + when + (
+        f"Settings: {s['steps']} steps, {s['sampler']}, guidance {s['guidance']}, "
         f"{s['size']}; prompt-set seed {report['seed']}, {report['n_per_category']} prompts per "
         f"category; {report['seconds_per_image']:.2f} s per image (generation and scoring, "
         "2 CPU cores).\nReproduce with `python -m vgen eval shapes "

@@ -166,6 +166,9 @@ def main(args) -> int:
         ref = parse_reference(args.model or default_model())
         if not ref.is_local:
             raise ValueError("--update-card needs a local model folder")
+        training = ref.local_path / "training.json"
+        if training.exists():
+            report["training_step"] = json.loads(training.read_text())["step"]
         (ref.local_path / "eval.json").write_text(json.dumps(report, indent=2))
         print(f"updated {write_card(ref.local_path)}")
     return 0

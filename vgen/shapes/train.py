@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,7 +224,10 @@ class Trainer:
 
         from .card import write_card
 
-        out = Path(out or self.cfg.out)
+        final = Path(out or self.cfg.out)
+        # Written beside the folder, then swapped in: the app or a commit never sees half a model.
+        out = final.with_name(final.name + ".partial")
+        shutil.rmtree(out, ignore_errors=True)
         text, unet = copy.deepcopy(self.text), copy.deepcopy(self.unet)
         self.ema.copy_to(list(unet.parameters()) + list(text.parameters()))
         pipe = StableDiffusionPipeline(
@@ -239,7 +243,15 @@ class Trainer:
             "config": asdict(self.cfg),
         }
         (out / "training.json").write_text(json.dumps(meta, indent=2))
+        if (final / "eval.json").exists():  # scores of an earlier export stay until re-evaluated
+            shutil.copy2(final / "eval.json", out / "eval.json")
         write_card(out)
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        out.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
         return pipe
 
     # -- loop -----------------------------------------------------------------------------
