@@ -66,6 +66,10 @@ def test_maps_have_one_key_per_prompt_token_and_image_size(tiny_env, tmp_path):
     one = maps.maps(step_range=(1, 1), resolutions=[res[-1]], kinds=["up"])
     assert list(one) == KEYS and one["2:circle"].shape == (64, 64)
     assert not np.allclose(one["2:circle"], maps.map("2:circle"))
+    raw = maps.maps(normalize="none")
+    assert list(raw) == KEYS and not np.allclose(raw["2:circle"], maps.map("2:circle"))
+    with pytest.raises(InvalidRequestError, match="normalize"):
+        maps.maps(normalize="softmax")
     with pytest.raises(InvalidRequestError, match="no attention recorded"):
         maps.maps(step_range=(5, 9))
     with pytest.raises(InvalidRequestError, match="no attention map"):
@@ -220,9 +224,11 @@ def test_clip_bpe_tokens_strip_word_ends_and_group_words(tmp_path):
     assert pt.keys() == ["0:a", "1:red", "2:c", "3:u", "4:b", "5:e"]
 
 
-def test_unknown_words_keep_their_text_in_the_keys(tiny_env):
+def test_unknown_words_keep_their_text_in_the_keys_and_one_word_prompts_work(tiny_env):
     _, maps = generate_with_maps(GenerateRequest(prompt="a cat circle", steps=1, seed=0))
     assert maps.keys() == ["0:a", "1:cat", "2:circle"]
+    _, one = generate_with_maps(GenerateRequest(prompt="circle", steps=1, seed=0))
+    _assert_maps(one, ["0:circle"])  # one token: its raw map, not a constant share of 1
 
 
 def test_x0_formulas_recover_the_clean_sample():

@@ -42,6 +42,7 @@ from .pipelines import ModelCache
 from .requests import EditRequest, GenerateRequest, GenerationResult, Limits
 
 KINDS = ("down", "mid", "up")
+NORMALIZE = ("tokens", "none")
 START, END, PADDING = "<start>", "<end>", "<padding>"
 DEFAULT_THRESHOLD = 0.5
 
@@ -363,7 +364,17 @@ class AttentionMaps:
 
     Filters shared by every rendering method: ``step_range=(first, last)`` (0-based, inclusive;
     None = all), ``resolutions`` (latent map sizes such as ``16``, ``"8x8"`` or ``(8, 8)``;
-    None = all), ``kinds`` (``down``/``mid``/``up``; None = all), ``image_index``.
+    None = all), ``kinds`` (``down``/``mid``/``up``; None = all), ``image_index``, and
+    ``normalize``:
+
+    * ``"tokens"`` (default): at each pixel, a prompt token's attention divided by the attention
+      on all the prompt's tokens (start, end and padding left out), i.e. which word owns the
+      pixel. Most attention mass goes to the start token, unevenly across the image, and that
+      common part swamps the raw maps; dividing it out localises words far better on the shapes
+      model (see ``vgen.attention_eval``).
+    * ``"none"``: DAAM's raw sums.
+
+    Either way each map is then min-max normalised to [0, 1]; special-token maps are raw sums.
     """
 
     tokens: PromptTokens
@@ -425,9 +436,13 @@ class AttentionMaps:
         raise InvalidRequestError(f"no attention map for {key!r}; the maps are: {', '.join(self.keys(True))}")
 
     # -- aggregation
-    def _raw(self, step_range=None, resolutions=None, kinds=None, image_index: int = 0) -> torch.Tensor:
+    def _raw(self, step_range=None, resolutions=None, kinds=None, image_index: int = 0,
+             normalize: str = "tokens") -> torch.Tensor:
         """(K, H, W): sum over the selected steps, kinds and resolutions, each resolution
-        upsampled (bilinear) to the image size before summing."""
+        upsampled (bilinear) to the image size before summing; prompt columns then divided by
+        their total when ``normalize == "tokens"``."""
+        if normalize not in NORMALIZE:
+            raise InvalidRequestError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
         res = _parse_resolutions(resolutions)
         if kinds is not None:
             kinds = {kinds} if isinstance(kinds, str) else set(kinds)
@@ -436,7 +451,7 @@ class AttentionMaps:
                 raise InvalidRequestError(f"block kinds must be among {', '.join(KINDS)}, got {sorted(bad)}")
         first, last = (0, self.num_steps - 1) if step_range is None else (int(step_range[0]), int(step_range[1]))
         key = (first, last, None if res is None else tuple(sorted(map(str, res))),
-               None if kinds is None else tuple(sorted(kinds)), image_index)
+               None if kinds is None else tuple(sorted(kinds)), image_index, normalize)
         if key in self._cache:
             return self._cache[key]
         per_res: dict[tuple[int, int], np.ndarray] = {}
@@ -460,14 +475,19 @@ class AttentionMaps:
             t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
             up = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0]
             total = up if total is None else total + up
+        if normalize == "tokens" and len(self.tokens.tokens) > 1:  # one token would own every pixel
+            first_col = 1 if self.tokens.start is not None else 0
+            prompt = total[first_col:first_col + len(self.tokens.tokens)]
+            total = total.clone()
+            total[first_col:first_col + len(self.tokens.tokens)] = prompt / prompt.sum(0, keepdim=True).clamp_min(1e-12)
         self._cache[key] = total
         return total
 
     def maps(self, step_range=None, resolutions=None, kinds=None, include_special: bool = False,
-             image_index: int = 0, by_word: bool = False) -> dict[str, np.ndarray]:
+             image_index: int = 0, by_word: bool = False, normalize: str = "tokens") -> dict[str, np.ndarray]:
         """``{"<i>:<token>": (H, W) float32 in [0, 1]}``, each map min-max normalised.
         ``by_word``: one map per word (BPE pieces summed) instead of one per token."""
-        raw = self._raw(step_range, resolutions, kinds, image_index)
+        raw = self._raw(step_range, resolutions, kinds, image_index, normalize)
         keys = self.word_keys() if by_word else self.keys(include_special)
         if by_word and include_special:
             keys = [k for k in self.keys(True) if k.startswith("-1:")] + keys + \

@@ -69,8 +69,8 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     cancel (see ``vgen.attention``)."""
     control = control or JobControl()
     with model.lock:
-        control.check()  # it may have been cancelled while waiting for the model
         control.restart()  # the time limit counts this job's own work, not loading or waiting
+        control.check()  # it may have been cancelled while waiting for the model
         t0 = time.perf_counter()
         with hooks(view) if hooks else contextlib.nullcontext(), torch.inference_mode():
             out = view(

@@ -1,0 +1,118 @@
+"""The curated Hub models' published architectures, built with random weights from their configs.
+
+The Hub is out of reach in tests and CI, so this is how the real thing's shapes, memory and
+speed are checked: the same diffusers/transformers classes and the same config values as the
+published repos (``unet/config.json``, ``text_encoder/config.json``, ``vae/config.json``),
+random weights, a stand-in tokenizer (the real ones are Hub files; token ids only need to fit the
+vocabulary). ``save_arch`` writes a pipeline in Hub layout so it loads through the engine's
+normal reference path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Shared by SD 1.x / 2.x / InstructPix2Pix (vae/config.json of those repos).
+SD_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=0.18215,
+)
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                 projection_dim=768)
+SD21_UNET = dict(SD15_UNET, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+                 use_linear_projection=True)
+SD21_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                 num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
+                 projection_dim=512)
+SDXL_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, use_linear_projection=True,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+SDXL_TEXT_2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                   num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu",
+                   projection_dim=1280)
+SDXL_VAE = dict(SD_VAE, scaling_factor=0.13025, force_upcast=True)
+
+# name: (pipeline class, unet config, text configs, vae config, scheduler, native size)
+ARCHS = {
+    "sd-turbo": ("StableDiffusionPipeline", SD21_UNET, (SD21_TEXT,), SD_VAE, "EulerDiscreteScheduler", 512),
+    "sd15": ("StableDiffusionPipeline", SD15_UNET, (SD15_TEXT,), SD_VAE, "PNDMScheduler", 512),
+    "instruct-pix2pix": ("StableDiffusionInstructPix2PixPipeline", dict(SD15_UNET, in_channels=8),
+                         (SD15_TEXT,), SD_VAE, "EulerAncestralDiscreteScheduler", 512),
+    "sdxl-turbo": ("StableDiffusionXLPipeline", SDXL_UNET, (SD15_TEXT, SDXL_TEXT_2), SDXL_VAE,
+                   "EulerAncestralDiscreteScheduler", 512),
+}
+HUB_REPOS = {
+    "sd-turbo": "stabilityai/sd-turbo",
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "instruct-pix2pix": "timbrooks/instruct-pix2pix",
+    "sdxl-turbo": "stabilityai/sdxl-turbo",
+}
+
+
+def _stand_in_tokenizer():
+    """A CLIP-shaped tokenizer (max length 77) whose ids fit a 49408-token vocabulary."""
+    from vgen.shapes.tokenizer import build_tokenizer
+
+    return build_tokenizer(max_length=77)
+
+
+def build_arch(name: str, seed: int = 0):
+    """The pipeline ``name`` at its published architecture, with random weights."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls_name, unet_cfg, text_cfgs, vae_cfg, sched_name, _ = ARCHS[name]
+    torch.manual_seed(seed)
+    tok = _stand_in_tokenizer()
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    texts = [CLIPTextModel(CLIPTextConfig(**text_cfgs[0], **ids))]
+    if len(text_cfgs) > 1:
+        texts.append(CLIPTextModelWithProjection(CLIPTextConfig(**text_cfgs[1], **ids)))
+    sched_kwargs = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                        num_train_timesteps=1000)
+    if name.endswith("turbo"):
+        sched_kwargs["timestep_spacing"] = "trailing"
+    if sched_name == "PNDMScheduler":  # as in stable-diffusion-v1-5's scheduler_config.json
+        sched_kwargs.update(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    parts = dict(
+        vae=AutoencoderKL(**vae_cfg), unet=UNet2DConditionModel(**unet_cfg), tokenizer=tok,
+        text_encoder=texts[0], scheduler=getattr(diffusers, sched_name)(**sched_kwargs),
+    )
+    if len(texts) > 1:
+        parts.update(text_encoder_2=texts[1], tokenizer_2=tok)
+    else:
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return getattr(diffusers, cls_name)(**parts)
+
+
+def save_arch(name: str, folder: str | Path) -> Path:
+    from vgen.shapes.train import fix_tokenizer_class
+
+    pipe = build_arch(name)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    fix_tokenizer_class(Path(folder))
+    if (Path(folder) / "tokenizer_2").exists():
+        import json
+
+        index = Path(folder) / "model_index.json"
+        data = json.loads(index.read_text())
+        data["tokenizer_2"] = ["transformers", "PreTrainedTokenizerFast"]
+        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return Path(folder)
