@@ -116,3 +116,48 @@ def save_arch(name: str, folder: str | Path) -> Path:
         data["tokenizer_2"] = ["transformers", "PreTrainedTokenizerFast"]
         index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return Path(folder)
+
+
+def check(name: str, root: str | Path) -> dict:
+    """Save ``name`` in Hub layout under ``root`` (an allowed model root), then run it through
+    the engine's normal reference path for 2 steps at its native size."""
+    import shutil
+    import time
+
+    from PIL import Image
+
+    from .edit import edit
+    from .generate import generate
+    from .pipelines import ModelCache
+    from .requests import EditRequest, GenerateRequest
+
+    folder = Path(root) / name
+    t0 = time.perf_counter()
+    save_arch(name, folder)
+    built = time.perf_counter() - t0
+    size = ARCHS[name][5]
+    try:
+        t0 = time.perf_counter()
+        cache = ModelCache(max_models=1)
+        if ARCHS[name][0].endswith("InstructPix2PixPipeline"):
+            r = edit(EditRequest(prompt="make it blue", model=str(folder), mode="instruct", steps=2,
+                                 guidance=2.0, seed=0, image=Image.new("RGB", (size, size))), cache=cache)
+        else:
+            r = generate(GenerateRequest(prompt="a red circle", model=str(folder), steps=2,
+                                         guidance=0.0, seed=0), cache=cache)
+        return {"model": HUB_REPOS[name], "size": list(r.images[0].size), "sampler": r.sampler,
+                "build_s": round(built, 1), "load_and_run_s": round(time.perf_counter() - t0, 1)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":  # python -m vgen.archs [NAME ...]: check published architectures
+    import json
+    import os
+    import sys
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="vgen-archs-")
+    os.environ["VGEN_MODEL_ROOTS"] = os.pathsep.join(filter(None, [os.environ.get("VGEN_MODEL_ROOTS"), root]))
+    for arch in sys.argv[1:] or list(ARCHS):
+        print(json.dumps({arch: check(arch, root)}), flush=True)

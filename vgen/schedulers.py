@@ -29,6 +29,10 @@ SCHEDULERS: dict[str, tuple[type, dict, str]] = {
 }
 
 
+# A1111 names of schedulers a model may ship with but vgen does not offer by key.
+A1111_NAMES = {"PNDMScheduler": "PLMS", "LMSDiscreteScheduler": "LMS", "HeunDiscreteScheduler": "Heun"}
+
+
 def make_scheduler(base_config, key: str | None):
     """A fresh scheduler (schedulers hold per-run state, so never share one between jobs):
     the model's own when ``key`` is None, else the named one built from the model's config."""
@@ -46,7 +50,7 @@ def sampler_name(scheduler) -> str:
             if cls is DPMSolverMultistepScheduler and not extra.get("use_karras_sigmas") and cfg.get("use_karras_sigmas"):
                 continue
             return name
-    return type(scheduler).__name__
+    return A1111_NAMES.get(type(scheduler).__name__, type(scheduler).__name__)
 
 
 def key_for_sampler(name: str) -> str | None:

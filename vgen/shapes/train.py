@@ -275,7 +275,8 @@ class Trainer:
             self.save_state()
         self.vae.requires_grad_(False).eval()
         t0, losses = time.time(), []
-        while self.step < c.steps:
+        stop = _stop_flag()
+        while self.step < c.steps and not stop.is_set():
             losses.append(self.diffusion_step_once())
             self.step += 1
             if self.step % c.log_every == 0:
@@ -289,6 +290,19 @@ class Trainer:
         self.save_state()
         self.export()
         self.log(f"done: step {self.step}, exported to {c.out}")
+
+
+def _stop_flag():
+    """SIGTERM/SIGINT end the run after the current step, with the state saved and the
+    weights exported: a session that must stop keeps every step trained so far."""
+    import signal
+    import threading
+
+    flag = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: flag.set())
+    return flag
 
 
 def train_shapes(cfg: TrainConfig, resume: bool = False, log=print) -> Trainer:
