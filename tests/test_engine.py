@@ -142,3 +142,12 @@ def test_schedulers_are_per_job_and_selectable(tiny_env):
     r = generate(GenerateRequest(prompt="a red circle", steps=2, seed=1, scheduler="euler"))
     assert "Sampler: Euler," in r.parameters[0]
     assert request_from_parameters(r.parameters[0]).scheduler == "euler"
+
+
+def test_edit_size_of_a_non_square_source_stays_within_bounds():
+    # regression: a 100x70 source on a 64x64 model gave height 56, refused by the bounds
+    from vgen.requests import Limits, fit_size
+
+    for size in [(100, 70), (70, 100), (300, 64), (64, 64)]:
+        w, h = fit_size(Image.new("RGB", size), 64, 64)
+        assert min(w, h) >= Limits.min_side and w % 8 == 0 and h % 8 == 0

@@ -126,14 +126,15 @@ class GenerationResult:
         return tuple(im.info.get("parameters", "") for im in self.images)
 
 
-def fit_size(image: Image.Image, native_w: int, native_h: int) -> tuple[int, int]:
+def fit_size(image: Image.Image, native_w: int, native_h: int,
+             min_side: int = Limits.min_side) -> tuple[int, int]:
     """The size to edit at when none is given: the source's aspect at the model's native area,
-    in multiples of 8."""
+    in multiples of 8, scaled up where needed so neither side is under ``min_side``."""
     area = native_w * native_h
     aspect = image.width / image.height
-    w = max(8, round((area * aspect) ** 0.5 / 8) * 8)
-    h = max(8, round((area / aspect) ** 0.5 / 8) * 8)
-    return w, h
+    w, h = (area * aspect) ** 0.5, (area / aspect) ** 0.5
+    grow = max(1.0, min_side / min(w, h))
+    return (max(min_side, round(w * grow / 8) * 8), max(min_side, round(h * grow / 8) * 8))
 
 
 def with_model_defaults(req: GenerateRequest, defaults: ModelDefaults) -> GenerateRequest:
