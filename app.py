@@ -1,8 +1,8 @@
 """vgen web demo: a Gradio Blocks UI over the ``vgen`` engine, and nothing else.
 
-Tabs: **Text to Image** and **Edit** (a later issue adds a third, ``build_features_tab``).
-Named API endpoints for ``gradio_client``: ``/generate`` and ``/edit``; every other event is
-private. Handlers only translate: UI values -> a typed request -> ``vgen.generate`` /
+Tabs: **Text to Image**, **Edit** and **Features** (per-word attention maps, map -> inpainting
+mask, denoising path, feature maps). Named API endpoints for ``gradio_client``: ``/generate``,
+``/edit`` and ``/attention``; every other event is private. Handlers only translate: UI values -> a typed request -> ``vgen.generate`` /
 ``vgen.edit`` -> UI values, and ``VgenError`` / ``ValueError`` -> ``gr.Error``.
 
 Cancel design: each engine handler is an async generator that runs the engine in its own worker
@@ -37,6 +37,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -46,6 +47,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
+import gradio.component_meta
+
+# Gradio writes a "<module>.pyi" stub next to any module that subclasses a component (a help for
+# custom-component packages); for the subclasses below that would be an app.pyi rewritten on
+# every start. Not wanted here.
+if hasattr(gradio.component_meta, "create_or_modify_pyi"):
+    gradio.component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
 
 from vgen.catalog import CATALOG, EMBEDDED_EDIT_MODEL, default_model, entry_for
 from vgen.errors import InvalidRequestError, VgenError
@@ -120,7 +128,13 @@ def _time_limit_s() -> float | None:
 
 def _engine_call(kind: str, request: GenerateRequest, control) -> tuple[Any, list[str]]:
     """The engine work of one job (what runs on the GPU): generate or edit, plus the model's
-    vocabulary when the prompt had unknown words."""
+    vocabulary when the prompt had unknown words. ``inspect`` (Features tab): a generate or edit
+    that also records attention maps and the denoising path; its result is an ``Inspection``."""
+    if kind == "inspect":
+        from vgen.attention import inspect_generation
+
+        out = inspect_generation(request, control=control, maps=True, path=True)
+        return out, out.result.extras.get("known_words", [])
     if kind == "generate":
         from vgen.generate import generate
 
@@ -479,6 +493,25 @@ class SafeImageEditor(gr.ImageEditor):
         return super().accept_blobs(data)
 
 
+class SafeImage(gr.Image):
+    """``gr.Image`` whose upload passes ``vgen.images``' checks (format allow-list, pixel cap
+    read from the header) before Gradio's own ``preprocess`` decodes it. Use it, not
+    ``gr.Image``, for every image a user can upload."""
+
+    is_template = True  # drawn by the browser as gr.Image
+
+    def preprocess(self, payload):
+        path = getattr(payload, "path", None)
+        if path:
+            from vgen.images import open_image
+
+            try:
+                open_image(path)
+            except VgenError as e:
+                raise gr.Error(str(e), print_exception=False) from None
+        return super().preprocess(payload)
+
+
 # --------------------------------------------------------------------------------------------
 # Jobs: the engine in a worker thread, progress and cancel
 # --------------------------------------------------------------------------------------------
@@ -547,7 +580,7 @@ def _worker(job: _Job, build: Callable[[], GenerateRequest]) -> None:
             job.result, job.known = _gpu_engine_call(job.kind, request, job.control.time_limit_s)
         else:
             job.result, job.known = _engine_call(job.kind, request, job.control)
-        job.files = _save_images(job.result)
+        job.files = _save_images(job.result.result if job.kind == "inspect" else job.result)
     except BaseException as e:  # handed to the handler, which turns it into gr.Error
         job.error = e
 
@@ -614,10 +647,11 @@ def _vocabulary_notice(result, known: list[str]) -> str:
     return text
 
 
-async def _run_job(kind: str, build: Callable[[], GenerateRequest], progress, n_outputs: int = 3):
+async def _run_job(kind: str, build: Callable[[], GenerateRequest], progress, n_outputs: int = 3,
+                   finish: Callable[[_Job, float], tuple] | None = None):
     """Run the engine for one request in a worker thread; yield no-op updates while waiting and
-    the outputs at the end. Closing or cancelling this generator cancels the job and waits for
-    it to stop."""
+    the outputs at the end (``finish(job, started)``, default ``_outputs``). Closing or
+    cancelling this generator cancels the job and waits for it to stop."""
     from vgen.jobs import JobControl
 
     job = _Job(kind)
@@ -653,7 +687,7 @@ async def _run_job(kind: str, build: Callable[[], GenerateRequest], progress, n_
         logger.info("%s job failed: %s: %s", kind, type(job.error).__name__, job.error)
         raise _ui_error(job.error)
     logger.info("%s job done in %.1f s", kind, time.perf_counter() - started)
-    yield _outputs(job, started)
+    yield (finish or _outputs)(job, started)
 
 
 # --------------------------------------------------------------------------------------------
@@ -865,6 +899,7 @@ class TextToImageTab:
     notice: gr.Markdown
     restore_file: gr.File
     event: Any = None
+    inspect: Any = None  # "Inspect in Features"
 
 
 @dataclass
@@ -953,6 +988,7 @@ def build_text_to_image_tab() -> TextToImageTab:
                 gallery = _gallery("Results", "t2i-gallery")
                 selected = gr.State(None)
                 send = gr.Button("Send to Edit", size="sm")
+                inspect_button = gr.Button("Inspect in Features", size="sm")
                 info = gr.Markdown(label="info", elem_id="t2i-info")
                 notice = gr.Markdown(label="notice", elem_id="t2i-notice")
         gr.Examples(examples=[[p] for p in EXAMPLE_PROMPTS], inputs=[prompt],
@@ -961,7 +997,7 @@ def build_text_to_image_tab() -> TextToImageTab:
         gr.Markdown(HUB_POINTER)
     return TextToImageTab(prompt, negative, model, steps, guidance, seed, randomize, width,
                           height, num_images, scheduler, generate, stop, gallery, selected, send,
-                          info, notice, restore_file)
+                          info, notice, restore_file, inspect=inspect_button)
 
 
 def build_edit_tab() -> EditTab:
@@ -1080,6 +1116,342 @@ def _wire_edit(e: EditTab) -> None:
                   concurrency_limit=None)
 
 
+# --------------------------------------------------------------------------------------------
+# Features tab: attention maps, denoising path and feature maps (vgen.attention, vgen.features)
+# --------------------------------------------------------------------------------------------
+
+FEATURE_BACKBONES = ("vgg16", "unet", "vae")
+
+
+@dataclass
+class Inspected:
+    """What one Inspect run left for re-rendering (kept per session in a ``gr.State``)."""
+
+    maps: Any  # vgen.attention.AttentionMaps
+    image: Any  # PIL image the maps belong to
+    path: str  # the image's PNG file (with its generation parameters)
+
+
+def inspect_request(prompt, model, seed, steps) -> GenerateRequest:
+    """A text-to-image request for the Features tab (seed None: a fresh one)."""
+    return GenerateRequest(prompt=prompt if prompt is not None else "",
+                           model=(model or "").strip() or None, seed=_opt_int(seed, "seed"),
+                           steps=_opt_int(steps, "steps"))
+
+
+def word_choices(maps, include_special: bool = False) -> list[tuple[str, str]]:
+    """(label, key) pairs for the word picker: the word, or the key when a word repeats."""
+    keys = maps.word_keys()
+    if include_special:
+        extra = [k for k in maps.keys(True) if k not in maps.keys(False)]
+        keys = [k for k in extra if k.startswith("-1:")] + keys + \
+               [k for k in extra if not k.startswith("-1:")]
+    words = [k.split(":", 1)[1] for k in keys]
+    return [(w if words.count(w) == 1 else k, k) for w, k in zip(words, keys)]
+
+
+def _filters(first, last, resolutions) -> dict:
+    a, b = int(first or 0), int(last or 0)
+    return dict(step_range=(min(a, b), max(a, b)),
+                resolutions=list(resolutions) if resolutions else None)
+
+
+def _default_word(maps) -> str | None:
+    keys = maps.word_keys()
+    return keys[-1] if keys else None  # the last word is usually the noun
+
+
+def render_maps(state: Inspected | None, key, first, last, resolutions, opacity):
+    """Overlay of the chosen word and the small-multiples grid, from the stored maps."""
+    if state is None:
+        return None, None
+    try:
+        filters = _filters(first, last, resolutions)
+        grid = state.maps.grid(state.image, opacity=float(opacity), **filters)
+        overlay = (state.maps.overlay(state.image, key, float(opacity), **filters)
+                   if key else None)
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    return overlay, grid
+
+
+def update_word_choices(state: Inspected | None, include_special: bool, key):
+    if state is None:
+        return gr.skip()
+    choices = word_choices(state.maps, bool(include_special))
+    keys = [k for _, k in choices]
+    return gr.update(choices=choices, value=key if key in keys else _default_word(state.maps))
+
+
+def mask_editor_value(image, mask) -> dict:
+    """An ImageEditor value: ``image`` as the background and one layer that is opaque white
+    where ``mask`` is 255 (transparent elsewhere), as PNG files in Gradio's cache folder;
+    ``editor_image_and_mask(value, "inpaint")`` gives back the image and the mask."""
+    from PIL import Image
+
+    background = image.convert("RGB")
+    mask = mask.convert("L").resize(background.size, Image.NEAREST)
+    layer = Image.new("RGBA", background.size, (255, 255, 255, 0))
+    layer.putalpha(mask.point(lambda v: 255 if v > 127 else 0))
+    composite = background.copy()
+    composite.paste(Image.new("RGB", background.size, "white"), mask=layer.getchannel("A"))
+    folder = Path(tempfile.mkdtemp(prefix="vgen-mask-", dir=_cache_dir()))
+    paths = {}
+    for name, im in (("background", background), ("layer", layer), ("composite", composite)):
+        paths[name] = str(folder / f"{name}.png")
+        im.save(paths[name], format="PNG")
+    return {"background": paths["background"], "layers": [paths["layer"]],
+            "composite": paths["composite"]}
+
+
+def use_as_mask(state: Inspected | None, key, threshold, first, last, resolutions):
+    """The chosen word's map, thresholded, as an inpainting mask on the image in the Edit tab."""
+    if state is None or not key:
+        raise gr.Error("Inspect an image and pick a word first.", print_exception=False)
+    try:
+        mask = state.maps.to_mask(key, float(threshold), **_filters(first, last, resolutions))
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    if mask.getbbox() is None:
+        raise gr.Error("The mask is empty at this threshold: lower it.", print_exception=False)
+    return mask_editor_value(state.image, mask), "inpaint", gr.Tabs(selected="edit")
+
+
+def _inspected(job: _Job) -> tuple[Inspected, Any, Any, list[str]]:
+    """(state, grid, filmstrip, word keys) of a finished inspect job."""
+    from vgen.denoising import filmstrip
+
+    out = job.result
+    image = out.result.images[0]
+    maps = out.maps
+    state = Inspected(maps, image, job.files[0][0])
+    grid = maps.grid(image)
+    strip = filmstrip(out.path[0]) if out.path else None
+    return state, grid, strip, maps.word_keys()
+
+
+async def inspect_attention(prompt: str, model: str | None = None, seed: float | None = 0,
+                            steps: float | None = None, progress=gr.Progress()):
+    """Text to image with its per-word cross-attention maps and its denoising path.
+
+    Parameters:
+        prompt: what to draw
+        model: Hub repo id (org/name[@revision]) or local model folder; empty for the default
+        seed: the seed; None for a fresh one
+        steps: denoising steps; None for the model's default
+    Returns:
+        the image (PNG with its parameters), a grid with the image and one attention overlay per
+        word, the denoising filmstrip (the predicted clean image after each step), and the word
+        keys ("<index>:<word>")
+    """
+    try:
+        req = inspect_request(prompt, model, seed, steps)
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+
+    def finish(job: _Job, started: float) -> tuple:
+        state, grid, strip, keys = _inspected(job)
+        return state.path, grid, strip, keys
+
+    async with aclosing(_run_job("inspect", lambda: req, progress, 4, finish)) as job:
+        async for out in job:
+            yield out
+
+
+async def inspect_from_ui(prompt, model, seed, steps, include_special, opacity,
+                          progress=gr.Progress()):
+    """The Inspect button: 0 steps = the model's default; fills every Features output."""
+    try:
+        req = inspect_request(prompt, model, seed, _ui_default(steps))
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+
+    def finish(job: _Job, started: float) -> tuple:
+        state, grid, strip, _ = _inspected(job)
+        maps, n = state.maps, state.maps.num_steps
+        key = _default_word(maps)
+        overlay = maps.overlay(state.image, key, float(opacity)) if key else None
+        res = [f"{h}x{w}" for h, w in maps.resolutions]
+        info = (f"**{job.result.result.model}** · seed {job.result.result.seeds[0]} · {n} steps · "
+                f"attention at {', '.join(res)} · {time.perf_counter() - started:.1f} s")
+        return (state.path, grid, strip, state,
+                gr.update(choices=word_choices(maps, bool(include_special)), value=key),
+                gr.update(maximum=max(1, n - 1), value=0, interactive=n > 1),
+                gr.update(maximum=max(1, n - 1), value=n - 1, interactive=n > 1),
+                gr.update(choices=res, value=res), overlay, info)
+
+    async with aclosing(_run_job("inspect", lambda: req, progress, 10, finish)) as job:
+        async for out in job:
+            yield out
+
+
+def show_features(image_path, backbone, model, prompt):
+    """Feature views of an image: (image, caption) pairs, a PCA view and the strongest
+    channels per layer."""
+    from vgen.features import extract
+
+    if not image_path:
+        raise gr.Error("Add an image first (or use the inspected one).", print_exception=False)
+    if backbone not in FEATURE_BACKBONES:
+        raise gr.Error(f"backbone must be one of {', '.join(FEATURE_BACKBONES)}",
+                       print_exception=False)
+    kwargs = {}
+    if backbone in ("unet", "vae"):
+        kwargs["model"] = (model or "").strip() or None
+    if backbone == "unet":
+        kwargs["prompt"] = prompt or ""
+    try:
+        fm = extract(_load(image_path), backbone, **kwargs)
+        views = fm.views()
+    except Exception as e:  # VGG16 weights unreachable, unsupported model...
+        raise _ui_error(e) from None
+    out = []
+    for name, v in views.items():
+        shape = "×".join(str(d) for d in fm.layers[name].shape)
+        out += [(v["pca"], f"{name} · PCA · {shape}"), (v["channels"], f"{name} · top channels")]
+    return out
+
+
+def inspect_latest(prompt, model, gallery, index):
+    """Text to Image -> Features: the prompt, model and seed of the selected (else first)
+    result, and the Features tab."""
+    seed = gr.skip()
+    if gallery:
+        i = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
+        item = gallery[i]
+        caption = item[1] if isinstance(item, (tuple, list)) and len(item) > 1 else None
+        m = re.fullmatch(r"seed (\d+)", caption or "")
+        if m:
+            seed = int(m.group(1))
+    return prompt, model, seed, gr.Tabs(selected="features")
+
+
+@dataclass
+class FeaturesTab:
+    prompt: gr.Textbox
+    model: gr.Dropdown
+    seed: gr.Number
+    steps: gr.Number
+    inspect: gr.Button
+    stop: gr.Button
+    image: gr.Image
+    info: gr.Markdown
+    state: gr.State
+    word: gr.Radio
+    special: gr.Checkbox
+    opacity: gr.Slider
+    first: gr.Slider
+    last: gr.Slider
+    resolutions: gr.CheckboxGroup
+    overlay: gr.Image
+    grid: gr.Image
+    filmstrip: gr.Image
+    threshold: gr.Slider
+    to_mask: gr.Button
+    feat_image: gr.Image
+    use_inspected: gr.Button
+    backbone: gr.Radio
+    show: gr.Button
+    views: gr.Gallery
+    keys: gr.JSON
+    event: Any = None
+
+
+def build_features_tab() -> FeaturesTab:
+    def picture(label, elem_id, **kw):
+        return gr.Image(label=label, elem_id=elem_id, type="filepath", format="png",
+                        interactive=False, elem_classes=["vgen-pixelated"], **kw)
+
+    with gr.Tab("Features", id="features"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4):
+                prompt = StrictTextbox(label="Prompt to inspect", lines=2,
+                                       placeholder=EXAMPLE_PROMPTS[0])
+                with gr.Row():
+                    inspect = gr.Button("Inspect", variant="primary", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
+                model = _model_dropdown(T2I_TASKS)
+                with gr.Row():
+                    seed = StrictNumber(label="Seed", value=0, precision=0)
+                    steps = StrictNumber(label="Steps (0 = model default)", value=None,
+                                         precision=0)
+                image = picture("Image", "features-image", height=256)
+                info = gr.Markdown(elem_id="features-info")
+            with gr.Column(scale=6):
+                word = gr.Radio(label="Word", choices=[], elem_id="features-word")
+                with gr.Row():
+                    special = StrictCheckbox(label="Show special tokens", value=False)
+                    opacity = StrictSlider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity")
+                with gr.Row():
+                    first = StrictSlider(0, 1, value=0, step=1, label="First step")
+                    last = StrictSlider(0, 1, value=1, step=1, label="Last step")
+                resolutions = gr.CheckboxGroup(label="Attention resolutions", choices=[])
+                with gr.Row():
+                    overlay = picture("Attention of the word", "features-overlay", height=256)
+                    filmstrip = picture("Denoising path (predicted clean image per step)",
+                                        "features-filmstrip", height=256)
+                grid = picture("Every word", "features-grid")
+                with gr.Row():
+                    threshold = StrictSlider(0.0, 1.0, value=0.5, step=0.05,
+                                             label="Mask threshold")
+                    to_mask = gr.Button("Use as mask → Edit (inpaint)")
+        with gr.Accordion("Feature maps of an image", open=False):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=4):
+                    feat_image = SafeImage(label="Image", type="filepath", format="png",
+                                           sources=["upload", "clipboard"],
+                                           elem_classes=["vgen-pixelated"], height=256)
+                    use_inspected = gr.Button("Use the inspected image", size="sm")
+                    backbone = gr.Radio(choices=list(FEATURE_BACKBONES), value="unet",
+                                        label="Backbone",
+                                        info="unet / vae: the generator picked above (offline); "
+                                        "vgg16: ImageNet CNN, weights from the Hub")
+                    show = gr.Button("Show features")
+                with gr.Column(scale=6):
+                    views = gr.Gallery(label="PCA-to-RGB and strongest channels per layer",
+                                       columns=2, height=520, object_fit="contain",
+                                       format="png", interactive=False,
+                                       elem_classes=["vgen-gallery", "vgen-pixelated"])
+        keys = gr.JSON(visible=False, label="words")  # an output of the /attention endpoint
+        state = gr.State(None)
+    return FeaturesTab(prompt, model, seed, steps, inspect, stop, image, info, state, word,
+                       special, opacity, first, last, resolutions, overlay, grid, filmstrip,
+                       threshold, to_mask, feat_image, use_inspected, backbone, show, views,
+                       keys)
+
+
+def _wire_features(f: FeaturesTab, edit: EditTab, tabs) -> None:
+    private = dict(api_visibility="private")
+    quick = dict(api_visibility="private", concurrency_limit=None)
+    f.event = gr.on(
+        triggers=[f.inspect.click, f.prompt.submit], fn=inspect_from_ui,
+        inputs=[f.prompt, f.model, f.seed, f.steps, f.special, f.opacity],
+        outputs=[f.image, f.grid, f.filmstrip, f.state, f.word, f.first, f.last, f.resolutions,
+                 f.overlay, f.info],
+        concurrency_id=ENGINE_CONCURRENCY_ID, trigger_mode="once", show_progress_on=f.image,
+        **private,
+    )
+    f.stop.click(fn=None, cancels=[f.event])
+    api_button = gr.Button(visible=False)
+    api_button.click(inspect_attention, [f.prompt, f.model, f.seed, f.steps],
+                     [f.image, f.grid, f.filmstrip, f.keys], api_name="attention",
+                     concurrency_id=ENGINE_CONCURRENCY_ID, show_progress_on=f.image)
+    filters = [f.state, f.word, f.first, f.last, f.resolutions, f.opacity]
+    gr.on(triggers=[f.word.change, f.first.release, f.last.release, f.resolutions.change,
+                    f.opacity.release], fn=render_maps, inputs=filters,
+          outputs=[f.overlay, f.grid], **quick)
+    f.special.change(update_word_choices, [f.state, f.special, f.word], f.word, **quick)
+    # The Edit tab is shown first and the editor filled after: a layer given to an editor that
+    # is not drawn yet is not shown in the browser.
+    pending = gr.State(None)
+    f.to_mask.click(use_as_mask, [f.state, f.word, f.threshold, f.first, f.last, f.resolutions],
+                    [pending, edit.mode, tabs], **quick
+                    ).success(lambda value: value, pending, edit.editor, **quick)
+    f.use_inspected.click(lambda path: path, f.image, f.feat_image, **quick)
+    f.show.click(show_features, [f.feat_image, f.backbone, f.model, f.prompt], f.views,
+                 concurrency_id=ENGINE_CONCURRENCY_ID, **private)
+
+
 def build_demo() -> gr.Blocks:
     """The whole UI. Loads no model: errors (missing checkpoint, Hub unreachable) surface as
     gr.Error when a model is used."""
@@ -1090,9 +1462,13 @@ def build_demo() -> gr.Blocks:
         with gr.Tabs() as tabs:
             t2i = build_text_to_image_tab()
             edit = build_edit_tab()
-            # A later issue adds a third tab here: build_features_tab(...).
+            features = build_features_tab()
         _wire_text_to_image(t2i)
         _wire_edit(edit)
+        _wire_features(features, edit, tabs)
+        t2i.inspect.click(inspect_latest, [t2i.prompt, t2i.model, t2i.gallery, t2i.selected],
+                          [features.prompt, features.model, features.seed, tabs],
+                          api_visibility="private", concurrency_limit=None)
         t2i.send_to_edit.click(send_to_edit, [t2i.gallery, t2i.selected], [edit.editor, tabs],
                                api_visibility="private", concurrency_limit=None)
         for event in (t2i.event, edit.event):  # a model may have been downloaded
@@ -1175,9 +1551,6 @@ class BodySizeLimit:
     def __init__(self, app, max_body: int, max_upload: int):
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
 
-    class _TooLarge(Exception):
-        pass
-
     async def _reject(self, send, limit: int) -> None:
         body = f"request body too large: at most {limit} bytes are accepted".encode()
         await send({"type": "http.response.start", "status": 413,
@@ -1199,28 +1572,90 @@ class BodySizeLimit:
                 too_large = True
             if too_large:
                 return await self._reject(send, limit)
-        received, started = 0, False
+        received, started, refused = 0, False, False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message.get("type") == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodySizeLimit._TooLarge()
+                if received > limit:  # a chunked body (no Content-Length) that ran over
+                    refused = True
+                    if not started:
+                        await self._reject(send, limit)
+                    return {"type": "http.disconnect"}  # the app sees a client that left
             return message
 
-        async def tracking_send(message):
+        async def guarded_send(message):
             nonlocal started
+            if refused:
+                return  # the 413 has been sent; whatever the app answers is dropped
             if message.get("type") == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodySizeLimit._TooLarge:
-            if not started:
-                await self._reject(send, limit)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+
+
+REFUSED_FILE = ("a file named in this request was not uploaded to this app (or lies outside its "
+                "upload folder), so it cannot be used; upload it first")
+REFUSED_URL = ("a file URL in this request points to a private, loopback or unresolvable address; "
+               "such URLs are not fetched")
+
+
+def _refusal(error: BaseException) -> str | None:
+    """The clear message for a file Gradio refused before any handler ran, else None."""
+    from gradio.exceptions import InvalidPathError
+
+    for e in (error, getattr(error, "__cause__", None)):
+        if isinstance(e, InvalidPathError):
+            return REFUSED_FILE
+        if isinstance(e, ValueError) and re.fullmatch(r"Hostname \S+ failed validation", str(e)):
+            return REFUSED_URL  # safehttpx refused to download a URL given as a file
+    return None
+
+
+def explain_refused_files() -> None:
+    """Gradio refuses a file path in a request that was not uploaded to this app (its
+    ``InvalidPathError``) but, with ``show_error`` off, the caller only hears "Error". Turn that
+    refusal into a message that says why, without echoing the server's folders (Gradio's own
+    text lists every blocked path); the same for a file URL that safehttpx refused (SSRF).
+    Wraps ``error_payload`` where Gradio's queue and routes call it; if a Gradio release moves
+    it, those errors simply stay terse."""
+    import gradio.queueing as queueing
+    import gradio.utils as gutils
+
+    original = gutils.error_payload
+    if getattr(original, "vgen_wrapped", False):
+        return
+
+    def error_payload(error, show_error):
+        message = _refusal(error) if error is not None else None
+        if message is not None:
+            error = gr.Error(message, print_exception=False)
+        return original(error, show_error)
+
+    error_payload.vgen_wrapped = True
+    gutils.error_payload = error_payload
+    if getattr(queueing, "error_payload", None) is original:
+        queueing.error_payload = error_payload
+
+
+async def _unknown_event(request, exc: KeyError):
+    """Gradio looks a queued event up by the ``fn_index`` the client sends and lets the
+    KeyError of an unknown one become a bare 500; answer 404 with the reason instead."""
+    from starlette.responses import JSONResponse, PlainTextResponse
+
+    if request.url.path.rstrip("/").endswith("/queue/join"):
+        return JSONResponse({"detail": f"no event with fn_index {exc.args[0]!r:.40}"}, 404)
+    logger.error("unhandled KeyError on %s", request.url.path, exc_info=exc)
+    return PlainTextResponse("Internal Server Error", 500)
 
 
 def launch_settings() -> dict:
@@ -1236,7 +1671,8 @@ def launch_settings() -> dict:
         blocked_paths=blocked_paths(),
         enable_monitoring=False,  # /monitoring/summary would show every event's timing
         app_kwargs={"middleware": [Middleware(BodySizeLimit, max_body=max_body,
-                                              max_upload=max_file + 64 * 1024)]},
+                                              max_upload=max_file + 64 * 1024)],
+                    "exception_handlers": {KeyError: _unknown_event}},
         css=CSS,
     )
 
@@ -1245,6 +1681,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     demo = build_demo()
     demo.queue(**queue_settings())
+    explain_refused_files()
     demo.launch(**launch_settings())
 
 

@@ -182,3 +182,87 @@ def tiny_env(tiny_models, monkeypatch):
     monkeypatch.setenv("VGEN_DEFAULT_MODEL", str(tiny_models["txt2img"]))
     monkeypatch.setattr(pipelines, "_CACHE", None)
     return tiny_models
+
+
+# ==================================================================================================
+# The hardened app in a subprocess (tests/test_hardening.py and tests/test_browser.py share it).
+#
+#   hardened_app   session fixture: ``python app.py`` on a loopback port with the tiny txt2img model
+#                  as the default, VGEN_MODEL_ROOTS = the tiny models' root, HF_TOKEN = a canary that
+#                  must never come back, VGEN_QUEUE_SIZE=2 (so "busy" is easy to reach), offline Hub.
+#                  Returns a HardenedApp (url, port, pid, log, token, models root).
+# ==================================================================================================
+
+
+@dataclass
+class HardenedApp:
+    url: str
+    port: int
+    pid: int
+    log: Path
+    token: str
+    models_root: Path
+    queue_size: int
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def hardened_app(tmp_path_factory, tiny_models):
+    import secrets
+
+    work = tmp_path_factory.mktemp("hardened-app")
+    port = _free_loopback_port()
+    token = "hf_vgenCanary" + secrets.token_hex(12)
+    queue_size = 2
+    env = {
+        **os.environ,
+        "VGEN_DEFAULT_MODEL": str(tiny_models["txt2img"]),
+        "VGEN_MODEL_ROOTS": str(tiny_models["root"]),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_TEMP_DIR": str(work / "gradio"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(work / "hf-cache"),
+        "HF_TOKEN": token,
+        "VGEN_DEVICE": "cpu",
+        "VGEN_QUEUE_SIZE": str(queue_size),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("VGEN_CONCURRENCY", "VGEN_JOB_TIME_LIMIT", "VGEN_MAX_FILE_SIZE", "VGEN_MAX_BODY_SIZE"):
+        env.pop(name, None)
+    log = work / "app.log"
+    repo = Path(__file__).resolve().parent.parent
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+            try:
+                urllib.request.urlopen(url + "config", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"app.py did not answer on {url}:\n{log.read_text(errors='replace')[-4000:]}")
+                time.sleep(0.3)
+        yield HardenedApp(url, port, proc.pid, log, token, tiny_models["root"], queue_size)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+# ==================================================================================================
+# (end of hardened app section)
+# ==================================================================================================

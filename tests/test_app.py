@@ -134,7 +134,7 @@ def _parameters(item: dict) -> str:
 
 def test_only_generate_and_edit_are_public(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/generate", "/edit"}
+    assert set(api["named_endpoints"]) == {"/generate", "/edit", "/attention"}
     assert not api["unnamed_endpoints"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert names == ["prompt", "negative_prompt", "model", "steps", "guidance", "seed",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -38,7 +39,14 @@ def open_image(source, max_pixels: int | None = None) -> Image.Image:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(source, formats=FORMATS)
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            # PIL checks its own (larger) limit while reading the header: say ours.
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{found.group(1)} pixels" if found else "too many pixels"
+            raise InvalidImageError(
+                f"image is {size}; at most {limit} are accepted (a decompression bomb?)"
+            ) from None
+        except UnidentifiedImageError as e:
             raise InvalidImageError(
                 f"not a readable image (allowed formats: {', '.join(FORMATS)}): {e}"
             ) from None
