@@ -1,10 +1,13 @@
 """The command line, run as users run it: ``python -m vgen ...`` in a subprocess."""
 
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +65,11 @@ def test_train_smoke_saves_and_reloads_through_the_engine(tmp_path):
          "--state-dir", tmp_path / "state")
     assert (out / "model_index.json").exists() and (out / "README.md").exists()
     assert all(f.stat().st_size < 10e6 for f in out.rglob("*"))
+    # Regression (latent scale lost on export): the fitted scale must reach vae/config.json,
+    # not stay SD's 0.18215, or every exported model decodes saturated blurs.
+    state = torch.load(tmp_path / "state" / "state.pt", weights_only=False)
+    saved = json.loads((out / "vae" / "config.json").read_text())["scaling_factor"]
+    assert saved == pytest.approx(state["scaling_factor"]) and saved != 0.18215
     env = {"VGEN_MODEL_ROOTS": str(tmp_path / "models")}
     vgen("generate", "a red circle", "--model", out, "--steps", 2, "--seed", 1, "--out", tmp_path / "g.png", env_extra=env)
     assert Image.open(tmp_path / "g.png").size == (64, 64)

@@ -28,6 +28,12 @@ def test_checkpoint_is_small_enough_for_a_space():
     assert not any(f.suffix in (".bin", ".ckpt", ".pt", ".pth") for f in files)
 
 
+def test_shipped_vae_config_has_the_fitted_latent_scale():
+    """Regression: exports up to step 4762 kept SD's 0.18215 instead of the fitted scale."""
+    cfg = json.loads((CHECKPOINT / "vae" / "config.json").read_text())
+    assert cfg["scaling_factor"] != 0.18215 and 0.2 < cfg["scaling_factor"] < 10
+
+
 def test_default_model_generates_offline(offline):
     r = generate(GenerateRequest(prompt="a red circle to the left of a blue square", seed=0))
     assert r.model == "vgen-shapes" and r.revision == "local"

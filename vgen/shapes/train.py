@@ -123,7 +123,7 @@ class Trainer:
             self.opt.load_state_dict(st["opt"])
             self.ema.shadow = st["ema"]
             self.phase, self.step, self.vae_step = st["phase"], st["step"], st["vae_step"]
-            self.vae.config.scaling_factor = st["scaling_factor"]
+            self.vae.register_to_config(scaling_factor=st["scaling_factor"])
             self.rng.setstate(st["rng"])
             torch.set_rng_state(st["torch_rng"])
             self.log(f"resumed from {self.state_path}: phase {self.phase}, step {self.step}")
@@ -137,7 +137,7 @@ class Trainer:
             self.text.load_state_dict(pipe.text_encoder.state_dict())
             self.vae.load_state_dict(pipe.vae.state_dict())
             self.unet.load_state_dict(pipe.unet.state_dict())
-            self.vae.config.scaling_factor = pipe.vae.config.scaling_factor
+            self.vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
             self.ema = EMA(self._gen_params(), self.cfg.ema_decay)
             self.phase, self.step, self.vae_step = "diffusion", meta["step"], meta["vae_step"]
             self.rng = random.Random(self.cfg.seed + self.step)
@@ -268,7 +268,9 @@ class Trainer:
             if self.vae_step % c.save_every == 0:
                 self.save_state()
         if self.phase == "vae":
-            self.vae.config.scaling_factor = self.fit_latent_scale()
+            # register_to_config, not attribute assignment: only registered values reach the
+            # saved config.json (an assigned attribute is lost on export; bug of step <= 4762).
+            self.vae.register_to_config(scaling_factor=self.fit_latent_scale())
             self.vae.requires_grad_(False)
             self.phase = "diffusion"
             self.log(f"latent scale {self.vae.config.scaling_factor:.4f}")
