@@ -928,6 +928,7 @@ class EditTab:
     notice: gr.Markdown
     api_image: gr.File
     api_mask: gr.File
+    inspect: gr.Button  # -> the Features tab, with this edit's attention maps
     event: Any = None
 
 
@@ -1047,7 +1048,9 @@ def build_edit_tab() -> EditTab:
             with gr.Column(scale=6):
                 gallery = _gallery("Edited", "edit-gallery")
                 selected = gr.State(None)
-                reuse = gr.Button("Edit this result further", size="sm")
+                with gr.Row():
+                    reuse = gr.Button("Edit this result further", size="sm")
+                    inspect = gr.Button("Inspect this edit → Features", size="sm")
                 info = gr.Markdown(label="info", elem_id="edit-info")
                 notice = gr.Markdown(label="notice", elem_id="edit-notice")
         # Inputs of the /edit API endpoint only: a plain image file and an optional mask file.
@@ -1055,7 +1058,7 @@ def build_edit_tab() -> EditTab:
         api_mask = gr.File(label="mask", visible=False, type="filepath")
     return EditTab(editor, prompt, mode, strength, image_guidance, negative, model, steps,
                    guidance, seed, randomize, width, height, num_images, scheduler, edit, stop,
-                   gallery, selected, reuse, info, notice, api_image, api_mask)
+                   gallery, selected, reuse, info, notice, api_image, api_mask, inspect)
 
 
 def _wire_text_to_image(t: TextToImageTab) -> None:
@@ -1132,9 +1135,10 @@ class Inspected:
     path: str  # the image's PNG file (with its generation parameters)
 
 
-def inspect_request(prompt, model, seed, steps) -> GenerateRequest:
+def inspect_request(prompt, model, seed, steps, negative_prompt=None) -> GenerateRequest:
     """A text-to-image request for the Features tab (seed None: a fresh one)."""
     return GenerateRequest(prompt=prompt if prompt is not None else "",
+                           negative_prompt=negative_prompt if negative_prompt is not None else "",
                            model=(model or "").strip() or None, seed=_opt_int(seed, "seed"),
                            steps=_opt_int(steps, "steps"))
 
@@ -1231,7 +1235,8 @@ def _inspected(job: _Job) -> tuple[Inspected, Any, Any, list[str]]:
 
 
 async def inspect_attention(prompt: str, model: str | None = None, seed: float | None = 0,
-                            steps: float | None = None, progress=gr.Progress()):
+                            steps: float | None = None, negative_prompt: str | None = None,
+                            progress=gr.Progress()):
     """Text to image with its per-word cross-attention maps and its denoising path.
 
     Parameters:
@@ -1239,13 +1244,14 @@ async def inspect_attention(prompt: str, model: str | None = None, seed: float |
         model: Hub repo id (org/name[@revision]) or local model folder; empty for the default
         seed: the seed; None for a fresh one
         steps: denoising steps; None for the model's default
+        negative_prompt: what to avoid (empty for none)
     Returns:
         the image (PNG with its parameters), a grid with the image and one attention overlay per
         word, the denoising filmstrip (the predicted clean image after each step), and the word
         keys ("<index>:<word>")
     """
     try:
-        req = inspect_request(prompt, model, seed, steps)
+        req = inspect_request(prompt, model, seed, steps, negative_prompt)
     except (VgenError, ValueError) as e:
         raise _ui_error(e) from None
 
@@ -1258,13 +1264,8 @@ async def inspect_attention(prompt: str, model: str | None = None, seed: float |
             yield out
 
 
-async def inspect_from_ui(prompt, model, seed, steps, include_special, opacity,
-                          progress=gr.Progress()):
-    """The Inspect button: 0 steps = the model's default; fills every Features output."""
-    try:
-        req = inspect_request(prompt, model, seed, _ui_default(steps))
-    except (VgenError, ValueError) as e:
-        raise _ui_error(e) from None
+def _features_outputs(include_special, opacity) -> Callable[[_Job, float], tuple]:
+    """The ``finish`` of an Inspect job: every output of the Features tab."""
 
     def finish(job: _Job, started: float) -> tuple:
         state, grid, strip, _ = _inspected(job)
@@ -1272,7 +1273,9 @@ async def inspect_from_ui(prompt, model, seed, steps, include_special, opacity,
         key = _default_word(maps)
         overlay = maps.overlay(state.image, key, float(opacity)) if key else None
         res = [f"{h}x{w}" for h, w in maps.resolutions]
-        info = (f"**{job.result.result.model}** · seed {job.result.result.seeds[0]} · {n} steps · "
+        r = job.result.result
+        task = getattr(r.request, "mode", "txt2img")
+        info = (f"**{r.model}** · {task} · seed {r.seeds[0]} · {n} steps · "
                 f"attention at {', '.join(res)} · {time.perf_counter() - started:.1f} s")
         return (state.path, grid, strip, state,
                 gr.update(choices=word_choices(maps, bool(include_special)), value=key),
@@ -1280,7 +1283,37 @@ async def inspect_from_ui(prompt, model, seed, steps, include_special, opacity,
                 gr.update(maximum=max(1, n - 1), value=n - 1, interactive=n > 1),
                 gr.update(choices=res, value=res), overlay, info)
 
+    return finish
+
+
+async def inspect_from_ui(prompt, negative_prompt, model, seed, steps, include_special, opacity,
+                          progress=gr.Progress()):
+    """The Inspect button: 0 steps = the model's default; fills every Features output."""
+    try:
+        req = inspect_request(prompt, model, seed, _ui_default(steps), negative_prompt)
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    finish = _features_outputs(include_special, opacity)
     async with aclosing(_run_job("inspect", lambda: req, progress, 10, finish)) as job:
+        async for out in job:
+            yield out
+
+
+async def inspect_edit_from_ui(editor, prompt, mode, strength, image_guidance, negative_prompt,
+                               model, steps, guidance, seed, randomize_seed, width, height,
+                               scheduler, include_special, opacity, progress=gr.Progress()):
+    """The Edit tab's "Inspect this edit": the edit as set up there (any mode, one image), with
+    its per-word attention maps and denoising path shown in the Features tab."""
+
+    def build() -> EditRequest:
+        source, mask = editor_image_and_mask(editor, mode)
+        return edit_request(source, mask, prompt, mode, strength, image_guidance,
+                            negative_prompt, model, _ui_default(steps), _ui_default(guidance),
+                            seed, randomize_seed, _ui_default(width), _ui_default(height),
+                            1, scheduler)
+
+    finish = _features_outputs(include_special, opacity)
+    async with aclosing(_run_job("inspect", build, progress, 10, finish)) as job:
         async for out in job:
             yield out
 
@@ -1354,7 +1387,9 @@ class FeaturesTab:
     show: gr.Button
     views: gr.Gallery
     keys: gr.JSON
+    negative_prompt: gr.Textbox
     event: Any = None
+    edit_event: Any = None
 
 
 def build_features_tab() -> FeaturesTab:
@@ -1367,6 +1402,8 @@ def build_features_tab() -> FeaturesTab:
             with gr.Column(scale=4):
                 prompt = StrictTextbox(label="Prompt to inspect", lines=2,
                                        placeholder=EXAMPLE_PROMPTS[0])
+                negative_prompt = StrictTextbox(label="Negative prompt", lines=1,
+                                                placeholder="what to avoid (optional)")
                 with gr.Row():
                     inspect = gr.Button("Inspect", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
@@ -1417,7 +1454,12 @@ def build_features_tab() -> FeaturesTab:
     return FeaturesTab(prompt, model, seed, steps, inspect, stop, image, info, state, word,
                        special, opacity, first, last, resolutions, overlay, grid, filmstrip,
                        threshold, to_mask, feat_image, use_inspected, backbone, show, views,
-                       keys)
+                       keys, negative_prompt)
+
+
+def FEATURES_OUTPUTS(f: FeaturesTab) -> list:  # noqa: N802 - a fixed list, built per tab
+    return [f.image, f.grid, f.filmstrip, f.state, f.word, f.first, f.last, f.resolutions,
+            f.overlay, f.info]
 
 
 def _wire_features(f: FeaturesTab, edit: EditTab, tabs) -> None:
@@ -1425,15 +1467,25 @@ def _wire_features(f: FeaturesTab, edit: EditTab, tabs) -> None:
     quick = dict(api_visibility="private", concurrency_limit=None)
     f.event = gr.on(
         triggers=[f.inspect.click, f.prompt.submit], fn=inspect_from_ui,
-        inputs=[f.prompt, f.model, f.seed, f.steps, f.special, f.opacity],
-        outputs=[f.image, f.grid, f.filmstrip, f.state, f.word, f.first, f.last, f.resolutions,
-                 f.overlay, f.info],
+        inputs=[f.prompt, f.negative_prompt, f.model, f.seed, f.steps, f.special, f.opacity],
+        outputs=FEATURES_OUTPUTS(f),
         concurrency_id=ENGINE_CONCURRENCY_ID, trigger_mode="once", show_progress_on=f.image,
         **private,
     )
-    f.stop.click(fn=None, cancels=[f.event])
+    # Edit tab -> Features: the same edit, inspected (the tab is shown first, then filled).
+    f.edit_event = edit.inspect.click(
+        lambda: gr.Tabs(selected="features"), None, tabs, **quick,
+    ).then(
+        inspect_edit_from_ui,
+        [edit.editor, edit.prompt, edit.mode, edit.strength, edit.image_guidance,
+         edit.negative_prompt, edit.model, edit.steps, edit.guidance, edit.seed,
+         edit.randomize_seed, edit.width, edit.height, edit.scheduler, f.special, f.opacity],
+        FEATURES_OUTPUTS(f), concurrency_id=ENGINE_CONCURRENCY_ID, show_progress_on=f.image,
+        **private,
+    )
+    f.stop.click(fn=None, cancels=[f.event, f.edit_event])
     api_button = gr.Button(visible=False)
-    api_button.click(inspect_attention, [f.prompt, f.model, f.seed, f.steps],
+    api_button.click(inspect_attention, [f.prompt, f.model, f.seed, f.steps, f.negative_prompt],
                      [f.image, f.grid, f.filmstrip, f.keys], api_name="attention",
                      concurrency_id=ENGINE_CONCURRENCY_ID, show_progress_on=f.image)
     filters = [f.state, f.word, f.first, f.last, f.resolutions, f.opacity]
@@ -1476,6 +1528,12 @@ def build_demo() -> gr.Blocks:
                        api_visibility="private", concurrency_limit=None)
         demo.load(refresh_model_choices, None, [t2i.model, edit.model],
                   api_visibility="private", concurrency_limit=None)
+        # The Features tab's picker too (its model may have just been downloaded).
+        features_choices = dict(fn=lambda: gr.update(choices=model_choices(T2I_TASKS)),
+                                inputs=None, outputs=features.model,
+                                api_visibility="private", concurrency_limit=None)
+        demo.load(**features_choices)
+        features.event.then(**features_choices)
     return demo
 
 

@@ -20,7 +20,7 @@ import app  # noqa: E402
 def test_attention_endpoint(client):  # noqa: F811
     api = client.view_api(return_format="dict", print_info=False)
     params = [p["parameter_name"] for p in api["named_endpoints"]["/attention"]["parameters"]]
-    assert params == ["prompt", "model", "seed", "steps"]
+    assert params == ["prompt", "model", "seed", "steps", "negative_prompt"]
     image, grid, strip, keys = client.predict("a red circle", None, 3, 2, api_name="/attention")
     assert keys == ["0:a", "1:red", "2:circle"]
     picture = Image.open(image)
@@ -130,7 +130,7 @@ def _last(agen):
 
 def test_inspect_render_mask_and_features_in_process(tiny_env, tmp_path, monkeypatch):
     monkeypatch.setattr(app, "_cache_dir", lambda: tmp_path)
-    out = _last(app.inspect_from_ui("a red circle", None, 3, 2, False, 0.6,
+    out = _last(app.inspect_from_ui("a red circle", "", None, 3, 2, False, 0.6,
                                     progress=lambda *a, **k: None))
     path, grid, strip, state, word, first, last, res, overlay, info = out
     assert Image.open(path).size == (64, 64) and "seed 3" in info
@@ -171,3 +171,23 @@ def test_vgg16_unreachable_is_a_clear_error(tmp_path, monkeypatch):
         app.show_features(str(picture), "vgg16", None, "")
     with pytest.raises(gr.Error, match="Add an image"):
         app.show_features(None, "vae", None, "")
+
+
+def test_inspect_an_edit_from_the_edit_tab(tiny_env, tmp_path, monkeypatch):
+    """Every edit mode can be inspected: the Edit tab's settings, one image, maps of its prompt."""
+    monkeypatch.setattr(app, "_cache_dir", lambda: tmp_path)
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (240, 240, 240)).save(source)
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).rectangle((8, 8, 30, 30), fill=(255, 255, 255, 255))
+    layer.save(tmp_path / "layer.png")
+    editor = {"background": str(source), "layers": [str(tmp_path / "layer.png")],
+              "composite": str(source)}
+    for mode in ("img2img", "inpaint"):
+        out = _last(app.inspect_edit_from_ui(
+            editor, "a blue square", mode, 0.8, 1.5, "red", None, 2, None, 5, False, None, None,
+            "model default", False, 0.6, progress=lambda *a, **k: None))
+        path, grid, strip, state, word, *_, info = out
+        assert f"{mode} · seed 5" in info and Image.open(path).size == (64, 64)
+        assert [k for _, k in word["choices"]] == ["0:a", "1:blue", "2:square"]
+        assert "Negative prompt: red" in Image.open(path).info["parameters"]
