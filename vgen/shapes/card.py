@@ -32,6 +32,15 @@ def _eval_table(report: dict) -> str:
     )
 
 
+def _grounding(cfg: dict) -> str:
+    if not cfg.get("grounding_weight"):
+        return ""
+    return (f"\nToken grounding (TokenCompose's token loss, Wang et al. 2024; weight "
+            f"{cfg['grounding_weight']:g}, from step 5182 on): each color and shape word's "
+            "cross-attention is pulled onto the exact masks of the objects it names, so the "
+            "per-word attention maps of the app's Features tab show where each word went.")
+
+
 def write_card(folder: str | Path) -> Path:
     folder = Path(folder)
     meta = json.loads((folder / "training.json").read_text())
@@ -75,7 +84,7 @@ Held out of training entirely (images and captions): {held}.
 text encoder and UNet jointly: {meta['step']} steps of batch {meta['batch']}
 ({meta['samples_seen']:,} freshly rendered images with fresh captions), AdamW lr {cfg['lr']},
 min-SNR-γ={cfg['min_snr_gamma']} weighting, {cfg['cfg_dropout']:.0%} caption dropout for
-classifier-free guidance, EMA {cfg['ema_decay']} (the exported weights). CPU only.
+classifier-free guidance, EMA {cfg['ema_decay']} (the exported weights).{_grounding(cfg)} CPU only.
 Resume with `python -m vgen train shapes --resume` (from this folder's weights when no
 optimizer state is around).
 

@@ -13,6 +13,7 @@ fresh machine, from the saved pipeline alone (weights of the last export, fresh 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import captions, world
+from . import captions, grounding, world
 from .model import ModelConfig, build_all, build_sample_scheduler
 
 
@@ -42,6 +43,8 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    # TokenCompose token loss weight (0: off); added from step 5000 of the first model.
+    grounding_weight: float = 2e-3
     save_every: int = 500
     log_every: int = 50
     seed: int = 0
@@ -53,15 +56,17 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def sample_batch(rng: random.Random, n: int, cfg_dropout: float = 0.0) -> tuple[np.ndarray, list[str]]:
+def sample_batch(rng: random.Random, n: int, cfg_dropout: float = 0.0,
+                 with_scenes: bool = False):
     """Fresh scenes (held-out pairs never included) with fresh captions; some captions are
-    dropped to "" so the model also learns the unconditional score for guidance."""
+    dropped to "" so the model also learns the unconditional score for guidance.
+    Returns (images, texts), plus the scenes when ``with_scenes``."""
     scenes = [world.sample_scene(rng) for _ in range(n)]
     images = np.stack([world.render_array(s) for s in scenes])  # (n, 64, 64, 3)
     texts = [
         "" if rng.random() < cfg_dropout else captions.describe(rng, s) for s in scenes
     ]
-    return images, texts
+    return (images, texts, scenes) if with_scenes else (images, texts)
 
 
 def fix_tokenizer_class(folder: Path) -> None:
@@ -98,6 +103,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.tok, self.text, self.vae, self.unet, self.noise = build_all(cfg.model)
         self.phase, self.step, self.vae_step = "vae", 0, 0
+        self.grounding_losses: list[float] = []
         self.rng = random.Random(cfg.seed)
         self.state_path = Path(cfg.state_dir) / "state.pt"
         self._make_optimizers()
@@ -186,7 +192,7 @@ class Trainer:
     # -- phase 2: text encoder + UNet -----------------------------------------------------
     def diffusion_step_once(self) -> float:
         c = self.cfg
-        images, texts = sample_batch(self.rng, c.batch, c.cfg_dropout)
+        images, texts, scenes = sample_batch(self.rng, c.batch, c.cfg_dropout, with_scenes=True)
         with torch.no_grad():
             z0 = self.vae.encode(images_to_tensor(images)).latent_dist.mean
             z0 = z0 * self.vae.config.scaling_factor  # (B, 4, 16, 16)
@@ -197,12 +203,20 @@ class Trainer:
         zt = self.noise.add_noise(z0, noise, t)
         target = self.noise.get_velocity(z0, noise, t)
         cond = self.text(ids).last_hidden_state  # (B, 32, D)
-        pred = self.unet(zt, t, cond).sample
+        record = (grounding.record_cross_attention(self.unet) if c.grounding_weight > 0
+                  else contextlib.nullcontext([]))
+        with record as probs:
+            pred = self.unet(zt, t, cond).sample
         # Min-SNR-gamma weights for v-prediction: min(snr, gamma) / (snr + 1).
         abar = self.noise.alphas_cumprod[t]
         snr = abar / (1 - abar)
         w = torch.clamp(snr, max=c.min_snr_gamma) / (snr + 1)
         loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        if c.grounding_weight > 0:
+            masks, weight = grounding.target_masks(texts, scenes, ids.shape[1])  # (B, 32, 64, 64)
+            g = grounding.token_loss(probs, masks, weight, tuple(z0.shape[-2:]))
+            self.grounding_losses.append(g.item())
+            loss = loss + c.grounding_weight * g
         lr = c.lr * min(1.0, (self.step + 1) / c.warmup)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -282,9 +296,10 @@ class Trainer:
             losses.append(self.diffusion_step_once())
             self.step += 1
             if self.step % c.log_every == 0:
-                self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f} "
+                g = f" token {np.mean(self.grounding_losses):.3f}" if self.grounding_losses else ""
+                self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f}{g} "
                          f"({(time.time() - t0) / len(losses):.2f} s/step)")
-                t0, losses = time.time(), []
+                t0, losses, self.grounding_losses = time.time(), [], []
             if self.step % c.save_every == 0:
                 self.save_state()
                 self.export()

@@ -128,24 +128,36 @@ def _polygon(obj: Obj, k: int) -> list[tuple[float, float]]:
     return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
 
 
+def _draw(draw: ImageDraw.ImageDraw, obj: Obj, fill, k: int) -> None:
+    if obj.shape == "circle":
+        x0, y0, x1, y1 = (v * k for v in obj.box)
+        # PIL's ellipse box is inclusive of the last pixel.
+        draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
+        return
+    poly = _polygon(obj, k)
+    if obj.shape == "square":
+        draw.rectangle([poly[0][0], poly[0][1], poly[2][0] - 1, poly[2][1] - 1], fill=fill)
+    else:
+        draw.polygon(poly, fill=fill)
+
+
 def render(scene: Scene) -> Image.Image:
     """Draw a scene anti-aliased: at SUPERSAMPLE x, then box-filtered down (exact coverage)."""
     k = SUPERSAMPLE
     big = Image.new("RGB", (IMAGE_SIZE * k, IMAGE_SIZE * k), BACKGROUND)
     draw = ImageDraw.Draw(big)
     for obj in scene.objects:
-        fill = COLORS[obj.color]
-        if obj.shape == "circle":
-            x0, y0, x1, y1 = (v * k for v in obj.box)
-            # PIL's ellipse box is inclusive of the last pixel.
-            draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
-        else:
-            poly = _polygon(obj, k)
-            if obj.shape == "square":
-                draw.rectangle([poly[0][0], poly[0][1], poly[2][0] - 1, poly[2][1] - 1], fill=fill)
-            else:
-                draw.polygon(poly, fill=fill)
+        _draw(draw, obj, COLORS[obj.color], k)
     return big.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
+
+
+def coverage(obj: Obj) -> np.ndarray:
+    """The fraction of each pixel the object covers, (64, 64) float in [0, 1], drawn exactly as
+    ``render`` draws it."""
+    k = SUPERSAMPLE
+    big = Image.new("L", (IMAGE_SIZE * k, IMAGE_SIZE * k), 0)
+    _draw(ImageDraw.Draw(big), obj, 255, k)
+    return np.asarray(big.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=np.float32) / 255.0
 
 
 def render_array(scene: Scene) -> np.ndarray:
