@@ -1,8 +1,10 @@
 """vgen web demo: a Gradio Blocks UI over the ``vgen`` engine, and nothing else.
 
-Tabs: **Text to Image**, **Edit** and **Features** (per-word attention maps, map -> inpainting
-mask, denoising path, feature maps). Named API endpoints for ``gradio_client``: ``/generate``,
-``/edit`` and ``/attention``; every other event is private. Handlers only translate: UI values -> a typed request -> ``vgen.generate`` /
+Tabs: **Text to Image**, **Edit**, **Features** (per-word attention maps, map -> inpainting
+mask, denoising path, feature maps) and **Compare** (one prompt and seed across models and
+settings, side by side). Named API endpoints for ``gradio_client``: ``/generate``, ``/edit``,
+``/attention``, ``/compare`` and ``/expand`` (prompt expansion with a language model); every
+other event is private. Handlers only translate: UI values -> a typed request -> ``vgen.generate`` /
 ``vgen.edit`` -> UI values, and ``VgenError`` / ``ValueError`` -> ``gr.Error``.
 
 Cancel design: each engine handler is an async generator that runs the engine in its own worker
@@ -41,6 +43,8 @@ import re
 import tempfile
 import threading
 import time
+import uuid
+import contextlib
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +139,10 @@ def _engine_call(kind: str, request: GenerateRequest, control) -> tuple[Any, lis
 
         out = inspect_generation(request, control=control, maps=True, path=True)
         return out, out.result.extras.get("known_words", [])
+    if kind == "compare":  # Compare tab: a CompareRequest, a CompareResult (vgen.compare)
+        from vgen.compare import compare
+
+        return compare(request, control=control), []
     if kind == "generate":
         from vgen.generate import generate
 
@@ -258,7 +266,10 @@ def model_choices(tasks: tuple[str, ...]) -> list[tuple[str, str]]:
     """(label, reference) pairs: the default model, then the curated models for ``tasks``;
     each label says whether the model is already on this machine."""
     default = default_model()
-    refs = [default] + [e.ref for e in CATALOG if set(e.tasks) & set(tasks) and e.ref != default]
+    # An embedded model (a bare name: a folder under checkpoints/) cannot be downloaded: it is
+    # offered only when its folder is here (vgen-shapes-edit exists once trained).
+    refs = [default] + [e.ref for e in CATALOG if set(e.tasks) & set(tasks) and e.ref != default
+                        and ("/" in e.ref or _is_cached(e.ref))]
     choices = []
     for ref in refs:
         entry = entry_for(ref)
@@ -338,11 +349,12 @@ def _common_fields(prompt, negative_prompt, model, steps, guidance, seed, random
 
 
 def generate_request(prompt, negative_prompt, model, steps, guidance, seed, randomize_seed,
-                     width, height, num_images, scheduler) -> GenerateRequest:
+                     width, height, num_images, scheduler, decoder="full") -> GenerateRequest:
     return GenerateRequest(
         **_common_fields(prompt, negative_prompt, model, steps, guidance, seed, randomize_seed,
                          num_images, scheduler),
         width=_opt_int(width, "width"), height=_opt_int(height, "height"),
+        decoder="full" if decoder is None else decoder,
     )
 
 
@@ -530,9 +542,20 @@ class _Job:
     files: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # about the input images
     error: BaseException | None = None
+    preview: tuple[str, str] | None = None  # the latest live preview: (PNG file, caption)
+    previews: int = 0  # how many were made
 
     def on_step(self, step: int, total: int) -> None:
         self.step = (step, total)
+
+    def on_preview(self, step: int, total: int, image) -> None:
+        """A live preview from the engine (``JobControl.preview``): a small PNG in Gradio's
+        cache folder, shown in the gallery until the images arrive."""
+        path = _cache_dir() / f"vgen-preview-{uuid.uuid4().hex}" / f"preview-{step}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format="PNG", compress_level=1)
+        self.preview = (str(path), f"preview · step {step}/{total}")
+        self.previews += 1
 
     def on_download(self, progress) -> None:
         self.download = progress
@@ -627,6 +650,10 @@ def _outputs(job: _Job, started: float) -> tuple:
         f"{req.width}×{req.height} · {req.steps} steps · guidance {req.guidance:g} · "
         f"seed{'s' if len(r.seeds) > 1 else ''} {seeds} · {time.perf_counter() - started:.1f} s"
     )
+    if r.extras.get("decoder"):  # which decoder made the images (and why not "fast")
+        info += f" · decoder {r.extras['decoder']}"
+        if r.extras.get("decoder_note"):
+            info += f" ({r.extras['decoder_note']})"
     notice = _vocabulary_notice(r, job.known)
     if job.notes:
         inputs = "ℹ️ " + "; ".join(n[0].upper() + n[1:] for n in job.notes) + "."
@@ -648,33 +675,49 @@ def _vocabulary_notice(result, known: list[str]) -> str:
 
 
 async def _run_job(kind: str, build: Callable[[], GenerateRequest], progress, n_outputs: int = 3,
-                   finish: Callable[[_Job, float], tuple] | None = None):
+                   finish: Callable[[_Job, float], tuple] | None = None, previews: bool = False):
     """Run the engine for one request in a worker thread; yield no-op updates while waiting and
-    the outputs at the end (``finish(job, started)``, default ``_outputs``). Closing or
-    cancelling this generator cancels the job and waits for it to stop."""
+    the outputs at the end (``finish(job, started)``, default ``_outputs``). With ``previews``
+    (the first output is a gallery) live previews are shown in it as the engine makes them.
+    Closing or cancelling this generator cancels the job and waits for it to stop."""
     from vgen.jobs import JobControl
 
     job = _Job(kind)
     job.control = JobControl(progress=job.on_step, download=job.on_download,
-                             time_limit_s=_time_limit_s())
+                             time_limit_s=_time_limit_s(),
+                             preview=job.on_preview if previews else None)
     ctx = contextvars.copy_context()  # Gradio's (and ZeroGPU's) request context
-    thread = threading.Thread(target=ctx.run, args=(_worker, job, build),
-                              name=f"vgen-{kind}", daemon=True)
+    loop, finished = asyncio.get_running_loop(), asyncio.Event()
+
+    def work() -> None:
+        try:
+            ctx.run(_worker, job, build)
+        finally:  # wake the handler at once rather than at its next poll (up to POLL_S later)
+            with contextlib.suppress(RuntimeError):  # the loop may be gone (server stopping)
+                loop.call_soon_threadsafe(finished.set)
+
+    thread = threading.Thread(target=work, name=f"vgen-{kind}", daemon=True)
     started = time.perf_counter()
     thread.start()
     logger.info("%s job started", kind)
     try:
-        shown, last_yield = None, time.monotonic()
+        shown, last_yield, previewed = None, time.monotonic(), 0
         while thread.is_alive():
             snap = job.snapshot()
             if snap != shown:
                 _report(progress, snap)
                 shown = snap
+            if job.previews != previewed:
+                previewed = job.previews
+                yield ([job.preview], *_skip(n_outputs - 1))
+                last_yield = time.monotonic()
+                continue
             if time.monotonic() - last_yield >= YIELD_EVERY_S:
                 yield _skip(n_outputs)  # here Gradio stops a job whose client went away
                 last_yield, shown = time.monotonic(), None  # and the bar is shown again at once
                 continue
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(finished.wait(), POLL_S)
     finally:
         if thread.is_alive():  # cancelled (Stop), closed (client gone) or failed while waiting
             job.control.cancel.set()
@@ -707,6 +750,7 @@ async def generate_images(
     height: float | None = None,
     num_images: float = 1,
     scheduler: str = DEFAULT_SCHEDULER,
+    decoder: str = "full",
     progress=gr.Progress(),
 ):
     """Text to image.
@@ -723,28 +767,21 @@ async def generate_images(
         height: image height, a multiple of 8; None for the model's default
         num_images: how many images (seeds seed, seed+1, ...)
         scheduler: "model default" or a sampler key (dpm++2m, euler, euler-a, ddim, unipc, lcm, ...)
+        decoder: "full" (the model's VAE) or "fast" (tiny autoencoder TAESD, for Stable
+            Diffusion / SDXL latents; other models decode with their own VAE and say so)
     Returns:
         gallery of PNG files (each with its generation parameters in the "parameters" text chunk,
-        caption "seed N"), an info line, and a notice listing words the model does not know
+        caption "seed N"; while it runs, live previews captioned "preview"), an info line (it
+        names the decoder that made the images), and a notice listing words the model does not
+        know
     """
     try:
         req = generate_request(prompt, negative_prompt, model, steps, guidance, seed,
-                               randomize_seed, width, height, num_images, scheduler)
+                               randomize_seed, width, height, num_images, scheduler, decoder)
     except (VgenError, ValueError) as e:
         raise _ui_error(e) from None
-    async with aclosing(_run_job("generate", lambda: req, progress)) as job:
+    async with aclosing(_run_job("generate", lambda: req, progress, previews=True)) as job:
         async for out in job:  # closing this generator closes (and so cancels) the job
-            yield out
-
-
-async def generate_from_ui(prompt, negative_prompt, model, steps, guidance, seed, randomize_seed,
-                           width, height, num_images, scheduler, progress=gr.Progress()):
-    """The Generate button: like ``generate_images``, with 0 for "model default"."""
-    async with aclosing(generate_images(
-            prompt, negative_prompt, model, _ui_default(steps), _ui_default(guidance), seed,
-            randomize_seed, _ui_default(width), _ui_default(height), num_images, scheduler,
-            progress=progress)) as job:
-        async for out in job:
             yield out
 
 
@@ -860,13 +897,19 @@ def send_to_edit(gallery, index):
     return pick_image(gallery, index), gr.Tabs(selected="edit")
 
 
+def instruct_default() -> str:
+    """The model the instruct mode switches to: the embedded editor when its folder is here
+    (it works offline), else the Hub's InstructPix2Pix."""
+    return default_model("instruct")
+
+
 def on_mode_change(mode: str, model: str | None):
     """Show the slider that matters for the mode; swap an unsuitable curated model."""
     entry = entry_for((model or "").strip() or default_model())
     new_model = gr.skip()
     if entry is not None:
         if mode == "instruct" and "instruct" not in entry.tasks:
-            new_model = EMBEDDED_EDIT_MODEL
+            new_model = instruct_default()
         elif mode != "instruct" and entry.tasks == ("instruct",):
             new_model = default_model()
     return (new_model, gr.update(visible=mode != "instruct"),
@@ -900,6 +943,8 @@ class TextToImageTab:
     restore_file: gr.File
     event: Any = None
     inspect: Any = None  # "Inspect in Features"
+    expand: Any = None  # "Expand with language model" (ExpandPanel)
+    decoder: Any = None  # "Decoder: full / fast"
 
 
 @dataclass
@@ -967,6 +1012,7 @@ def build_text_to_image_tab() -> TextToImageTab:
                     generate = gr.Button("Generate", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
                 model = _model_dropdown(T2I_TASKS)
+                expand_panel = build_expand_panel()
                 with gr.Accordion("Settings · 0 = the model's default", open=True):
                     with gr.Row():
                         steps = StrictNumber(label="Steps", value=None, precision=0)
@@ -982,6 +1028,11 @@ def build_text_to_image_tab() -> TextToImageTab:
                                                precision=0)
                         scheduler = StrictDropdown(label="Scheduler", choices=_scheduler_choices(),
                                                 value=DEFAULT_SCHEDULER)
+                    decoder = gr.Radio(
+                        choices=[("full VAE", "full"), ("fast (tiny autoencoder)", "fast")],
+                        value="full", label="Decoder",
+                        info="fast: TAESD decodes Stable Diffusion / SDXL latents in a fraction "
+                        "of the time (slightly softer); other models use their own VAE")
                 with gr.Accordion("Restore parameters from a vgen PNG", open=False):
                     restore_file = gr.File(label="Drop a PNG made by vgen", file_types=[".png"],
                                            type="filepath")
@@ -998,7 +1049,8 @@ def build_text_to_image_tab() -> TextToImageTab:
         gr.Markdown(HUB_POINTER)
     return TextToImageTab(prompt, negative, model, steps, guidance, seed, randomize, width,
                           height, num_images, scheduler, generate, stop, gallery, selected, send,
-                          info, notice, restore_file, inspect=inspect_button)
+                          info, notice, restore_file, inspect=inspect_button,
+                          expand=expand_panel, decoder=decoder)
 
 
 def build_edit_tab() -> EditTab:
@@ -1063,11 +1115,12 @@ def build_edit_tab() -> EditTab:
 
 def _wire_text_to_image(t: TextToImageTab) -> None:
     inputs = [t.prompt, t.negative_prompt, t.model, t.steps, t.guidance, t.seed,
-              t.randomize_seed, t.width, t.height, t.num_images, t.scheduler]
+              t.randomize_seed, t.width, t.height, t.num_images, t.scheduler, t.decoder]
     outputs = [t.gallery, t.info, t.notice]
+    # The prompt may have been written by a language model: the UI event also takes its record.
     t.event = gr.on(
-        triggers=[t.generate.click, t.prompt.submit], fn=generate_from_ui, inputs=inputs,
-        outputs=outputs, api_visibility="private", concurrency_id=ENGINE_CONCURRENCY_ID,
+        triggers=[t.generate.click, t.prompt.submit], fn=generate_with_expansion,
+        inputs=[t.expand.record, *inputs], outputs=outputs, api_visibility="private", concurrency_id=ENGINE_CONCURRENCY_ID,
         trigger_mode="once", show_progress_on=t.gallery,
     )
     t.stop.click(fn=None, cancels=[t.event])
@@ -1086,6 +1139,7 @@ def _wire_text_to_image(t: TextToImageTab) -> None:
          t.width, t.height, t.scheduler],
         api_visibility="private", concurrency_limit=None,
     )
+    _wire_expand(t, inputs)
 
 
 def _wire_edit(e: EditTab) -> None:
@@ -1117,6 +1171,281 @@ def _wire_edit(e: EditTab) -> None:
                      concurrency_limit=None)
     e.reuse.click(pick_image, [e.gallery, e.selected], e.editor, api_visibility="private",
                   concurrency_limit=None)
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt expansion with a language model (vgen.expand), in the Text to Image tab
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExpandPanel:
+    lm: gr.Dropdown
+    seed: gr.Number
+    temperature: gr.Slider
+    variants: gr.Slider
+    system_prompt: gr.Textbox
+    expand: gr.Button
+    picker: gr.Radio
+    expanded: gr.Textbox
+    diff: gr.HighlightedText
+    use: gr.Button
+    use_and_generate: gr.Button
+    info: gr.Markdown
+    result: gr.State  # the last expansion: original, variants, seeds, lm, ... (plain dict)
+    record: gr.State  # the expansion in use: Expansion fields + "used" (the prompt it made)
+    api_out: gr.JSON  # the /expand endpoint's answer
+
+
+def lm_choices() -> list[tuple[str, str]]:
+    """(label, reference): the default LM, then the curated ones, with cache marks."""
+    from vgen.expand import LM_CATALOG, default_lm
+
+    default = default_lm()
+    labels = {e.ref: e.label for e in LM_CATALOG}
+    refs = [default] + [e.ref for e in LM_CATALOG if e.ref != default]
+    return [(labels.get(ref, ref) + (" · default" if ref == default else "")
+             + (" · ✓ cached" if _is_cached(ref) else " · ⤓ downloads on first use"), ref)
+            for ref in refs]
+
+
+def _expand_request(prompt, lm, seed, temperature, num_variants, system_prompt):
+    from vgen.expand import DEFAULT_TEMPERATURE, ExpandRequest
+
+    t = _opt_float(temperature, "temperature")
+    n = _opt_int(num_variants, "number of variants")
+    return ExpandRequest(
+        prompt=prompt if prompt is not None else "", lm=(lm or "").strip() or None,
+        seed=_opt_int(seed, "seed"), temperature=DEFAULT_TEMPERATURE if t is None else t,
+        num_variants=1 if n is None else n,
+        system_prompt=system_prompt if system_prompt and system_prompt.strip() else None,
+    )
+
+
+def _expand_updates(req):
+    """ExpandUpdates of ``req`` under this app's time limit; engine errors -> gr.Error."""
+    from vgen.expand import expand_stream
+    from vgen.jobs import JobControl
+
+    stream = expand_stream(req, control=JobControl(time_limit_s=_time_limit_s()))
+    try:
+        yield from stream
+    except Exception as e:  # not GeneratorExit: a closed handler just stops
+        raise _ui_error(e) from None
+    finally:
+        stream.close()  # a closed handler (Stop, client gone) cancels the model's work
+
+
+def _result_state(result) -> dict:
+    req = result.request
+    return {"original": req.prompt, "variants": list(result.variants), "seeds": list(result.seeds),
+            "lm": result.lm, "revision": result.revision, "mode": result.mode,
+            "temperature": req.temperature, "system_prompt": req.system_prompt or ""}
+
+
+def _variant_choices(texts) -> list[tuple[str, int]]:
+    return [(f"{i + 1} · {t}" if t else f"{i + 1} · …", i) for i, t in enumerate(texts)]
+
+
+def _diff(original: str | None, expanded: str | None) -> list[tuple[str, str | None]]:
+    from vgen.expand import word_diff
+
+    return word_diff(original or "", expanded or "")
+
+
+def expand_from_ui(prompt, lm, seed, temperature, num_variants, system_prompt):
+    """The Expand button: stream the variants of the prompt into the picker, the editable
+    expanded prompt and its highlighted additions."""
+    try:
+        req = _expand_request(prompt, lm, seed, temperature, num_variants, system_prompt)
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    original = (req.prompt or "").strip()
+    for update in _expand_updates(req):
+        text = update.texts[update.index]
+        if update.result is None:
+            yield (gr.update(choices=_variant_choices(update.texts), value=update.index), text,
+                   _diff(original, text), gr.skip(), gr.skip())
+            continue
+        r = update.result
+        info = (f"**{r.lm}** · {r.mode} · revision `{r.revision[:12]}` · seeds "
+                f"{r.seeds[0]}–{r.seeds[-1]} · temperature {r.request.temperature:g} · {r.seconds:.1f} s")
+        if r.mode == "completion" and system_prompt and system_prompt.strip():
+            info += " · (a completion model: the system prompt does not apply)"
+        yield (gr.update(choices=_variant_choices(r.variants), value=0), r.variants[0],
+               _diff(original, r.variants[0]), _result_state(r), info)
+
+
+def pick_variant(index, state):
+    """A variant picked: it becomes the editable expanded prompt."""
+    if not state or not isinstance(index, int) or not 0 <= index < len(state["variants"]):
+        return gr.skip(), gr.skip()
+    text = state["variants"][index]
+    return text, _diff(state["original"], text)
+
+
+def show_additions(text, state):
+    """The expanded prompt edited: re-highlight what differs from the original."""
+    return _diff(state["original"] if state else "", text)
+
+
+def use_expansion(text, index, state):
+    """"Use this prompt": the (possibly edited) expansion becomes the prompt, and what made it
+    is kept so the images made from it record it."""
+    if not state or not (text or "").strip():
+        raise gr.Error("Expand a prompt first (Expand), then pick a variant.", print_exception=False)
+    i = index if isinstance(index, int) and 0 <= index < len(state["variants"]) else 0
+    record = {"original_prompt": state["original"], "expanded_prompt": state["variants"][i],
+              "lm": state["lm"], "revision": state["revision"], "seed": state["seeds"][i],
+              "temperature": state["temperature"], "system_prompt": state["system_prompt"],
+              "used": text.strip()}
+    return text.strip(), record
+
+
+def recorded_expansion(record, prompt):
+    """The Expansion to record with a generation: only while the prompt is still the text the
+    expansion made (a prompt typed afterwards was not made by the language model)."""
+    from vgen.requests import Expansion
+
+    if not isinstance(record, dict) or (prompt or "").strip() != record.get("used"):
+        return None
+    return Expansion(**{k: v for k, v in record.items() if k != "used"})
+
+
+async def generate_with_expansion(record, prompt, negative_prompt, model, steps, guidance, seed,
+                                  randomize_seed, width, height, num_images, scheduler,
+                                  decoder="full", progress=gr.Progress()):
+    """The Generate button: like ``generate_images`` with 0 for "model default", plus the
+    expansion record of the prompt (the first input, so a field added to the Generate inputs
+    cannot shift into it)."""
+    import dataclasses
+
+    try:
+        req = generate_request(prompt, negative_prompt, model, _ui_default(steps),
+                               _ui_default(guidance), seed, randomize_seed, _ui_default(width),
+                               _ui_default(height), num_images, scheduler, decoder)
+        req = dataclasses.replace(req, expansion=recorded_expansion(record, prompt))
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    async with aclosing(_run_job("generate", lambda: req, progress, previews=True)) as job:
+        async for out in job:
+            yield out
+
+
+def expand_prompt(prompt: str, lm: str | None = None, seed: float | None = 0,
+                  temperature: float | None = 0.8, num_variants: float = 1,
+                  system_prompt: str | None = None):
+    """Expand a prompt with a language model (streams; the last answer is complete).
+
+    Parameters:
+        prompt: the prompt to expand
+        lm: Hub repo id (org/name[@revision]) or local folder of a causal LM; empty for the
+            default (the embedded vgen-shapes-lm)
+        seed: variant i uses seed + i; -1 draws one
+        temperature: sampling temperature, 0-2 (0: greedy)
+        num_variants: how many expansions (1-8)
+        system_prompt: instruction models only; empty for the default one
+    Returns:
+        {"variants": [...], "seeds": [...], "lm", "revision", "mode" ("chat" | "completion"),
+        "temperature", "system_prompt", "original", "done"}
+    """
+    try:
+        req = _expand_request(prompt, lm, seed, temperature, num_variants, system_prompt)
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    for update in _expand_updates(req):
+        if update.result is None:
+            yield {"variants": list(update.texts), "done": False}
+        else:
+            yield {**_result_state(update.result), "done": True}
+
+
+def restore_expansion(path: str | None):
+    """The expansion fields from a PNG's parameters (nothing changes for images made without)."""
+    n = 10
+    if not path:
+        return _skip(n)
+    from vgen.images import open_image
+    from vgen.metadata import read_parameters, request_from_parameters
+
+    try:
+        req = request_from_parameters(read_parameters(open_image(path)))
+    except (VgenError, ValueError, KeyError):
+        return _skip(n)  # restore_parameters reports it
+    e = req.expansion
+    if e is None:
+        return (*_skip(n - 1), None)
+    state = {"original": e.original_prompt, "variants": [e.expanded_prompt], "seeds": [e.seed],
+             "lm": e.lm, "revision": e.revision, "mode": "", "temperature": e.temperature,
+             "system_prompt": e.system_prompt}
+    record = {"original_prompt": e.original_prompt, "expanded_prompt": e.expanded_prompt,
+              "lm": e.lm, "revision": e.revision, "seed": e.seed, "temperature": e.temperature,
+              "system_prompt": e.system_prompt, "used": req.prompt.strip()}
+    info = (f"Restored: **{e.lm}** revision `{(e.revision or '?')[:12]}` · seed {e.seed} · "
+            f"temperature {e.temperature} wrote this prompt from “{e.original_prompt}”.")
+    return (e.lm, e.seed if e.seed is not None else gr.skip(),
+            e.temperature if e.temperature is not None else gr.skip(),
+            e.system_prompt or gr.skip(), gr.update(choices=_variant_choices([e.expanded_prompt]), value=0),
+            e.expanded_prompt, _diff(e.original_prompt, e.expanded_prompt), state, info, record)
+
+
+def build_expand_panel() -> ExpandPanel:
+    from vgen.expand import DEFAULT_SYSTEM_PROMPT, DEFAULT_TEMPERATURE, MAX_VARIANTS, default_lm
+
+    with gr.Accordion("Expand with language model", open=False):
+        gr.Markdown("A language model rewrites the prompt above into fuller ones; edit and "
+                    "pick one, then use it. Images record how their prompt was made.")
+        lm = StrictDropdown(choices=lm_choices(), value=default_lm(), allow_custom_value=True,
+                            label="Language model",
+                            info="Pick one, or type a Hub repo id of a causal LM (org/name[@revision]).")
+        with gr.Row():
+            seed = StrictNumber(label="Seed (variant i: seed + i)", value=0, precision=0)
+            temperature = StrictSlider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05,
+                                       label="Temperature")
+            variants = StrictSlider(1, MAX_VARIANTS, value=3, step=1, label="Variants")
+        system_prompt = StrictTextbox(label="System prompt (instruction models only)", lines=3,
+                                      value=DEFAULT_SYSTEM_PROMPT)
+        expand = gr.Button("Expand")
+        picker = gr.Radio(choices=[], label="Variants", type="value")
+        expanded = StrictTextbox(label="Expanded prompt (editable)", lines=2)
+        diff = gr.HighlightedText(label="Added by the language model", combine_adjacent=True,
+                                  show_legend=True, show_inline_category=False,
+                                  color_map={"added": "green", "removed": "red"})
+        with gr.Row():
+            use = gr.Button("Use this prompt", size="sm")
+            use_and_generate = gr.Button("Use and generate", size="sm", variant="primary")
+        info = gr.Markdown(elem_id="t2i-expand-info")
+    return ExpandPanel(lm, seed, temperature, variants, system_prompt, expand, picker, expanded,
+                       diff, use, use_and_generate, info, gr.State(None), gr.State(None),
+                       gr.JSON(visible=False))
+
+
+def _wire_expand(t: TextToImageTab, generate_inputs: list) -> None:
+    """``generate_inputs``: the Generate button's inputs (the expansion record comes first)."""
+    x = t.expand
+    private = dict(api_visibility="private", concurrency_limit=None)
+    inputs = [t.prompt, x.lm, x.seed, x.temperature, x.variants, x.system_prompt]
+    x.expand.click(expand_from_ui, inputs, [x.picker, x.expanded, x.diff, x.result, x.info],
+                   api_visibility="private", concurrency_id=ENGINE_CONCURRENCY_ID,
+                   trigger_mode="once", show_progress_on=x.expanded)
+    # The API endpoint (gradio_client: client.predict(..., api_name="/expand")).
+    gr.Button(visible=False).click(expand_prompt, inputs, x.api_out, api_name="expand",
+                                   concurrency_id=ENGINE_CONCURRENCY_ID)
+    x.picker.input(pick_variant, [x.picker, x.result], [x.expanded, x.diff], **private)
+    x.expanded.input(show_additions, [x.expanded, x.result], x.diff, **private)
+    x.use.click(use_expansion, [x.expanded, x.picker, x.result], [t.prompt, x.record], **private)
+    gen_inputs = [x.record, *generate_inputs]
+    generating = x.use_and_generate.click(
+        use_expansion, [x.expanded, x.picker, x.result], [t.prompt, x.record], **private,
+    ).success(generate_with_expansion, gen_inputs, [t.gallery, t.info, t.notice],
+              api_visibility="private", concurrency_id=ENGINE_CONCURRENCY_ID,
+              show_progress_on=t.gallery)
+    t.stop.click(fn=None, cancels=[generating])
+    t.restore_file.upload(
+        restore_expansion, t.restore_file,
+        [x.lm, x.seed, x.temperature, x.system_prompt, x.picker, x.expanded, x.diff, x.result,
+         x.info, x.record], **private,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1504,6 +1833,360 @@ def _wire_features(f: FeaturesTab, edit: EditTab, tabs) -> None:
                  concurrency_id=ENGINE_CONCURRENCY_ID, **private)
 
 
+# --------------------------------------------------------------------------------------------
+# Compare tab: one prompt and seed across models and settings (vgen.compare, vgen.compare_grid)
+# --------------------------------------------------------------------------------------------
+
+NO_AXIS = "none"
+# Parameters an axis can vary here, with example values (also the values boxes' placeholders).
+COMPARE_AXES = {
+    "guidance": "1, 4, 7",
+    "steps": "4, 10, 20",
+    "scheduler": "default, euler, dpm++2m, unipc",
+    "size": "64x64, 96x64",
+    "model": "vgen-shapes, stabilityai/sd-turbo",
+    "negative_prompt": "| red | blue   (text values are separated by |; empty = none)",
+    "prompt": "a red circle | a blue square | two green triangles   (separated by |)",
+    "expand": "off, on   (language-model prompt expansion, with the cell's seed)",
+}
+_COMPARE_DONE = object()  # marks the finished job among the updates of _run_job
+
+
+@dataclass
+class Compared:
+    """What one comparison left in the session: the result and its files (for re-rendering the
+    grid with a word's attention maps, and for showing a clicked cell)."""
+
+    result: Any  # vgen.compare.CompareResult
+    files: list[str]  # the cells' PNGs (with their parameters), row by row
+    grid: str  # the labelled grid PNG (the whole comparison in its metadata)
+    zip: str  # the cells as PNGs with their parameters, plus comparison.json
+
+
+def compare_request(prompt, x_param, x_values, y_param=NO_AXIS, y_values="", negative_prompt=None,
+                    model=None, seed=None, steps=None, guidance=None, attention=False):
+    """A ``vgen.compare.CompareRequest`` from UI values (seed None or -1: one drawn for all)."""
+    from vgen.compare import Axis, CompareRequest, split_values
+
+    base = GenerateRequest(prompt=prompt if prompt is not None else "",
+                           negative_prompt=negative_prompt if negative_prompt is not None else "",
+                           model=(model or "").strip() or None, steps=_opt_int(steps, "steps"),
+                           guidance=_opt_float(guidance, "guidance"), seed=_opt_int(seed, "seed"))
+    if not x_param or x_param == NO_AXIS:
+        raise InvalidRequestError(f"pick the x axis' parameter: one of {', '.join(COMPARE_AXES)}")
+    x = Axis(x_param, tuple(split_values(x_param, x_values if x_values is not None else "")))
+    y = None
+    if y_param and y_param != NO_AXIS:
+        y = Axis(y_param, tuple(split_values(y_param, y_values if y_values is not None else "")))
+    return CompareRequest(base, x, y, attention=bool(attention))
+
+
+def _cell_caption(result, cell) -> str:
+    req = result.request
+    parts = [f"{req.x.param} {result.x_labels[cell.col]}"]
+    if req.y is not None:
+        parts.append(f"{req.y.param} {result.y_labels[cell.row]}")
+    parts.append(f"{cell.seconds:.2f} s")
+    if cell.score is not None:
+        parts.append("PASS" if cell.score.passed else "FAIL")
+    return " · ".join(parts)
+
+
+def _compare_files(job: _Job) -> Compared:
+    """The grid PNG and the ZIP of one finished comparison, in Gradio's cache folder (run in a
+    worker thread: encoding 16 large PNGs should not hold up the event loop)."""
+    from vgen.compare_grid import cells_zip, grid_image
+    from vgen.metadata import png_bytes
+
+    result = job.result
+    folder = Path(tempfile.mkdtemp(prefix="vgen-compare-", dir=_cache_dir()))
+    grid = folder / "vgen-compare-grid.png"
+    grid.write_bytes(png_bytes(grid_image(result)))
+    archive = folder / "vgen-compare-cells.zip"
+    archive.write_bytes(cells_zip(result))
+    return Compared(result, [path for path, _ in job.files], str(grid), str(archive))
+
+
+def compare_scores(result) -> str:
+    """Markdown: the run in one line and, for the shapes model, PASS/FAIL per cell with the
+    pass rates per column and row (the strict rule of ``python -m vgen eval shapes``)."""
+    req = result.request
+    text = (f"**{result.rows}×{result.cols} cells** · seed {req.base.seed} · "
+            f"{result.seconds:.1f} s in all ({result.load_s:.1f} s loading) · "
+            f"{result.encodings} text encoding{'s' if result.encodings != 1 else ''}")
+    if not result.scored:
+        return text + ("\n\nScores appear when the model is the embedded **vgen-shapes** and the "
+                       "prompt is a sentence of its world (e.g. “" + EXAMPLE_PROMPTS[0] + "”).")
+
+    def rate(v):
+        return "–" if v is None else f"{v:.0%}"
+
+    def esc(s):
+        return str(s).replace("|", "\\|")
+
+    head = [esc(f"{req.y.param} \\ {req.x.param}" if req.y is not None else req.x.param),
+            *map(esc, result.x_labels), "row pass"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r, row in enumerate(result.cells):
+        marks = ["–" if c.score is None else ("✅ pass" if c.score.passed else "❌ fail") for c in row]
+        lines.append("| " + " | ".join([esc(result.y_labels[r]) if req.y is not None else "",
+                                         *marks, rate(result.row_pass_rates()[r])]) + " |")
+    lines.append("| **column pass** | " + " | ".join(rate(v) for v in result.column_pass_rates())
+                 + f" | **{rate(result.pass_rate())}** |")
+    return text + "\n\n" + "\n".join(lines)
+
+
+async def _run_compare(build: Callable, progress, n_outputs: int):
+    """Run a comparison as one job (progress over the whole grid, Stop cancels it); yields
+    no-op updates while it runs, then ``(_COMPARE_DONE, Compared)``."""
+    finish = lambda job, started: (_COMPARE_DONE, job)  # noqa: E731
+    async with aclosing(_run_job("compare", build, progress, n_outputs, finish)) as job:
+        async for out in job:
+            if out and out[0] is _COMPARE_DONE:
+                yield _COMPARE_DONE, await asyncio.to_thread(_compare_files, out[1])
+                return
+            yield out
+
+
+async def compare_grid(
+    prompt: str,
+    x_param: str = "guidance",
+    x_values: str = "1, 4, 7",
+    y_param: str = NO_AXIS,
+    y_values: str = "",
+    negative_prompt: str | None = None,
+    model: str | None = None,
+    seed: float | None = 0,
+    steps: float | None = None,
+    guidance: float | None = None,
+    progress=gr.Progress(),
+):
+    """Compare: the same prompt and seed across the values of one or two parameters.
+
+    Parameters:
+        prompt: the base prompt (ignored when an axis is "prompt")
+        x_param: the parameter along the columns: guidance, steps, scheduler, size, model,
+            negative_prompt, prompt or expand (language-model prompt expansion)
+        x_values: its values, separated by commas ("1, 4, 7", "64x64, 96x64", "default, euler",
+            "off, on"); prompt and negative_prompt values are separated by "|"
+        y_param: the parameter along the rows, or "none"
+        y_values: its values, as x_values
+        negative_prompt: the base negative prompt (empty for none)
+        model: the base model: Hub repo id (org/name[@revision]) or local folder; empty for the
+            default
+        seed: the seed of every cell; None or -1 for one drawn for the whole grid
+        steps: base denoising steps; None for the model's default
+        guidance: base guidance scale; None for the model's default
+    Returns:
+        the labelled grid PNG (the whole comparison as JSON in its "vgen-compare" text chunk),
+        the cells (PNG files with their parameters, caption "<x> · <y> · seconds · PASS/FAIL"),
+        a summary (request, per-cell seed, seconds, pass/fail and parameters, pass rates per
+        column and row; pass/fail only for the embedded vgen-shapes model), and a ZIP of the cells
+    """
+    try:
+        req = compare_request(prompt, x_param, x_values, y_param, y_values, negative_prompt,
+                              model, seed, steps, guidance)
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    async with aclosing(_run_compare(lambda: req, progress, 4)) as job:
+        async for out in job:
+            if out[0] is _COMPARE_DONE:
+                c = out[1]
+                gallery = [(path, _cell_caption(c.result, cell))
+                           for path, cell in zip(c.files, c.result.flat())]
+                yield c.grid, gallery, c.result.summary(), c.zip
+            else:
+                yield out
+
+
+async def compare_from_ui(prompt, x_param, x_values, y_param, y_values, negative_prompt, model,
+                          seed, steps, guidance, attention, progress=gr.Progress()):
+    """The Run button: like ``compare_grid``, with 0 for "model default" and, optionally, the
+    attention maps of every cell."""
+    from vgen.compare_grid import attention_words
+
+    try:
+        req = compare_request(prompt, x_param, x_values, y_param, y_values, negative_prompt,
+                              model, seed, _ui_default(steps), _ui_default(guidance), attention)
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    async with aclosing(_run_compare(lambda: req, progress, 9)) as job:
+        async for out in job:
+            if out[0] is not _COMPARE_DONE:
+                yield out
+                continue
+            c = out[1]
+            gallery = [(path, _cell_caption(c.result, cell))
+                       for path, cell in zip(c.files, c.result.flat())]
+            words = attention_words(c.result)
+            yield (c.grid, gallery, compare_scores(c.result), c,
+                   gr.update(choices=[""] + words, value="", visible=bool(words)),
+                   gr.update(value=c.grid, interactive=True), gr.update(value=c.zip, interactive=True),
+                   None, "")
+
+
+def show_compare_cell(state: Compared | None, evt: gr.SelectData):
+    """A clicked cell full size, with its parameters and (shapes model) the analyzer's verdict."""
+    if state is None or not isinstance(evt.index, int) or not 0 <= evt.index < len(state.files):
+        return None, ""
+    cell = state.result.flat()[evt.index]
+    text = f"**{_cell_caption(state.result, cell)}**"
+    if cell.score is not None:
+        text += f" — analyzer: {cell.score.reason}"
+    text += "\n\n```\n" + cell.image.info.get("parameters", "") + "\n```"
+    return state.files[evt.index], text
+
+
+def compare_word(state: Compared | None, word: str | None):
+    """The grid with ``word``'s cross-attention map over every cell (none: the plain grid)."""
+    if state is None:
+        return gr.skip()
+    if not word:
+        return state.grid
+    from vgen.compare_grid import grid_image
+    from vgen.metadata import png_bytes
+
+    try:
+        data = png_bytes(grid_image(state.result, word=word))
+    except (VgenError, ValueError) as e:
+        raise _ui_error(e) from None
+    path = Path(state.grid).with_name(f"vgen-compare-attention-{hashlib.sha256(word.encode()).hexdigest()[:12]}.png")
+    path.write_bytes(data)
+    return str(path)
+
+
+def compare_axis_hint(param: str | None):
+    """Example values for the picked parameter, as the values box's placeholder."""
+    return gr.update(placeholder=COMPARE_AXES.get(param or "", ""), interactive=param != NO_AXIS)
+
+
+@dataclass
+class CompareTab:
+    prompt: gr.Textbox
+    x_param: gr.Dropdown
+    x_values: gr.Textbox
+    y_param: gr.Dropdown
+    y_values: gr.Textbox
+    negative_prompt: gr.Textbox
+    model: gr.Dropdown
+    seed: gr.Number
+    steps: gr.Number
+    guidance: gr.Number
+    attention: gr.Checkbox
+    run: gr.Button
+    stop: gr.Button
+    grid: gr.Image
+    word: gr.Dropdown
+    scores: gr.Markdown
+    download_grid: gr.DownloadButton
+    download_zip: gr.DownloadButton
+    gallery: gr.Gallery
+    cell: gr.Image
+    cell_info: gr.Markdown
+    state: gr.State
+    summary: gr.JSON  # an output of the /compare endpoint
+    zip_file: gr.File  # an output of the /compare endpoint
+    event: Any = None
+
+
+def build_compare_tab() -> CompareTab:
+    from vgen.compare import max_cells
+
+    try:
+        cap = max_cells()
+    except VgenError:
+        cap = None
+    from vgen.compare import expand_available
+
+    axes = [a for a in COMPARE_AXES if a != "expand" or expand_available()]
+    with gr.Tab("Compare", id="compare"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4):
+                prompt = StrictTextbox(label="Prompt", lines=2, value=EXAMPLE_PROMPTS[0],
+                                       placeholder=EXAMPLE_PROMPTS[0])
+                with gr.Row():
+                    run = gr.Button("Run comparison", variant="primary", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
+                with gr.Row():
+                    x_param = StrictDropdown(label="X axis (columns)", choices=axes,
+                                             value="guidance", scale=1)
+                    x_values = StrictTextbox(label="X values", value="1, 4, 7", scale=2,
+                                             placeholder=COMPARE_AXES["guidance"])
+                with gr.Row():
+                    y_param = StrictDropdown(label="Y axis (rows)", choices=[NO_AXIS, *axes],
+                                             value="steps", scale=1)
+                    y_values = StrictTextbox(label="Y values", value="5, 20", scale=2,
+                                             placeholder=COMPARE_AXES["steps"])
+                gr.Markdown("Every cell uses the same seed, so only the axes change. Values are "
+                            "separated by commas; prompts and negative prompts by `|`."
+                            + (f" At most {cap} cells." if cap else ""))
+                model = _model_dropdown(T2I_TASKS)
+                with gr.Accordion("Base settings · 0 = the model's default", open=False):
+                    negative = StrictTextbox(label="Negative prompt", lines=1)
+                    with gr.Row():
+                        seed = StrictNumber(label="Seed (-1: draw one)", value=0, precision=0)
+                        steps = StrictNumber(label="Steps", value=None, precision=0)
+                        guidance = StrictNumber(label="Guidance", value=None, step=0.5)
+                attention = StrictCheckbox(label="Record attention maps (then pick a word to "
+                                           "see its map in every cell)", value=False)
+            with gr.Column(scale=7):
+                grid = gr.Image(label="Grid", elem_id="compare-grid", type="filepath", format="png",
+                                interactive=False, elem_classes=["vgen-pixelated"],
+                                buttons=["download", "fullscreen"])
+                word = StrictDropdown(label="Attention of the word (in every cell)", choices=[""],
+                                      value="", visible=False, elem_id="compare-word")
+                scores = gr.Markdown(elem_id="compare-scores")
+                with gr.Row():
+                    download_grid = gr.DownloadButton("Download grid (PNG)", interactive=False,
+                                                      size="sm")
+                    download_zip = gr.DownloadButton("Download cells (ZIP)", interactive=False,
+                                                     size="sm")
+                gallery = gr.Gallery(label="Cells (click one)", elem_id="compare-gallery",
+                                     elem_classes=["vgen-gallery", "vgen-pixelated"], columns=4,
+                                     height=420, object_fit="contain", format="png",
+                                     type="filepath", interactive=False,
+                                     buttons=["download", "fullscreen"])
+                with gr.Row(equal_height=False):
+                    cell = gr.Image(label="Selected cell", type="filepath", format="png",
+                                    interactive=False, elem_classes=["vgen-pixelated"], height=320,
+                                    scale=1)
+                    cell_info = gr.Markdown(elem_id="compare-cell-info")
+        summary = gr.JSON(visible=False, label="summary")  # outputs of the /compare endpoint
+        zip_file = gr.File(visible=False, label="cells")
+        state = gr.State(None)
+    return CompareTab(prompt, x_param, x_values, y_param, y_values, negative, model, seed, steps,
+                      guidance, attention, run, stop, grid, word, scores, download_grid,
+                      download_zip, gallery, cell, cell_info, state, summary, zip_file)
+
+
+def _wire_compare(c: CompareTab, demo: gr.Blocks) -> None:
+    quick = dict(api_visibility="private", concurrency_limit=None)
+    inputs = [c.prompt, c.x_param, c.x_values, c.y_param, c.y_values, c.negative_prompt, c.model,
+              c.seed, c.steps, c.guidance]
+    c.event = gr.on(
+        triggers=[c.run.click], fn=compare_from_ui, inputs=[*inputs, c.attention],
+        outputs=[c.grid, c.gallery, c.scores, c.state, c.word, c.download_grid, c.download_zip,
+                 c.cell, c.cell_info],
+        api_visibility="private", concurrency_id=ENGINE_CONCURRENCY_ID, trigger_mode="once",
+        show_progress_on=c.grid,
+    )
+    c.stop.click(fn=None, cancels=[c.event])
+    # The API endpoint: the same fields with None (not 0) for "model default".
+    api_button = gr.Button(visible=False)
+    api_button.click(compare_grid, inputs, [c.grid, c.gallery, c.summary, c.zip_file],
+                     api_name="compare", concurrency_id=ENGINE_CONCURRENCY_ID,
+                     show_progress_on=c.grid)
+    c.gallery.select(show_compare_cell, c.state, [c.cell, c.cell_info], **quick)
+    c.word.change(compare_word, [c.state, c.word], c.grid, **quick)
+    c.x_param.change(compare_axis_hint, c.x_param, c.x_values, **quick)
+    c.y_param.change(compare_axis_hint, c.y_param, c.y_values, **quick)
+    model_choices_update = dict(fn=lambda: gr.update(choices=model_choices(T2I_TASKS)),
+                                inputs=None, outputs=c.model, **quick)
+    demo.load(**model_choices_update)
+    c.event.then(**model_choices_update)
+
+
+
 def build_demo() -> gr.Blocks:
     """The whole UI. Loads no model: errors (missing checkpoint, Hub unreachable) surface as
     gr.Error when a model is used."""
@@ -1515,9 +2198,11 @@ def build_demo() -> gr.Blocks:
             t2i = build_text_to_image_tab()
             edit = build_edit_tab()
             features = build_features_tab()
+            compare = build_compare_tab()
         _wire_text_to_image(t2i)
         _wire_edit(edit)
         _wire_features(features, edit, tabs)
+        _wire_compare(compare, demo)
         t2i.inspect.click(inspect_latest, [t2i.prompt, t2i.model, t2i.gallery, t2i.selected],
                           [features.prompt, features.model, features.seed, tabs],
                           api_visibility="private", concurrency_limit=None)

@@ -180,6 +180,7 @@ def tiny_env(tiny_models, monkeypatch):
 
     monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tiny_models["root"]))
     monkeypatch.setenv("VGEN_DEFAULT_MODEL", str(tiny_models["txt2img"]))
+    monkeypatch.setenv("VGEN_DEFAULT_EDIT_MODEL", str(tiny_models["instruct"]))
     monkeypatch.setattr(pipelines, "_CACHE", None)
     return tiny_models
 
@@ -219,6 +220,7 @@ def hardened_app(tmp_path_factory, tiny_models):
     env = {
         **os.environ,
         "VGEN_DEFAULT_MODEL": str(tiny_models["txt2img"]),
+        "VGEN_DEFAULT_EDIT_MODEL": str(tiny_models["instruct"]),
         "VGEN_MODEL_ROOTS": str(tiny_models["root"]),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),

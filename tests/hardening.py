@@ -756,7 +756,7 @@ def _many_blobs(ctx: Ctx, n: int) -> Raw:
 def _raw_generate(ctx: Ctx, steps_json: str, session: str) -> bytes:
     """JSON that json.dumps would refuse to write (NaN, Infinity, 1e999)."""
     return ('{"data": ["a red circle", "", null, %s, null, 1, false, null, null, 1, '
-            '"model default"], "fn_index": %d, "session_hash": "%s"}'
+            '"model default", "full"], "fn_index": %d, "session_hash": "%s"}'
             % (steps_json, ctx.fn_index("generate"), session)).encode()
 
 

@@ -134,11 +134,11 @@ def _parameters(item: dict) -> str:
 
 def test_only_generate_and_edit_are_public(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/generate", "/edit", "/attention"}
+    assert set(api["named_endpoints"]) == {"/generate", "/edit", "/attention", "/compare", "/expand"}
     assert not api["unnamed_endpoints"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert names == ["prompt", "negative_prompt", "model", "steps", "guidance", "seed",
-                     "randomize_seed", "width", "height", "num_images", "scheduler"]
+                     "randomize_seed", "width", "height", "num_images", "scheduler", "decoder"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/edit"]["parameters"]]
     assert names[:4] == ["image", "prompt", "mode", "mask"]
 
@@ -387,7 +387,7 @@ def _queue_messages(url: str, api_name: str, data: list, http):
 def test_a_client_that_goes_away_cancels_its_job(inprocess_url, slow_engine):
     import httpx
 
-    data = ["a red circle", "", None, None, None, 0, True, None, None, 1, "model default"]
+    data = ["a red circle", "", None, None, None, 0, True, None, None, 1, "model default", "full"]
     with httpx.Client(timeout=30) as http:
         messages = _queue_messages(inprocess_url, "generate", data, http)
         for message in messages:
@@ -413,9 +413,9 @@ def test_the_generate_button_sends_0_for_model_defaults(inprocess_url, monkeypat
         raise InvalidRequestError("recorded")
 
     monkeypatch.setattr(app, "_engine_call", recording_engine)
-    data = ["a red circle", "", None, 0, 0, 3, False, 0, 0, 2, "model default"]
+    data = [None, "a red circle", "", None, 0, 0, 3, False, 0, 0, 2, "model default", "full"]
     with httpx.Client(timeout=30) as http:
-        for message in _queue_messages(inprocess_url, "generate_from_ui", data, http):
+        for message in _queue_messages(inprocess_url, "generate_with_expansion", data, http):
             if message.get("msg") == "process_completed":
                 assert message["output"]["error"] == "recorded"
                 break
@@ -440,7 +440,7 @@ def test_downloading_a_model_reports_bytes_and_files(inprocess_url, local_hub, l
     save_tiny(tmp_path / "tiny", "txt2img")
     local_hub.add_repo("vgen-tests/tiny-app", from_dir=tmp_path / "tiny")
     data = ["a red circle", "", "vgen-tests/tiny-app", 1, None, 2, False, None, None, 1,
-            "model default"]
+            "model default", "full"]
     descs, completed = [], None
     with httpx.Client(timeout=120) as http:
         for message in _queue_messages(inprocess_url, "generate", data, http):
@@ -495,7 +495,8 @@ def test_on_zero_gpu_the_engine_call_runs_inside_spaces_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("how", ["aclose", "cancel"])
-@pytest.mark.parametrize("handler", ["generate_images", "generate_from_ui", "edit_from_editor"])
+@pytest.mark.parametrize("handler", ["generate_images", "generate_with_expansion",
+                                     "edit_from_editor"])
 def test_closing_a_handler_stops_its_engine_before_returning(slow_engine, handler, how):
     """What Gradio does on a client that went away (aclose) and on Stop (task cancel): the
     handler's generator only finishes once its engine thread has stopped."""
@@ -504,7 +505,8 @@ def test_closing_a_handler_stops_its_engine_before_returning(slow_engine, handle
     import app
 
     args = {"generate_images": ("a red circle",),
-            "generate_from_ui": ("a red circle", "", None, 0, 0, 0, True, 0, 0, 1, None),
+            "generate_with_expansion": (None, "a red circle", "", None, 0, 0, 0, True, 0, 0, 1,
+                                        None),
             "edit_from_editor": (None, "x", "img2img", 0.5, 1.5, "", None, 0, 0, 0, True, 0, 0,
                                  1, None)}[handler]
 

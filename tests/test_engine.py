@@ -123,7 +123,21 @@ def test_edit_that_would_run_no_step_is_refused(tiny_env):
 
 def test_instruct_mode_needs_an_instruct_model(tiny_env):
     with pytest.raises(UnsupportedModelError, match="instruction-editing"):
-        edit(EditRequest(prompt="make it blue", mode="instruct", image=source_image(), steps=1))
+        edit(EditRequest(prompt="make it blue", mode="instruct", image=source_image(), steps=1,
+                         model=str(tiny_env["txt2img"])))
+
+
+def test_instruct_without_a_model_uses_the_default_editor(tiny_env, monkeypatch):
+    """Regression: the API's instruct mode with no model fell back to the text-to-image
+    default and failed; it takes VGEN_DEFAULT_EDIT_MODEL (else the embedded editor)."""
+    r = edit(EditRequest(prompt="make it blue", mode="instruct", image=source_image(), steps=1,
+                         seed=0))
+    assert r.model == str(tiny_env["instruct"])
+    from vgen.catalog import default_model
+
+    monkeypatch.delenv("VGEN_DEFAULT_EDIT_MODEL")
+    monkeypatch.setattr("vgen.hub.CHECKPOINTS_DIR", tiny_env["root"])  # no embedded editor here
+    assert default_model("instruct") == "timbrooks/instruct-pix2pix"
 
 
 def test_concurrent_requests_load_the_model_once(tiny_env):

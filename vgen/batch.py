@@ -38,3 +38,27 @@ def generate_file(prompts_file: Path, out_dir: Path, base: GenerateRequest,
         for j, im in enumerate(result.images):
             written.append(save_png(im, out_dir / output_name(i, j, len(result.images))))
     return written
+
+
+def split_for_processes(n: int):
+    """The indices (of ``n`` prompts) this process generates, and accelerate's ``PartialState``.
+
+    Under ``accelerate launch`` with several processes (one per GPU, or several CPU processes),
+    ``split_between_processes`` gives each a contiguous share, and each process uses its own GPU;
+    files are named by prompt index, so together they write exactly what one process would.
+    Run alone, a process gets every index."""
+    from accelerate import PartialState
+
+    from .pipelines import pick_device
+
+    # Where the engine runs on the CPU (no CUDA, or VGEN_DEVICE=cpu), the processes a launcher
+    # started (accelerate launch --multi_gpu, torchrun) are CPU processes joined over gloo.
+    state = PartialState(cpu=pick_device().type != "cuda")
+    if state.num_processes == 1:
+        return range(n), state
+    if state.device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(state.device)  # the engine's "cuda" is then this process's GPU
+    with state.split_between_processes(list(range(n))) as mine:
+        return list(mine), state

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vgen {generate,edit,info,attention,features,train,eval} ...``.
+"""Command line: ``python -m vgen {generate,edit,info,attention,features,train,eval,compare,bench} ...``.
 
 Bad input exits with status 2 and one line on stderr; the engine's own errors carry the
 message (what was wrong, what is allowed).
@@ -34,12 +34,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_size, default=None, metavar="WxH")
     p.add_argument("--num", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
     p.add_argument("--scheduler", default=None, help="dpm++2m, euler, euler-a, ddim, unipc, lcm, ...")
+    p.add_argument("--decoder", default="full", help="full (the model's VAE) or fast (tiny "
+                   "autoencoder TAESD from the Hub, for Stable Diffusion / SDXL latents)")
 
 
 def _request_kwargs(a: argparse.Namespace) -> dict:
     w, h = a.size if a.size else (None, None)
     return dict(negative_prompt=a.negative, model=a.model, steps=a.steps, guidance=a.guidance,
-                seed=a.seed, width=w, height=h, num_images=a.num, scheduler=a.scheduler)
+                seed=a.seed, width=w, height=h, num_images=a.num, scheduler=a.scheduler,
+                decoder=getattr(a, "decoder", "full"))
 
 
 class _Bars:
@@ -104,13 +107,25 @@ def cmd_generate(a: argparse.Namespace) -> int:
             raise VgenError("--prompts-file needs --out-dir DIR")
         from .batch import generate_file
 
+        if a.expand:
+            raise VgenError("--expand works with one PROMPT, not with --prompts-file")
+        from .batch import read_prompts, split_for_processes
+
+        # Under `accelerate launch`, each process generates its share of the prompts (same
+        # file names as one process would write); alone, all of them.
+        indices, state = split_for_processes(len(read_prompts(Path(a.prompts_file))))
         written = generate_file(Path(a.prompts_file), Path(a.out_dir),
-                                GenerateRequest(prompt="", **_request_kwargs(a)))
-        print(f"wrote {len(written)} images to {a.out_dir}")
+                                GenerateRequest(prompt="", **_request_kwargs(a)), indices=indices)
+        who = f"process {state.process_index + 1}/{state.num_processes}: " if state.num_processes > 1 else ""
+        print(f"{who}wrote {len(written)} images to {a.out_dir}")
         return 0
     if not a.out:
         raise VgenError("give --out FILE.png")
     req = GenerateRequest(prompt=a.prompt, **_request_kwargs(a))
+    if a.expand:  # a language model writes the prompt first; the PNG records how
+        from .expand_cli import expand_first
+
+        req = expand_first(a, req)
     try:
         result = generate(req, control=bars.control())
     finally:
@@ -150,7 +165,11 @@ def cmd_info(a: argparse.Namespace) -> int:
     from .images import open_image
     from .metadata import read_parameters
 
-    print(read_parameters(open_image(a.file)))
+    image = open_image(a.file)
+    if "vgen-compare" in image.info and "parameters" not in image.info:  # a compare grid
+        print(image.info["vgen-compare"])
+        return 0
+    print(read_parameters(image))
     return 0
 
 
@@ -217,7 +236,27 @@ def cmd_train(a: argparse.Namespace) -> int:
                           log_every=1)
         train_shapes(cfg, resume=a.resume, log=lambda m: print(m, flush=True))
         return 0
-    raise VgenError(f"unknown training target {a.what!r}; known: shapes")
+    if a.what == "lm":
+        from .shapes.lm import LMTrainConfig, train_lm
+
+        cfg = LMTrainConfig()
+        cfg = replace(cfg, out=a.out or cfg.out, steps=a.steps or cfg.steps)
+        if a.tiny:
+            cfg = replace(cfg, n_embd=32, n_layer=1, n_head=2, batch=8, log_every=1,
+                          save_every=max(1, cfg.steps // 2))
+        train_lm(cfg, resume=a.resume, log=lambda m: print(m, flush=True))
+        return 0
+    if a.what == "edit":
+        from .shapes.train_edit import EditTrainConfig, train_edit
+
+        cfg = EditTrainConfig()
+        cfg = replace(cfg, init=a.init or cfg.init, out=a.out or cfg.out,
+                      steps=a.steps or cfg.steps, state_dir=a.state_dir or cfg.state_dir)
+        if a.tiny:
+            cfg = replace(cfg, batch=4, save_every=max(1, cfg.steps // 2), log_every=1)
+        train_edit(cfg, resume=a.resume, log=lambda m: print(m, flush=True))
+        return 0
+    raise VgenError(f"unknown training target {a.what!r}; known: shapes, lm, edit")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -229,7 +268,44 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from .attention_eval import main as attention_main
 
         return attention_main(a)
-    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes, attention")
+    if a.what == "edit":
+        from .shapes.evaluate_edit import main as edit_eval_main
+
+        return edit_eval_main(a)
+    if a.what == "lm":
+        from .shapes.lm_eval import main as lm_eval_main
+
+        return lm_eval_main(a)
+    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes, attention, edit, lm")
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    """One prompt and seed across an x (and y) axis of settings: grid PNG, optional ZIP."""
+    from .compare import CompareRequest, compare, parse_axis
+    from .compare_grid import save_grid, save_zip, summary_text
+    from .requests import GenerateRequest
+
+    w, h = a.size if a.size else (None, None)
+    base = GenerateRequest(prompt=a.prompt or "", negative_prompt=a.negative, model=a.model,
+                           steps=a.steps, guidance=a.guidance, seed=a.seed, width=w, height=h,
+                           scheduler=a.scheduler)
+    req = CompareRequest(base, parse_axis(a.x), parse_axis(a.y) if a.y else None, lm=a.lm)
+    bars = _Bars()
+    try:
+        result = compare(req, control=bars.control())
+    finally:
+        bars.close()
+    print(f"{save_grid(result, a.out)}  seed {result.request.base.seed}")
+    if a.zip:
+        print(save_zip(result, a.zip))
+    print(summary_text(result))
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="FILE.png (with --num N: FILE-0.png, FILE-1.png, ...)")
     g.add_argument("--out-dir", default=None, help="with --prompts-file: DIR/0000.png, ...")
     _add_common(g)
+    g.add_argument("--expand", action="store_true",
+                   help="expand the prompt with a language model first (see `expand`)")
+    from .expand_cli import add_expand_parser, add_lm_options
+
+    add_lm_options(g)
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("edit", help="edit an image")
@@ -286,28 +367,72 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_features)
 
     t = sub.add_parser("train", help="train an embedded model")
-    t.add_argument("what", help="shapes")
+    t.add_argument("what", help="shapes | lm (the prompt-expansion language model) | edit "
+                   "(the instruction editor)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--out", default=None)
     t.add_argument("--state-dir", default=None)
     t.add_argument("--tiny", action="store_true", help="tiny config for smoke tests")
+    t.add_argument("--init", default=None,
+                   help="edit: the text-to-image model to start from (default checkpoints/vgen-shapes)")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("eval", help="score a model: shapes benchmark, or attention localization")
-    v.add_argument("what", help="shapes | attention")
+    v.add_argument("what", help="shapes | attention | edit | lm (prompt expansion)")
     v.add_argument("--model", default=None)
     v.add_argument("--n", type=int, default=None, help="prompts per category (attention: prompts)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--steps", type=int, default=None)
     v.add_argument("--guidance", type=float, default=None)
+    v.add_argument("--image-guidance", type=float, default=None, help="edit: image guidance scale")
     v.add_argument("--scheduler", default=None)
     v.add_argument("--json", default=None)
     v.add_argument("--save-dir", default=None, help="also write every generated image here")
     v.add_argument("--update-card", action="store_true",
                    help="store the report as eval.json in the (local) model folder and re-render its card")
+    v.add_argument("--lm", default=None, help="lm: the language model (default vgen-shapes-lm)")
+    v.add_argument("--temperature", type=float, default=None, help="lm: sampling temperature")
+    v.add_argument("--render", type=int, default=None,
+                   help="lm: expanded/full prompt pairs drawn by the image model (--model) and scored (40)")
     v.set_defaults(func=cmd_eval)
+
+    add_expand_parser(sub)
+
+    c = sub.add_parser("compare", help="one prompt and seed across models/settings: a labelled grid")
+    c.add_argument("prompt", nargs="?", default="", help="base prompt (optional with --x prompt=A|B)")
+    c.add_argument("--x", required=True, metavar="PARAM=V1,V2,...",
+                   help="columns: model, guidance, steps, scheduler, size (WxH), negative_prompt "
+                   "prompt (text values separated by |) or expand (on,off), e.g. guidance=1,3,7")
+    c.add_argument("--y", default=None, metavar="PARAM=V1,V2,...", help="rows, as --x")
+    c.add_argument("--out", required=True, help="grid PNG (labels drawn in, comparison in its metadata)")
+    c.add_argument("--zip", default=None, help="also a ZIP of the cells, each with its parameters")
+    c.add_argument("--model", default=None, help="base model (default: VGEN_DEFAULT_MODEL or vgen-shapes)")
+    c.add_argument("--negative", default="", help="base negative prompt")
+    c.add_argument("--steps", type=int, default=None)
+    c.add_argument("--guidance", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None, help="one seed for every cell; -1 or omitted: draw one")
+    c.add_argument("--size", type=_size, default=None, metavar="WxH")
+    c.add_argument("--scheduler", default=None)
+    c.add_argument("--lm", default=None, help="with an expand axis: the language model "
+                   "(default: VGEN_DEFAULT_LM or the embedded vgen-shapes-lm)")
+    c.set_defaults(func=cmd_compare)
+
+    b = sub.add_parser("bench", help="time generation: stock diffusers vs the vgen engine and its fast decoder")
+    b.add_argument("--suite", default="quick", choices=("tiny", "quick", "full"),
+                   help="tiny: test configs, seconds; quick: SD-Turbo 512 + the embedded model; "
+                   "full: also SD 1.5, SDXL-Turbo, InstructPix2Pix (long on a CPU)")
+    b.add_argument("--json", default=None, help="write the results here")
+    b.add_argument("--repeats", type=int, default=3, help="timed runs per variant after a warm-up (>= 3)")
+    b.add_argument("--work", default=None, help="folder for the built models, kept and reused "
+                   "(default: a temporary folder, removed)")
+    b.add_argument("--models", nargs="*", default=None,
+                   help="only these of the suite: sd-turbo vgen-shapes sd15 sdxl-turbo instruct-pix2pix tiny-sd")
+    b.add_argument("--no-app", action="store_true", help="skip the app overhead and cold start")
+    b.add_argument("--ablations", action="store_true", help="also measure speedups the engine does "
+                   "not use (channels-last; torch.compile of the tiny decoder, slow to compile)")
+    b.set_defaults(func=cmd_bench)
     return ap
 
 

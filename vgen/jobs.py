@@ -27,13 +27,16 @@ class TimeLimitError(VgenError, TimeoutError):
 @dataclass
 class JobControl:
     """Hooks of one job. ``progress(step, total)`` is called once per denoising step (1-based);
-    ``on_step(pipe, step, timestep, callback_kwargs)`` lets features observe the latents."""
+    ``on_step(pipe, step, timestep, callback_kwargs)`` lets features observe the latents;
+    ``preview(step, total, image)`` receives live previews (PIL) of the first image, decoded
+    by the engine with a cheap decoder when that costs little (see ``vgen.decoders``)."""
 
     progress: Callable[[int, int], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     time_limit_s: float | None = None
     on_step: Callable[[Any, int, Any, dict], None] | None = None
     download: Callable[[Any], None] | None = None  # hub.DownloadProgress updates
+    preview: Callable[[int, int, Any], None] | None = None
     started: float = field(default_factory=time.monotonic)
 
     def restart(self) -> None:
@@ -50,8 +53,10 @@ class JobControl:
                 "ask for fewer steps, fewer images or a smaller size"
             )
 
-    def step_end_callback(self, total_hint: int):
-        """A ``callback_on_step_end`` for diffusers pipelines."""
+    def step_end_callback(self, total_hint: int, previewer: Callable | None = None):
+        """A ``callback_on_step_end`` for diffusers pipelines. ``previewer`` (the engine's
+        ``vgen.decoders.Previewer``) turns the step's latents into the image sent to
+        ``preview`` when it says one is due."""
 
         def callback(pipe, i: int, t, kwargs: dict) -> dict:
             total = getattr(pipe, "num_timesteps", None) or total_hint
@@ -60,6 +65,10 @@ class JobControl:
             if self.progress is not None:
                 self.progress(i + 1, total)
             self.check()
+            if (self.preview is not None and previewer is not None and "latents" in kwargs
+                    and previewer.due(i + 1, total)):
+                self.preview(i + 1, total, previewer(kwargs["latents"]))
+                self.check()
             return kwargs
 
         return callback

@@ -24,7 +24,7 @@ from PIL import Image, PngImagePlugin
 
 from . import __version__
 from .errors import InvalidImageError
-from .requests import EditRequest, GenerateRequest
+from .requests import EditRequest, Expansion, GenerateRequest
 from .schedulers import key_for_sampler
 
 KEY = "parameters"
@@ -61,10 +61,45 @@ def format_parameters(req: GenerateRequest, seed: int, sampler: str, model: str,
         if req.mode == "instruct":
             pairs["Image CFG scale"] = req.image_guidance
     pairs["Decoder"] = req.decoder
+    pairs.update(expansion_fields(req.expansion))
     pairs.update(extra or {})
     pairs["vgen version"] = __version__
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items() if v is not None))
     return "\n".join(lines)
+
+
+# How a language model wrote the prompt (vgen.expand): PNG field -> Expansion attribute.
+EXPANSION_FIELDS = {
+    "Original prompt": "original_prompt",
+    "Expanded prompt": "expanded_prompt",
+    "Expansion LM": "lm",
+    "Expansion LM revision": "revision",
+    "Expansion seed": "seed",
+    "Expansion temperature": "temperature",
+    "Expansion system prompt": "system_prompt",
+}
+
+
+def expansion_fields(expansion: Expansion | None) -> dict[str, Any]:
+    """The PNG fields recording ``expansion`` (none without one; newlines are JSON-escaped)."""
+    if expansion is None:
+        return {}
+    return {k: getattr(expansion, a) for k, a in EXPANSION_FIELDS.items()
+            if getattr(expansion, a) not in (None, "")}
+
+
+def expansion_from_parameters(p: dict[str, Any]) -> Expansion | None:
+    """The Expansion recorded in parsed parameters; None for images made without one."""
+    if "Expansion LM" not in p:
+        return None
+    kw = {a: p[k] for k, a in EXPANSION_FIELDS.items() if k in p}
+    kw.setdefault("original_prompt", "")
+    kw.setdefault("expanded_prompt", p.get("prompt", ""))
+    if "seed" in kw:
+        kw["seed"] = int(kw["seed"])
+    if "temperature" in kw:
+        kw["temperature"] = float(kw["temperature"])
+    return Expansion(**kw)
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
@@ -108,6 +143,7 @@ def request_from_parameters(text: str) -> GenerateRequest:
         height=height or None,
         scheduler=key_for_sampler(p.get("Sampler", "")),
         decoder=p.get("Decoder", "full"),
+        expansion=expansion_from_parameters(p),
     )
     task = p.get("Task", "txt2img")
     if task == "txt2img":

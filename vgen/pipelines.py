@@ -59,6 +59,11 @@ class LoadedModel:
     load_s: float
     views: dict
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per-model caches of vgen.decoders (tiny decoders, or why one is unavailable) and
+    # vgen.speed (text embeddings of recent prompts); ``cache_lock`` guards both.
+    decoders: dict = field(default_factory=dict)
+    embeddings: OrderedDict = field(default_factory=OrderedDict)
+    cache_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def revision(self) -> str:
@@ -133,10 +138,14 @@ def task_view(model: LoadedModel, task: str):
 
 
 class ModelCache:
-    """Bounded LRU of loaded models, safe across threads; one load per model at a time."""
+    """Bounded LRU of loaded models, safe across threads; one load per model at a time.
 
-    def __init__(self, max_models: int | None = None):
+    ``loader(resolved, device, dtype)`` builds what a model holds in ``LoadedModel.pipe``: a
+    diffusers pipeline by default; ``vgen.expand`` passes one that loads a causal LM."""
+
+    def __init__(self, max_models: int | None = None, loader: Callable | None = None):
         self.max_models = max_models or int(os.environ.get("VGEN_MODEL_CACHE_SIZE", "2"))
+        self._loader = loader
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple, threading.Lock] = {}
@@ -159,7 +168,7 @@ class ModelCache:
                     return self._models[key]
             t0 = time.perf_counter()
             resolved = hub.resolve(parsed, prefer_fp16=dtype == torch.float16, progress=progress)
-            pipe = load_pipeline(resolved, device, dtype)
+            pipe = (self._loader or load_pipeline)(resolved, device, dtype)
             model = LoadedModel(str(parsed), resolved, pipe, device, dtype,
                                 time.perf_counter() - t0, {})
             with self._lock:

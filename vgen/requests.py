@@ -54,6 +54,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Expansion:
+    """How a prompt was written by a language model (``vgen.expand``), recorded in the PNG so
+    the prompt can be made again: ``expanded_prompt`` is what the model wrote (the request's
+    ``prompt`` may be the user's edit of it); ``system_prompt`` is "" for completion models."""
+
+    original_prompt: str
+    expanded_prompt: str
+    lm: str
+    revision: str = ""
+    seed: int | None = None
+    temperature: float | None = None
+    system_prompt: str = ""
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """Text to image. Image ``i`` of the request uses seed ``seed + i``."""
 
@@ -68,6 +83,7 @@ class GenerateRequest:
     num_images: int = 1
     scheduler: str | None = None  # a key of vgen.schedulers.SCHEDULERS; None: the model's own
     decoder: str = "full"  # "full" VAE, or "fast" tiny autoencoder (TAESD)
+    expansion: Expansion | None = None  # the prompt was written by a language model
 
     task = "txt2img"
 
@@ -187,6 +203,8 @@ def check_inputs(req: GenerateRequest, limits: Limits | None = None) -> None:
         )
     if req.seed is not None and req.seed != -1:
         _check_number("seed", req.seed, 0, 2**32 - 1 - lim.max_images, integer=True)
+    if req.expansion is not None:
+        _check_expansion(req.expansion, lim)
     if req.decoder not in DECODERS:
         raise InvalidRequestError(f"decoder must be one of {', '.join(DECODERS)}, got {req.decoder!r}")
     if req.scheduler is not None:
@@ -198,6 +216,18 @@ def check_inputs(req: GenerateRequest, limits: Limits | None = None) -> None:
             )
     if isinstance(req, EditRequest):
         _check_edit(req)
+
+
+def _check_expansion(e: Expansion, lim: Limits) -> None:
+    if not isinstance(e, Expansion):
+        raise InvalidRequestError(f"expansion must be a vgen.requests.Expansion, got {type(e).__name__}")
+    for name in ("original_prompt", "expanded_prompt", "lm", "revision", "system_prompt"):
+        text = getattr(e, name)
+        if not isinstance(text, str) or "\x00" in text or len(text) > 4 * lim.max_prompt_chars:
+            raise InvalidRequestError(
+                f"expansion {name.replace('_', ' ')} must be text without NUL of at most "
+                f"{4 * lim.max_prompt_chars} characters"
+            )
 
 
 def _check_edit(req: EditRequest) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from . import decoders, speed
 from .catalog import default_model, defaults_for
 from .jobs import JobControl
 from .metadata import attach, format_parameters
@@ -44,7 +45,7 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
             limits: Limits | None) -> tuple[GenerateRequest, LoadedModel, Any]:
     """Steps 1-4 of every task: validate, load, fill defaults, make a per-job pipeline."""
     limits = limits or Limits.from_env()
-    ref = (req.model or "").strip() or default_model()
+    ref = (req.model or "").strip() or default_model(req.task)
     req = replace(req, model=ref)
     # 1. Validate what can be validated before any download.
     check_inputs(resolve_seed(with_model_defaults(req, defaults_for(ref)), limits), limits)
@@ -53,10 +54,23 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
     # 3. Fill the model's real defaults, draw the seed, validate again.
     req = resolve_seed(with_model_defaults(req, defaults_for(model.ref, model.pipe)), limits)
     check_inputs(req, limits)
-    # 4. A per-job view with its own scheduler: schedulers keep per-run state.
-    view = task_view(model, req.task)
-    view = type(view).from_pipe(view, scheduler=make_scheduler(view.scheduler.config, req.scheduler))
-    view.set_progress_bar_config(disable=True)
+    # 4. A view with the job's scheduler (schedulers keep per-run state) and, for the fast
+    #    decoder, the tiny autoencoder as its VAE (fetched here, like the model, so a download
+    #    does not count against the job's time; see vgen.decoders). Jobs on one model run one
+    #    at a time under its lock, and every call restarts its scheduler (set_timesteps), so
+    #    the view is kept for the next job with the same settings: from_pipe walks every
+    #    module (.to), ~10-20 ms a job, a few percent of a small model's image.
+    swap = decoders.components_for(req, model, progress=control.download if control else None)
+    key = ("job", req.task, req.scheduler, id(swap.get("vae")))
+    view = model.views.get(key)
+    if view is None:
+        base = task_view(model, req.task)
+        view = type(base).from_pipe(base, scheduler=make_scheduler(base.scheduler.config, req.scheduler),
+                                    **swap)
+        view.set_progress_bar_config(disable=True)
+        model.views[key] = view
+    if control is not None and control.preview is not None:
+        decoders.warm_previews(model)
     return req, model, view
 
 
@@ -66,35 +80,54 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
 
     ``hooks(view)``, if given, returns a context manager entered while this job holds the model,
     e.g. one that installs attention processors and restores the originals on exit, error or
-    cancel (see ``vgen.attention``)."""
+    cancel (see ``vgen.attention``).
+
+    ``call_kwargs`` may carry ``prompt_embeds`` (and ``negative_prompt_embeds``) encoded from
+    ``req``'s prompts by ``view.encode_prompt``; the texts are then not passed again (diffusers
+    takes one or the other). ``vgen.compare`` does this to encode a prompt once for many cells."""
     control = control or JobControl()
+    text = {} if "prompt_embeds" in call_kwargs else {
+        "prompt": req.prompt, "negative_prompt": req.negative_prompt or None}
+    # A plain job on a Stable Diffusion pipeline reuses the text embeddings of a prompt the
+    # model saw recently (identical pixels; vgen.speed). Jobs with hooks run as they are.
+    reuse = bool(text) and hooks is None and speed.reuses_embeddings(view)
+    decoder = decoders.describe(req, model, view)
     with model.lock:
         control.restart()  # the time limit counts this job's own work, not loading or waiting
         control.check()  # it may have been cancelled while waiting for the model
         t0 = time.perf_counter()
-        with hooks(view) if hooks else contextlib.nullcontext(), torch.inference_mode():
+        with hooks(view) if hooks else contextlib.nullcontext(), torch.inference_mode(), \
+                speed.PhaseTimer(view, model.device) as phases:
+            previewer = (decoders.previewer_for(model, view, quiet=phases.excluded)
+                         if control.preview is not None else None)
+            if reuse:
+                text = speed.encode_cached(model, view, req.prompt, req.negative_prompt, req.guidance)
             out = view(
-                prompt=req.prompt,
-                negative_prompt=req.negative_prompt or None,
+                **text,
                 num_inference_steps=req.steps,
                 guidance_scale=req.guidance,
                 num_images_per_prompt=req.num_images,
                 generator=generators(req.seed, req.num_images),
-                callback_on_step_end=control.step_end_callback(req.steps),
+                callback_on_step_end=control.step_end_callback(req.steps, previewer),
                 output_type="pil",
                 **call_kwargs,
             )
     seconds = time.perf_counter() - t0
     sampler = sampler_name(view.scheduler)
     seeds = tuple(req.seed + i for i in range(req.num_images))
+    req = replace(req, decoder=decoder.used)  # what made the images, recorded in each PNG
     images = tuple(
-        attach(im, format_parameters(req, s, sampler, req.model, model.revision))
+        attach(im, format_parameters(req, s, sampler, req.model, model.revision, decoder.metadata))
         for im, s in zip(out.images, seeds)
     )
+    t = phases.times
+    extras = vocabulary_extras(getattr(view, "tokenizer", None), req.prompt)
+    extras.update(decoder=decoder.label, decoder_note=decoder.note)
     return GenerationResult(
         images=images, seeds=seeds, request=req, model=req.model, revision=model.revision,
-        sampler=sampler, timings=Timings(load_s=model.load_s, denoise_s=seconds, total_s=seconds),
-        extras=vocabulary_extras(getattr(view, "tokenizer", None), req.prompt),
+        sampler=sampler, timings=Timings(load_s=model.load_s, encode_s=t.text_s, denoise_s=t.unet_s,
+                                         decode_s=t.decode_s, total_s=seconds),
+        extras=extras,
     )
 
 

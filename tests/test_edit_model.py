@@ -1,0 +1,226 @@
+"""The embedded instruction editor: its exact edit data, its trainer, and the shipped model
+through the engine and the app (the last ones only once checkpoints/vgen-shapes-edit exists)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vgen.shapes import analyzer, edits, world
+from vgen.shapes.captions import tokenize
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "checkpoints" / "vgen-shapes-edit"
+
+
+def _held_out(scene: world.Scene) -> bool:
+    return any((o.color, o.shape) in world.HELD_OUT for o in scene.objects)
+
+
+def _valid(scene: world.Scene) -> bool:
+    objs = scene.objects
+    return 1 <= len(objs) <= world.MAX_OBJECTS and all(
+        edits.fits(o, objs[:i] + objs[i + 1:]) for i, o in enumerate(objs))
+
+
+# ---- the data ------------------------------------------------------------------------------------
+
+def test_edit_triples_round_trip_exactly():
+    """For every kind: the after-scene the generator states is what the renderer draws and what
+    the analyzer finds (the check passes), the untouched source fails the same check, the
+    instruction names exactly the object that changes, and nothing is held out or invalid."""
+    vocab = set(edits.vocabulary())
+    for kind in edits.KINDS:
+        for case in edits.eval_cases(kind, 50, seed=7):
+            assert case.kind == kind
+            assert _valid(case.before) and _valid(case.after), case.instruction
+            assert not _held_out(case.before) and not _held_out(case.after), case.instruction
+            assert set(tokenize(case.instruction)) <= vocab, case.instruction
+            ok, reason = edits.check_edit(case, analyzer.detect(world.render_array(case.after)))
+            assert ok, (case.instruction, reason)
+            ok, _ = edits.check_edit(case, analyzer.detect(world.render_array(case.before)))
+            assert not ok, f"the source already passes: {case.instruction}"
+            if kind == "add":
+                assert case.ref is None and len(case.after.objects) == len(case.before.objects) + 1
+            else:
+                named = edits.select(case.ref, case.before.objects)
+                assert len(named) == 1 and named[0] not in case.kept, case.instruction
+
+
+def test_training_batches_never_hold_held_out_pairs():
+    rng = random.Random(11)
+    for _ in range(400):
+        case = edits.sample_case(rng)
+        assert not _held_out(case.before) and not _held_out(case.after)
+    before, texts, after = edits.sample_batch(random.Random(3), 8)
+    assert before.shape == after.shape == (8, 64, 64, 3) and before.dtype.name == "uint8"
+    assert len(texts) == 8 and all(texts)
+
+
+def test_objects_are_named_by_size_or_position_only_when_needed():
+    red_l = world.Obj("red", "circle", "small", 12, 32)
+    red_r = world.Obj("red", "circle", "small", 50, 32)
+    blue = world.Obj("blue", "square", "large", 30, 10)
+    refs = edits.references(blue, (red_l, red_r, blue))
+    assert refs and all(r.size is None and r.position is None for r in refs)
+    refs = edits.references(red_l, (red_l, red_r, blue))
+    assert refs and all(r.position == "left" for r in refs)
+    big_red = world.Obj("red", "circle", "large", 50, 32)
+    refs = edits.references(red_l, (red_l, big_red))
+    assert refs and all(r.size == "small" and r.position is None for r in refs)
+    assert edits.select(edits.Ref(color="red", shape="circle"), (red_l, red_r)) == [red_l, red_r]
+
+
+def test_a_move_counts_only_when_it_goes_the_asked_way():
+    o = world.Obj("green", "square", "small", 40, 30)
+    case = edits.EditCase("move", world.Scene((o,)), "move the square to the left",
+                          world.Scene((o,)), (), edits.Expect("green", "square", "small",
+                                                             moved=(40, 30, "left")))
+    for cx, cy, ok in ((30, 30, True), (38, 30, False), (50, 30, False), (30, 36, False)):
+        moved = world.Scene((world.Obj("green", "square", "small", cx, cy),))
+        drawn = analyzer.detect(world.render_array(moved))
+        assert edits.check_edit(case, drawn)[0] is ok, (cx, cy)
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+
+def test_widened_unet_starts_as_the_text_to_image_unet():
+    """Zero-initialised extra input channels (Brooks et al. 2023): whatever the source latent,
+    the widened UNet predicts exactly what the original did."""
+    from vgen.shapes.model import ModelConfig, build_unet
+    from vgen.shapes.train_edit import widen_conv_in
+
+    torch.manual_seed(0)
+    unet = build_unet(ModelConfig.tiny()).eval()
+    wide = widen_conv_in(unet, 8).eval()
+    z, src = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    cond = torch.randn(2, 32, 32)
+    with torch.no_grad():
+        a = unet(z, torch.tensor([10, 500]), cond).sample
+        b = wide(torch.cat([z, src], 1), torch.tensor([10, 500]), cond).sample
+    assert wide.config.in_channels == 8 and torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    from vgen import pipelines
+
+    monkeypatch.setattr(pipelines, "_CACHE", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_train_smoke_saves_reloads_edits_and_evaluates(tiny_models, tmp_path, monkeypatch, fresh_cache):
+    from vgen.edit import edit
+    from vgen.requests import EditRequest
+    from vgen.shapes.evaluate_edit import main as eval_main
+    from vgen.shapes.train_edit import EditTrainConfig, train_edit
+
+    # 1. The command line, from a tiny text-to-image model.
+    out = tmp_path / "models" / "edit-tiny"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "vgen", "train", "edit", "--tiny", "--init",
+                        str(tiny_models["txt2img"]), "--steps", "2", "--out", str(out),
+                        "--state-dir", str(tmp_path / "state")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionInstructPix2PixPipeline"
+    assert json.loads((out / "unet" / "config.json").read_text())["in_channels"] == 8
+    assert (out / "README.md").exists() and json.loads((out / "training.json").read_text())["step"] == 2
+    assert all(f.stat().st_size < 10e6 for f in out.rglob("*"))
+    # 2. Through the engine's normal loader: an instruction it can read, a 64x64 edit.
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tmp_path / "models"))
+    source = world.render(edits.eval_cases("recolor", 1)[0].before)
+    r = edit(EditRequest(prompt="make the red circle blue", image=source, mode="instruct",
+                         model=str(out), steps=2, seed=1))
+    assert r.images[0].size == (64, 64) and r.extras["unknown_words"] == []
+    assert "Task: instruct" in r.images[0].info["parameters"]
+    # 3. The evaluation runs end to end and its scores reach the card.
+    ns = argparse.Namespace(model=str(out), n=1, seed=0, steps=2, guidance=None, image_guidance=None,
+                            scheduler=None, save_dir=None, json=str(tmp_path / "e.json"), update_card=True)
+    assert eval_main(ns) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert set(report["kinds"]) == set(edits.KINDS) and 0.0 <= report["overall"] <= 1.0
+    assert report["settings"]["image_guidance"] == 1.5 and report["seconds_per_edit"] > 0
+    assert "| move |" in (out / "README.md").read_text()
+    # 4. Resumes from the exported weights alone (no optimizer state), as on a fresh machine.
+    logs: list[str] = []
+    cfg = EditTrainConfig(init=str(tiny_models["txt2img"]), out=str(out), steps=3, batch=2,
+                          state_dir=str(tmp_path / "fresh-state"), log_every=1, save_every=10)
+    train_edit(cfg, resume=True, log=logs.append)
+    assert any("resumed from exported weights" in m for m in logs) and "done: step 3" in logs[-1]
+    assert (out / "eval.json").exists()  # an earlier score stays with the folder until re-run
+
+
+# ---- the app ---------------------------------------------------------------------------------------
+
+def test_instruct_mode_offers_the_embedded_editor_when_it_is_here(tiny_models, tmp_path, monkeypatch):
+    import app
+    from vgen.catalog import EMBEDDED_EDIT_MODEL
+
+    if SHIPPED.exists():
+        assert app.on_mode_change("instruct", "vgen-shapes")[0] == EMBEDDED_EDIT_MODEL
+        return
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tmp_path))
+    assert app.on_mode_change("instruct", "vgen-shapes")[0] == "timbrooks/instruct-pix2pix"
+    assert EMBEDDED_EDIT_MODEL not in [ref for _, ref in app.model_choices(app.EDIT_TASKS)]
+    (tmp_path / EMBEDDED_EDIT_MODEL).symlink_to(tiny_models["instruct"], target_is_directory=True)
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", f"{tmp_path}{os.pathsep}{tiny_models['root']}")
+    assert app.on_mode_change("instruct", "vgen-shapes")[0] == EMBEDDED_EDIT_MODEL
+    assert EMBEDDED_EDIT_MODEL in [ref for _, ref in app.model_choices(app.EDIT_TASKS)]
+    assert app.on_mode_change("img2img", EMBEDDED_EDIT_MODEL)[0] == app.default_model()
+
+
+# ---- the shipped model -------------------------------------------------------------------------------
+
+shipped = pytest.mark.skipif(not SHIPPED.exists(), reason="checkpoints/vgen-shapes-edit is not trained yet")
+
+
+@shipped
+def test_shipped_editor_is_small_enough_for_a_space():
+    files = [f for f in SHIPPED.rglob("*") if f.is_file()]
+    assert (SHIPPED / "model_index.json").exists() and (SHIPPED / "README.md").exists()
+    assert sum(f.stat().st_size for f in files) < 20e6
+    assert max(f.stat().st_size for f in files) < 10e6
+    assert not any(f.suffix in (".bin", ".ckpt", ".pt", ".pth") for f in files)
+
+
+@shipped
+def test_shipped_editor_edits_offline_through_the_engine(fresh_cache, monkeypatch):
+    from vgen.catalog import EMBEDDED_EDIT_MODEL, entry_for
+    from vgen.edit import edit
+    from vgen.requests import EditRequest
+
+    monkeypatch.delenv("VGEN_DEFAULT_MODEL", raising=False)
+    case = edits.eval_cases("recolor", 1)[0]
+    r = edit(EditRequest(prompt=case.instruction, image=world.render(case.before), mode="instruct",
+                         model=EMBEDDED_EDIT_MODEL, seed=0))
+    defaults = entry_for(EMBEDDED_EDIT_MODEL).defaults
+    assert r.model == EMBEDDED_EDIT_MODEL and r.revision == "local"
+    assert r.images[0].size == (64, 64) and r.request.steps == defaults.steps
+    assert r.extras["unknown_words"] == []
+
+
+@shipped
+def test_shipped_editor_edits_through_the_app(hardened_app, tmp_path):
+    from gradio_client import Client, handle_file
+
+    case = edits.eval_cases("remove", 1)[0]
+    world.render(case.before).save(tmp_path / "before.png")
+    client = Client(hardened_app.url, verbose=False, download_files=str(tmp_path / "dl"))
+    gallery, _, _ = client.predict(handle_file(str(tmp_path / "before.png")), case.instruction,
+                                   mode="instruct", model="vgen-shapes-edit", seed=0,
+                                   randomize_seed=False, api_name="/edit")
+    image = Image.open(gallery[0]["image"])
+    assert image.size == (64, 64)
+    text = image.info["parameters"]
+    assert "Task: instruct" in text and "Model: vgen-shapes-edit" in text

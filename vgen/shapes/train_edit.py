@@ -1,0 +1,384 @@
+"""Train the embedded instruction editor: ``python -m vgen train edit [--init REF] [--steps N]``.
+
+An InstructPix2Pix model (Brooks et al. 2023, "InstructPix2Pix: Learning to Follow Image Editing
+Instructions") fine-tuned from the embedded text-to-image model on the shapes world's exact edit
+triples (``edits.py``), saved as a stock diffusers ``StableDiffusionInstructPix2PixPipeline``:
+
+1. start from the text-to-image model (``checkpoints/vgen-shapes``, read once at the start): its
+   VAE (frozen), text encoder and UNet; the UNet's first convolution is widened from 4 to 8 input
+   channels (noisy latent + encoded source image) with the new channels' weights zero, so at
+   step 0 the model is exactly the text-to-image model (Brooks et al. 2023, sec. 3.3); the
+   tokenizer gains the instruction words ("make", "move", "bigger", ...) the captions lack, with
+   fresh embedding rows;
+2. train UNet and text encoder on (source, instruction) -> edited image, with the init model's
+   noise schedule and prediction type (v-prediction), min-SNR weighting (Hang et al. 2023) and
+   EMA weights; conditioning dropout for the two guidance scales: 5% of the examples drop the
+   instruction, 5% the source image, 5% both (Brooks et al. 2023, sec. 3.4), as diffusers'
+   ``train_instruct_pix2pix.py`` does. The source latent is the VAE posterior mode, unscaled,
+   and a dropped source is zeros: exactly what the pipeline feeds the UNet at inference.
+
+Resumable like ``train.py``: from ``STATE_DIR/state.pt`` (every part's config and weights,
+optimizer, EMA, RNG; the init model is not needed again) or, on a fresh machine, from the
+exported pipeline alone. SIGTERM/SIGINT stop after the current step with the state saved and the
+weights exported. Exports are fp16 safetensors in shards under 8 MB, written beside the target
+folder and swapped in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import random
+import shutil
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import edits, world
+from .train import EMA, fix_tokenizer_class, images_to_tensor
+
+
+@dataclass
+class EditTrainConfig:
+    init: str = "checkpoints/vgen-shapes"
+    out: str = "checkpoints/vgen-shapes-edit"
+    state_dir: str = "runs/vgen-shapes-edit"
+    steps: int = 10000
+    batch: int = 32
+    lr: float = 2e-4  # a fine-tune: below the text-to-image run's 5e-4
+    warmup: int = 200
+    cond_dropout: float = 0.05  # each of: no instruction, no source image, neither
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    save_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+
+
+# ---- building the editor from the text-to-image model --------------------------------------------
+
+def extend_tokenizer(tok, words: list[str]):
+    """The same word-level tokenizer (normalizer, pre-tokenizer, special tokens, max length)
+    with ``words`` it lacks appended: every old word keeps its id, so the text encoder's trained
+    embedding rows stay where they are and the new ones go at the end."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    data = json.loads(tok.backend_tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    for w in words:
+        if w not in vocab:
+            vocab[w] = len(vocab)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        bos_token=tok.bos_token, eos_token=tok.eos_token, unk_token=tok.unk_token,
+        pad_token=tok.pad_token, model_max_length=tok.model_max_length,
+    )
+
+
+def widen_conv_in(unet, in_channels: int = 8):
+    """A copy of ``unet`` taking ``in_channels`` inputs; the extra input channels start at
+    zero weight, so the widened UNet computes exactly what the original did."""
+    from diffusers import UNet2DConditionModel
+
+    wide = UNet2DConditionModel.from_config(unet.config, in_channels=in_channels)
+    state = unet.state_dict()
+    w = state["conv_in.weight"]  # (C, 4, 3, 3)
+    extra = torch.zeros(w.shape[0], in_channels - w.shape[1], *w.shape[2:], dtype=w.dtype)
+    state["conv_in.weight"] = torch.cat([w, extra], dim=1)  # (C, 8, 3, 3)
+    wide.load_state_dict(state)
+    return wide
+
+
+def train_scheduler_for(sample_scheduler):
+    """A DDPM training schedule with the sampler's betas and prediction type."""
+    from diffusers import DDPMScheduler
+
+    c = sample_scheduler.config
+    return DDPMScheduler(
+        num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
+        beta_schedule=c.beta_schedule, trained_betas=c.trained_betas,
+        prediction_type=c.prediction_type, clip_sample=False,
+    )
+
+
+def _quiet_loading() -> None:
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+
+
+def _load(cls, folder: str | Path, tries: int = 5):
+    """``cls.from_pretrained(folder)`` in fp32, retried briefly: the text-to-image run swaps in
+    a fresh export now and then, and the folder is missing for that moment."""
+    for attempt in range(tries):
+        try:
+            return cls.from_pretrained(str(folder), dtype=torch.float32)
+        except (OSError, ValueError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(2.0)
+
+
+def init_folder(ref: str) -> Path:
+    """A folder path as given, else a model reference (a name under checkpoints/, a Hub id)."""
+    if Path(ref).is_dir():
+        return Path(ref)
+    from ..hub import parse_reference, resolve
+
+    return Path(resolve(parse_reference(ref)).path)
+
+
+# ---- the trainer ------------------------------------------------------------------------------
+
+class EditTrainer:
+    def __init__(self, cfg: EditTrainConfig, log=print):
+        self.cfg, self.log = cfg, log
+        torch.manual_seed(cfg.seed)
+        _quiet_loading()
+        self.step = 0
+        self.rng = random.Random(cfg.seed)
+        self.state_path = Path(cfg.state_dir) / "state.pt"
+        self.init_info: dict = {}
+
+    # -- setup ------------------------------------------------------------------------------
+    def _set_parts(self, tok, text, vae, unet, sample_scheduler) -> None:
+        self.tok, self.text, self.vae, self.unet = tok, text, vae, unet
+        self.sample_scheduler = sample_scheduler
+        self.noise = train_scheduler_for(sample_scheduler)
+        self.vae.requires_grad_(False).eval()
+        params = self._params()
+        self.opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.01)
+        self.ema = EMA(params, self.cfg.ema_decay)
+
+    def _params(self):
+        return list(self.unet.parameters()) + list(self.text.parameters())
+
+    def start_from_init(self) -> None:
+        """Step 1 of the module docstring: the editor built from the text-to-image model."""
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+        folder = init_folder(self.cfg.init)
+        t2i = _load(StableDiffusionPipeline, folder)
+        tok = extend_tokenizer(t2i.tokenizer, edits.vocabulary())
+        text = t2i.text_encoder
+        text.resize_token_embeddings(len(tok))
+        unet = widen_conv_in(t2i.unet, 2 * t2i.vae.config.latent_channels)
+        scheduler = DPMSolverMultistepScheduler.from_config(t2i.scheduler.config)
+        self._set_parts(tok, text, t2i.vae, unet, scheduler)
+        meta = folder / "training.json"
+        self.init_info = {"init": str(self.cfg.init),
+                          "init_step": json.loads(meta.read_text()).get("step") if meta.exists() else None}
+        self.log(f"initialised from {folder} (text-to-image step {self.init_info['init_step']}); "
+                 f"vocabulary {len(t2i.tokenizer)} -> {len(tok)} words")
+
+    def resume(self) -> bool:
+        """Restore from the full training state, or else from the exported pipeline."""
+        if self.state_path.exists():
+            from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+            from tokenizers import Tokenizer
+            from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+            st = torch.load(self.state_path, weights_only=False)
+            tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(st["tokenizer"]),
+                                          **st["tokenizer_special"])
+            text = CLIPTextModel(CLIPTextConfig.from_dict(st["text_config"]))
+            vae = AutoencoderKL.from_config(st["vae_config"])
+            unet = UNet2DConditionModel.from_config(st["unet_config"])
+            text.load_state_dict(st["text"])
+            vae.load_state_dict(st["vae"])
+            unet.load_state_dict(st["unet"])
+            self._set_parts(tok, text, vae, unet,
+                            DPMSolverMultistepScheduler.from_config(st["scheduler_config"]))
+            self.opt.load_state_dict(st["opt"])
+            self.ema.shadow = st["ema"]
+            self.step, self.init_info = st["step"], st["init_info"]
+            self.rng.setstate(st["rng"])
+            torch.set_rng_state(st["torch_rng"])
+            self.log(f"resumed from {self.state_path}: step {self.step}")
+            return True
+        info = Path(self.cfg.out) / "training.json"
+        if info.exists():
+            from diffusers import StableDiffusionInstructPix2PixPipeline
+
+            meta = json.loads(info.read_text())
+            pipe = _load(StableDiffusionInstructPix2PixPipeline, self.cfg.out)
+            self._set_parts(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, pipe.scheduler)
+            self.step = meta["step"]
+            self.init_info = {k: meta.get(k) for k in ("init", "init_step")}
+            self.rng = random.Random(self.cfg.seed + self.step)
+            self.log(f"resumed from exported weights in {self.cfg.out}: step {self.step}")
+            return True
+        return False
+
+    def save_state(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "tokenizer": self.tok.backend_tokenizer.to_str(),
+                "tokenizer_special": dict(
+                    bos_token=self.tok.bos_token, eos_token=self.tok.eos_token,
+                    unk_token=self.tok.unk_token, pad_token=self.tok.pad_token,
+                    model_max_length=self.tok.model_max_length),
+                "text_config": self.text.config.to_dict(), "text": self.text.state_dict(),
+                "vae_config": dict(self.vae.config), "vae": self.vae.state_dict(),
+                "unet_config": dict(self.unet.config), "unet": self.unet.state_dict(),
+                "scheduler_config": dict(self.sample_scheduler.config),
+                "opt": self.opt.state_dict(), "ema": self.ema.shadow, "step": self.step,
+                "init_info": self.init_info, "rng": self.rng.getstate(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
+        tmp.replace(self.state_path)  # atomic: a kill mid-save never corrupts the state
+
+    # -- one step -------------------------------------------------------------------------------
+    def step_once(self) -> float:
+        c = self.cfg
+        # 1. Fresh edit triples.
+        before, texts, after = edits.sample_batch(self.rng, c.batch)
+        b = len(texts)
+        # 2. Latents: the target scaled for diffusion; the source as the pipeline encodes it
+        #    (posterior mode, unscaled: StableDiffusionInstructPix2PixPipeline.prepare_image_latents).
+        with torch.no_grad():
+            both = self.vae.encode(images_to_tensor(np.concatenate([after, before]))).latent_dist.mode()
+            z0 = both[:b] * self.vae.config.scaling_factor  # (B, 4, 16, 16)
+            source = both[b:]  # (B, 4, 16, 16)
+        # 3. Conditioning dropout: p < q drops the instruction, q <= p < 2q both, 2q <= p < 3q
+        #    the source (zeros, as the pipeline's unconditional image branch).
+        p = torch.rand(b)
+        q = c.cond_dropout
+        drop_text = p < 2 * q
+        keep_image = ~((p >= q) & (p < 3 * q))
+        source = source * keep_image[:, None, None, None].float()
+        texts = ["" if d else t for t, d in zip(texts, drop_text.tolist())]
+        ids = self.tok(texts, padding="max_length", max_length=self.tok.model_max_length,
+                       truncation=True, return_tensors="pt").input_ids  # (B, 32)
+        # 4. v-prediction on the init model's schedule, min-SNR-gamma weighted.
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (b,))
+        zt = self.noise.add_noise(z0, noise, t)
+        target = (self.noise.get_velocity(z0, noise, t)
+                  if self.noise.config.prediction_type == "v_prediction" else noise)
+        cond = self.text(ids).last_hidden_state  # (B, 32, D)
+        pred = self.unet(torch.cat([zt, source], dim=1), t, cond).sample  # (B, 4, 16, 16)
+        abar = self.noise.alphas_cumprod[t]
+        snr = abar / (1 - abar)
+        w = torch.clamp(snr, max=c.min_snr_gamma)
+        w = w / (snr + 1) if self.noise.config.prediction_type == "v_prediction" else w / snr
+        loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        # 5. AdamW with linear warmup, clipped gradients, EMA.
+        for g in self.opt.param_groups:
+            g["lr"] = c.lr * min(1.0, (self.step + 1) / c.warmup)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self._params(), 1.0)
+        self.opt.step()
+        self.ema.update(self.step)
+        return loss.item()
+
+    # -- export -----------------------------------------------------------------------------------
+    def export(self, out: str | Path | None = None):
+        """Write the pipeline (EMA weights) with save_pretrained: fp16 safetensors in shards
+        under 8 MB, so the model stays under 20 MB with no file over 10 MB."""
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        from .card_edit import write_card
+
+        final = Path(out or self.cfg.out)
+        # Written beside the folder, then swapped in: the app or a commit never sees half a model.
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        text, unet = copy.deepcopy(self.text), copy.deepcopy(self.unet)
+        self.ema.copy_to(list(unet.parameters()) + list(text.parameters()))
+        pipe = StableDiffusionInstructPix2PixPipeline(
+            vae=copy.deepcopy(self.vae), text_encoder=text, tokenizer=self.tok, unet=unet,
+            scheduler=copy.deepcopy(self.sample_scheduler), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        ).to(torch.float16)
+        pipe.save_pretrained(tmp, safe_serialization=True, max_shard_size="8MB")
+        fix_tokenizer_class(tmp)
+        meta = {
+            "step": self.step, "batch": self.cfg.batch, "samples_seen": self.step * self.cfg.batch,
+            "world_spec": world.SPEC_VERSION, "edit_kinds": list(edits.KINDS),
+            **self.init_info, "config": asdict(self.cfg),
+        }
+        (tmp / "training.json").write_text(json.dumps(meta, indent=2))
+        if (final / "eval.json").exists():  # scores of an earlier export stay until re-evaluated
+            shutil.copy2(final / "eval.json", tmp / "eval.json")
+        write_card(tmp)
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return pipe
+
+    # -- loop -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        with _stop_on_signals() as stop:
+            self._loop(stop)
+
+    def _loop(self, stop: threading.Event) -> None:
+        c = self.cfg
+        self.text.train()
+        self.unet.train()
+        t0, losses = time.time(), []
+        run_t0, run_step0 = t0, self.step
+        while self.step < c.steps and not stop.is_set():
+            losses.append(self.step_once())
+            self.step += 1
+            if self.step % c.log_every == 0:
+                self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f} "
+                         f"({(time.time() - t0) / len(losses):.2f} s/step)")
+                t0, losses = time.time(), []
+            if self.step % c.save_every == 0:
+                self.save_state()
+                self.export()
+                self.log(f"exported step {self.step} to {c.out}")
+        run_s, run_steps = time.time() - run_t0, self.step - run_step0
+        if not (run_steps and self.step % c.save_every == 0):  # else the loop just did both
+            self.save_state()
+            self.export()
+        self.log(f"done: step {self.step}, exported to {c.out} ({run_steps} steps in this run, "
+                 f"{run_s / max(1, run_steps):.2f} s/step including exports)")
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM/SIGINT end the run after the current step, with the state saved and the weights
+    exported (as ``train.py`` does); the previous handlers are back afterwards, so a caller in
+    the same process (a test, a notebook) keeps its own Ctrl-C."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.signal(sig, lambda *_: flag.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def train_edit(cfg: EditTrainConfig, resume: bool = False, log=print) -> EditTrainer:
+    """Entry point of ``python -m vgen train edit``."""
+    trainer = EditTrainer(cfg, log=log)
+    if not (resume and trainer.resume()):
+        if resume:
+            log("nothing to resume from; starting from the text-to-image model")
+        trainer.start_from_init()
+    trainer.run()
+    return trainer
