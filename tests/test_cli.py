@@ -70,6 +70,13 @@ def test_train_smoke_saves_and_reloads_through_the_engine(tmp_path):
     state = torch.load(tmp_path / "state" / "state.pt", weights_only=False)
     saved = json.loads((out / "vae" / "config.json").read_text())["scaling_factor"]
     assert saved == pytest.approx(state["scaling_factor"]) and saved != 0.18215
+    from diffusers import AutoencoderKL
+
+    from vgen.shapes.model import DECODER_NOISE_STD
+
+    vae = AutoencoderKL.from_pretrained(out, subfolder="vae", torch_dtype=torch.float32)
+    std = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.std
+    assert float(std.max()) == pytest.approx(DECODER_NOISE_STD, rel=0.01)  # pinned at export
     env = {"VGEN_MODEL_ROOTS": str(tmp_path / "models")}
     vgen("generate", "a red circle", "--model", out, "--steps", 2, "--seed", 1, "--out", tmp_path / "g.png", env_extra=env)
     assert Image.open(tmp_path / "g.png").size == (64, 64)

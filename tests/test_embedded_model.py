@@ -34,6 +34,27 @@ def test_shipped_vae_config_has_the_fitted_latent_scale():
     assert cfg["scaling_factor"] != 0.18215 and 0.2 < cfg["scaling_factor"] < 10
 
 
+def test_shipped_vae_posterior_is_what_the_decoder_was_trained_on():
+    """Regression: the learned posterior std was ~1 (tiny KL weight), so img2img and inpaint,
+    which sample the posterior, started from near-noise (speckles over the kept area)."""
+    import random
+
+    import numpy as np
+    from diffusers import AutoencoderKL
+
+    from vgen.shapes import world
+    from vgen.shapes.model import DECODER_NOISE_STD
+    from vgen.shapes.train import images_to_tensor
+
+    x = images_to_tensor(np.stack([world.render_array(world.sample_scene(random.Random(0)))]))
+    for name in ("vgen-shapes", "vgen-shapes-edit"):
+        folder = CHECKPOINT.parent / name
+        if not (folder / "vae").exists():
+            continue
+        std = AutoencoderKL.from_pretrained(folder, subfolder="vae").encode(x).latent_dist.std
+        assert float(std.max()) == pytest.approx(DECODER_NOISE_STD, rel=0.01)
+
+
 def test_default_model_generates_offline(offline):
     r = generate(GenerateRequest(prompt="a red circle to the left of a blue square", seed=0))
     assert r.model == "vgen-shapes" and r.revision == "local"

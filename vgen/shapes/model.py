@@ -6,7 +6,10 @@ saves with ``save_pretrained`` and loads through the same code path as any Hub m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import torch
 
 from diffusers import (
     AutoencoderKL,
@@ -123,3 +126,21 @@ def build_all(cfg: ModelConfig):
     tok = build_tokenizer()
     text = build_text_encoder(cfg, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     return tok, text, build_vae(cfg), build_unet(cfg), build_train_scheduler(cfg)
+
+
+# The decoder is trained on the posterior mean plus this much fixed noise (train.py).
+DECODER_NOISE_STD = 0.1
+
+
+@torch.no_grad()
+def pin_posterior_std(vae: AutoencoderKL, std: float = DECODER_NOISE_STD) -> AutoencoderKL:
+    """Make the encoder's posterior N(mean, std^2): the distribution the decoder was trained on.
+
+    The KL term is tiny, so the learned log-variance is meaningless (std near 1, as large as
+    the latents themselves) and diffusers' img2img / inpaint pipelines, which *sample* the
+    posterior, would start from near-noise. The log-variance half of ``quant_conv``'s output
+    is set to the constant ``2 ln std``; the mean half is untouched."""
+    half = vae.quant_conv.out_channels // 2
+    vae.quant_conv.weight[half:].zero_()  # (C, 2C, 1, 1): rows of the log-variance channels
+    vae.quant_conv.bias[half:].fill_(2 * math.log(std))
+    return vae

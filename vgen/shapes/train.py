@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from . import captions, grounding, world
-from .model import ModelConfig, build_all, build_sample_scheduler
+from .model import (
+    DECODER_NOISE_STD,
+    ModelConfig,
+    build_all,
+    build_sample_scheduler,
+    pin_posterior_std,
+)
 
 
 @dataclass
@@ -174,8 +180,9 @@ class Trainer:
         post = self.vae.encode(x).latent_dist
         # The posterior mean plus a little fixed noise: sampling at the initial unit variance
         # drowns the signal and the decoder learns color far too slowly; a small fixed noise
-        # still makes the decoder robust to the diffusion model's small latent errors.
-        z = post.mean + 0.1 * torch.randn_like(post.mean)  # (B, 4, 16, 16)
+        # still makes the decoder robust to the diffusion model's small latent errors. Exported
+        # VAEs get exactly this posterior (pin_posterior_std).
+        z = post.mean + DECODER_NOISE_STD * torch.randn_like(post.mean)  # (B, 4, 16, 16)
         rec = self.vae.decode(z).sample  # (B, 3, 64, 64)
         loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
         self.vae_opt.zero_grad(set_to_none=True)
@@ -245,7 +252,7 @@ class Trainer:
         text, unet = copy.deepcopy(self.text), copy.deepcopy(self.unet)
         self.ema.copy_to(list(unet.parameters()) + list(text.parameters()))
         pipe = StableDiffusionPipeline(
-            vae=copy.deepcopy(self.vae), text_encoder=text, tokenizer=self.tok, unet=unet,
+            vae=pin_posterior_std(copy.deepcopy(self.vae)), text_encoder=text, tokenizer=self.tok, unet=unet,
             scheduler=build_sample_scheduler(self.cfg.model), safety_checker=None,
             feature_extractor=None, requires_safety_checker=False,
         ).to(torch.float16)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from . import edits, world
+from .model import pin_posterior_std
 from .train import EMA, fix_tokenizer_class, images_to_tensor
 
 
@@ -303,7 +304,7 @@ class EditTrainer:
         text, unet = copy.deepcopy(self.text), copy.deepcopy(self.unet)
         self.ema.copy_to(list(unet.parameters()) + list(text.parameters()))
         pipe = StableDiffusionInstructPix2PixPipeline(
-            vae=copy.deepcopy(self.vae), text_encoder=text, tokenizer=self.tok, unet=unet,
+            vae=pin_posterior_std(copy.deepcopy(self.vae)), text_encoder=text, tokenizer=self.tok, unet=unet,
             scheduler=copy.deepcopy(self.sample_scheduler), safety_checker=None,
             feature_extractor=None, requires_safety_checker=False,
         ).to(torch.float16)
