@@ -121,6 +121,12 @@ def _env_float(name: str) -> float | None:
 DEFAULT_JOB_TIME_LIMIT_S = 300.0
 
 
+def _previews_on() -> bool:
+    """Live previews in the Text to Image gallery (VGEN_PREVIEWS, default on; 0/off/false:
+    none, e.g. for a deployment used through the API only)."""
+    return os.environ.get("VGEN_PREVIEWS", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def _time_limit_s() -> float | None:
     """Seconds a job may spend on its own work (encode, denoise; the clock starts when the model
     is loaded, see ``JobControl.restart``). Unset: 300 s; 0 (or less): no limit."""
@@ -685,7 +691,7 @@ async def _run_job(kind: str, build: Callable[[], GenerateRequest], progress, n_
     job = _Job(kind)
     job.control = JobControl(progress=job.on_step, download=job.on_download,
                              time_limit_s=_time_limit_s(),
-                             preview=job.on_preview if previews else None)
+                             preview=job.on_preview if previews and _previews_on() else None)
     ctx = contextvars.copy_context()  # Gradio's (and ZeroGPU's) request context
     loop, finished = asyncio.get_running_loop(), asyncio.Event()
 

@@ -78,7 +78,8 @@ def test_the_tiny_suite_runs_end_to_end_and_writes_the_json(tmp_path):
     assert data["matmul_peak_gflops"] > 0
     assert data["cold_start_s"] > 0 and isinstance(data["app_overhead_ms"], float)
     check = data["conditions"]["checks"][0]
-    assert check["stock_vs_vgen_max_pixel_difference"] == 0  # same components, same pixels
+    # same weights, same pixels (the engine's channels-last VAE decoder may round one level apart)
+    assert check["stock_vs_vgen_max_pixel_difference"] <= 1
     assert check["unet_gflop_per_sample"] > 0
     assert "text_embedding_reuse" in data["speedups"]["tiny-sd (test config)"]
     assert "stock" in proc.stdout and "vgen-fast" in proc.stdout  # the table

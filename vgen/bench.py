@@ -40,6 +40,7 @@ engine speedup measured here) and ``conditions`` (threads, device, versions, che
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -346,11 +347,12 @@ def _cpu_seconds(fn: Callable[[], Any]) -> float:
 
 
 def ablations(modules: dict[str, torch.nn.Module], inputs: dict, repeats: int, compile_modules: tuple[str, ...],
-              log: Callable[[str], None]) -> dict:
-    """Speedups the engine does not use, measured on the model's own modules and inputs (CPU
-    seconds, medians, interleaved): channels-last memory format for each module, and
-    ``torch.compile`` (inductor) for ``compile_modules``, with its one-off compile time. Each
-    module is back in its own memory format afterwards."""
+              used_by_vgen: set[str], log: Callable[[str], None]) -> dict:
+    """Layout and compilation, measured on the model's own modules and inputs (CPU seconds,
+    medians, interleaved): the module as loaded (contiguous) against channels-last (what the
+    engine uses for decoders on a CPU), and ``torch.compile`` (inductor, not used by the engine)
+    for ``compile_modules``, with the CPU time of its first, compiling call. A module the engine
+    already keeps in channels-last is measured on a contiguous copy."""
     from torch.utils._pytree import tree_map
 
     out = {}
@@ -358,6 +360,9 @@ def ablations(modules: dict[str, torch.nn.Module], inputs: dict, repeats: int, c
         for name, m in modules.items():
             if name not in inputs:
                 continue
+            used = name in used_by_vgen
+            if not all(p.is_contiguous() for p in m.parameters()):
+                m = copy.deepcopy(m).to(memory_format=torch.contiguous_format)
             args, kwargs = inputs[name]
             cl_args, cl_kwargs = tree_map(_channels_last, args), tree_map(_channels_last, kwargs)
             base, cl = [], []
@@ -371,7 +376,8 @@ def ablations(modules: dict[str, torch.nn.Module], inputs: dict, repeats: int, c
                     m.to(memory_format=torch.contiguous_format)
             out[f"channels_last/{name}"] = {"cpu_seconds": round(_median(base), 4),
                                             "with_cpu_seconds": round(_median(cl), 4),
-                                            "speedup": round(_median(base) / _median(cl), 3)}
+                                            "speedup": round(_median(base) / _median(cl), 3),
+                                            "used_by_vgen": used}
             log(f"  ablation channels-last {name}: {_median(base):.3f} -> {_median(cl):.3f} CPU s")
             if name in compile_modules:
                 try:
@@ -384,7 +390,8 @@ def ablations(modules: dict[str, torch.nn.Module], inputs: dict, repeats: int, c
                 out[f"torch_compile/{name}"] = {"cpu_seconds": round(_median(base), 4),
                                                 "with_cpu_seconds": round(_median(comp), 4),
                                                 "speedup": round(_median(base) / _median(comp), 3),
-                                                "first_call_cpu_seconds": round(first, 1)}
+                                                "first_call_cpu_seconds": round(first, 1),
+                                                "used_by_vgen": False}
                 log(f"  ablation torch.compile {name}: {_median(base):.3f} -> {_median(comp):.3f} CPU s "
                     f"after a first call of {first:.0f} CPU s")
     return out
@@ -409,7 +416,10 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
     size = case.size or d.width
     steps = case.steps or d.steps
     guidance = d.guidance if case.guidance is None else case.guidance
-    stock = type(model.pipe).from_pipe(model.pipe)
+    # The engine keeps the VAE decoder in channels-last on a CPU (vgen.decoders.prepare_model);
+    # stock gets its own copy of the VAE as loaded, everything else is shared.
+    stock_vae = copy.deepcopy(model.pipe.vae)
+    stock = type(model.pipe).from_pipe(model.pipe, vae=stock_vae)
     stock.set_progress_bar_config(disable=True)
     source = _source_image(size) if case.task == "instruct" else None
     base = (EditRequest(prompt="", model=ref, mode="instruct", image=source, steps=steps, guidance=guidance,
@@ -421,6 +431,7 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
     parts = SimpleNamespace(text_encoder=model.pipe.text_encoder,
                             text_encoder_2=getattr(model.pipe, "text_encoder_2", None),
                             unet=model.pipe.unet, vae=model.pipe.vae)
+    stock_parts = SimpleNamespace(**{**vars(parts), "vae": stock_vae})
 
     # 2. Which variants: vgen-fast only where a tiny autoencoder fits (else it would be vgen).
     variants = ["stock", "vgen"]
@@ -440,21 +451,22 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
                 kw.update(image=source, image_guidance_scale=base.image_guidance)
             else:
                 kw.update(height=size, width=size)
-            return _timed(parts, device, lambda: stock(**kw).images[0])
+            return _timed(stock_parts, device, lambda: stock(**kw).images[0])
         req = replace(base, prompt=prompt, decoder="fast" if variant == "vgen-fast" else "full")
         p = parts if variant != "vgen-fast" else SimpleNamespace(**{**vars(parts), "vae": tiny})
         return _timed(p, device, lambda: engine(req, cache=cache).images[0])
 
-    # 3. Warm-up, one run of each; the stock one also counts the UNet's FLOPs.
+    # 3. Warm-up, one run of each; the stock one also counts the UNet's FLOPs (and, for the
+    #    ablations, records the inputs of the UNet and of the decoders as stock runs them).
     log(f"{case.model}: {size}x{size}, {steps} steps, guidance {guidance:g}: warm-up")
     flops: dict = {}
-    with count_unet_flops(model.pipe.unet, flops):
-        call("stock", PROMPTS[0])
     inputs: dict = {}
-    watched = {"unet": model.pipe.unet, "vae_decoder": model.pipe.vae.decoder}
+    watched = {"unet": model.pipe.unet, "vae_decoder": stock_vae.decoder}
     if tiny is not None:
         watched["tiny_decoder"] = tiny.decoder
     with capture_inputs(watched, inputs) if ablate else contextlib.nullcontext():
+        with count_unet_flops(model.pipe.unet, flops):
+            call("stock", PROMPTS[0])
         for v in variants[1:]:
             call(v, PROMPTS[0])
 
@@ -493,6 +505,8 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
                 "repeated_prompt_seconds": round(_median([s.wall for s in again]), 4),
                 "text_seconds_saved": round(_median([s.times.text_s for s in new])
                                             - _median([s.times.text_s for s in again]), 4),
+                "text_cpu_seconds_saved": round(_median([s.times.text_cpu_s for s in new])
+                                                - _median([s.times.text_cpu_s for s in again]), 4),
                 "cpu_seconds_saved": round(_median([s.cpu for s in new]) - _median([s.cpu for s in again]), 4),
             }
     first = samples["stock"][0].times
@@ -534,7 +548,9 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
              "stock_vs_vgen_max_pixel_difference": max_diff,
              "vgen_fast": "run" if "vgen-fast" in variants else f"not run: {fast_note}"}
     if ablate:
-        speedups["not_used"] = ablations(watched, inputs, repeats, ("tiny_decoder",), log)
+        # vgen.decoders keeps both decoders in channels-last on a CPU, the UNet as it is.
+        used = {"vae_decoder", "tiny_decoder"} if device.type == "cpu" else set()
+        speedups["ablations"] = ablations(watched, inputs, repeats, ("tiny_decoder",), used, log)
     cache.clear()
     return {"runs": runs, "cpu": cpu, "speedups": {case.model: speedups}, "check": check}
 

@@ -430,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models", nargs="*", default=None,
                    help="only these of the suite: sd-turbo vgen-shapes sd15 sdxl-turbo instruct-pix2pix tiny-sd")
     b.add_argument("--no-app", action="store_true", help="skip the app overhead and cold start")
-    b.add_argument("--ablations", action="store_true", help="also measure speedups the engine does "
-                   "not use (channels-last; torch.compile of the tiny decoder, slow to compile)")
+    b.add_argument("--ablations", action="store_true", help="also measure, per module, the channels-last "
+                   "layout against the contiguous one, and torch.compile of the tiny decoder (slow to compile)")
     b.set_defaults(func=cmd_bench)
     return ap
 

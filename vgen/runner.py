@@ -60,6 +60,7 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
     #    at a time under its lock, and every call restarts its scheduler (set_timesteps), so
     #    the view is kept for the next job with the same settings: from_pipe walks every
     #    module (.to), ~10-20 ms a job, a few percent of a small model's image.
+    decoders.prepare_model(model)
     swap = decoders.components_for(req, model, progress=control.download if control else None)
     key = ("job", req.task, req.scheduler, id(swap.get("vae")))
     view = model.views.get(key)
