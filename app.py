@@ -59,7 +59,7 @@ import gradio.component_meta
 if hasattr(gradio.component_meta, "create_or_modify_pyi"):
     gradio.component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
 
-from vgen.catalog import CATALOG, EMBEDDED_EDIT_MODEL, default_model, entry_for
+from vgen.catalog import CATALOG, default_model, entry_for
 from vgen.errors import InvalidRequestError, VgenError
 from vgen.requests import EDIT_MODES, EditRequest, GenerateRequest, Limits
 
@@ -903,19 +903,13 @@ def send_to_edit(gallery, index):
     return pick_image(gallery, index), gr.Tabs(selected="edit")
 
 
-def instruct_default() -> str:
-    """The model the instruct mode switches to: the embedded editor when its folder is here
-    (it works offline), else the Hub's InstructPix2Pix."""
-    return default_model("instruct")
-
-
 def on_mode_change(mode: str, model: str | None):
     """Show the slider that matters for the mode; swap an unsuitable curated model."""
     entry = entry_for((model or "").strip() or default_model())
     new_model = gr.skip()
     if entry is not None:
         if mode == "instruct" and "instruct" not in entry.tasks:
-            new_model = instruct_default()
+            new_model = default_model("instruct")  # the embedded editor when it is here
         elif mode != "instruct" and entry.tasks == ("instruct",):
             new_model = default_model()
     return (new_model, gr.update(visible=mode != "instruct"),
@@ -2102,9 +2096,7 @@ def build_compare_tab() -> CompareTab:
         cap = max_cells()
     except VgenError:
         cap = None
-    from vgen.compare import expand_available
-
-    axes = [a for a in COMPARE_AXES if a != "expand" or expand_available()]
+    axes = list(COMPARE_AXES)
     with gr.Tab("Compare", id="compare"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=4):

@@ -301,8 +301,6 @@ def test_maps_on_the_embedded_architecture(shapes_sized, monkeypatch):
                                                               seed=0)).images[0]))
 
 
-@pytest.mark.skipif(not (CHECKPOINT / "model_index.json").exists(),
-                    reason="checkpoints/vgen-shapes is not exported yet (the training job writes it)")
 def test_maps_on_the_shipped_checkpoint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("VGEN_DEFAULT_MODEL", raising=False)

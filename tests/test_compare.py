@@ -18,7 +18,6 @@ from vgen.compare import (
     CompareRequest,
     compare,
     expand,
-    expand_available,
     parse_axis,
     split_values,
 )
@@ -70,13 +69,6 @@ def test_axis_values_are_parsed_and_typed():
 def test_bad_axes_say_what_is_allowed(text, match):
     with pytest.raises(InvalidRequestError, match=match):
         parse_axis(text)
-
-
-def test_expand_axis_is_reserved_until_vgen_expand_exists():
-    if expand_available():
-        pytest.skip("vgen.expand exists")
-    with pytest.raises(InvalidRequestError, match="reserved: it needs vgen.expand"):
-        parse_axis("expand=on,off")
 
 
 def test_one_parameter_per_axis_and_a_text_to_image_base():
@@ -211,8 +203,6 @@ def test_cancel_stops_the_whole_grid(tiny_env):
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """A tiny random causal LM (the embedded prompt LM's architecture) in an allowed root."""
-    if not expand_available():
-        pytest.skip("no vgen.expand")
     import torch
 
     from vgen.shapes.lm import LMTrainConfig, build_lm, build_lm_tokenizer, export

@@ -182,10 +182,8 @@ def test_instruct_mode_offers_the_embedded_editor_when_it_is_here(tiny_models, t
 
 # ---- the shipped model -------------------------------------------------------------------------------
 
-shipped = pytest.mark.skipif(not SHIPPED.exists(), reason="checkpoints/vgen-shapes-edit is not trained yet")
 
 
-@shipped
 def test_shipped_editor_is_small_enough_for_a_space():
     files = [f for f in SHIPPED.rglob("*") if f.is_file()]
     assert (SHIPPED / "model_index.json").exists() and (SHIPPED / "README.md").exists()
@@ -194,7 +192,6 @@ def test_shipped_editor_is_small_enough_for_a_space():
     assert not any(f.suffix in (".bin", ".ckpt", ".pt", ".pth") for f in files)
 
 
-@shipped
 def test_shipped_editor_edits_offline_through_the_engine(fresh_cache, monkeypatch):
     from vgen.catalog import EMBEDDED_EDIT_MODEL, entry_for
     from vgen.edit import edit
@@ -210,7 +207,6 @@ def test_shipped_editor_edits_offline_through_the_engine(fresh_cache, monkeypatc
     assert r.extras["unknown_words"] == []
 
 
-@shipped
 def test_shipped_editor_edits_through_the_app(hardened_app, tmp_path):
     from gradio_client import Client, handle_file
 

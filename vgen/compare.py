@@ -29,7 +29,6 @@ capped by ``VGEN_MAX_COMPARE_CELLS`` (default 16).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -59,11 +58,6 @@ def max_cells() -> int:
     if n < 1:
         raise InvalidRequestError(f"{MAX_CELLS_ENV} must be at least 1, got {n}")
     return n
-
-
-def expand_available() -> bool:
-    """Whether the language-model prompt expansion module (``vgen.expand``) is installed."""
-    return importlib.util.find_spec("vgen.expand") is not None
 
 
 # ---- axes ---------------------------------------------------------------------------------
@@ -154,11 +148,6 @@ def canonical_parameter(name: Any) -> str:
     if key not in PARAMETERS:
         raise InvalidRequestError(
             f"unknown axis parameter {name!r}; axes can vary: {', '.join(PARAMETERS)}")
-    if key == "expand" and not expand_available():
-        raise InvalidRequestError(
-            "the 'expand' axis (language-model prompt expansion on/off) is reserved: it needs "
-            "vgen.expand, which this installation does not have yet; vary model, guidance, "
-            "steps, scheduler, size, negative_prompt or prompt instead")
     return key
 
 

@@ -8,8 +8,9 @@ cross-attention layers. TokenCompose needs a segmenter for its masks; the shapes
 them exactly. It helps multi-object composition (the paper's finding) and makes the per-word
 attention maps of the Features tab mean what they show.
 
-The probabilities are recomputed beside each ``attn2`` layer's own processor, installed through
-diffusers' attention-processor API for one forward pass and restored afterwards.
+The probabilities are recomputed beside each ``attn2`` layer's own processor (the capture
+wrapper of ``vgen.attention``), installed through diffusers' attention-processor API for one
+forward pass and restored afterwards.
 """
 
 from __future__ import annotations
@@ -62,40 +63,21 @@ def target_masks(texts: list[str], scenes: list[world.Scene], length: int,
     return torch.from_numpy(masks), torch.from_numpy(weight)
 
 
-class _Recording:
-    """Wraps one ``attn2`` processor: the original computes the output; this also keeps the
-    head-averaged text attention probabilities, with their gradient."""
-
-    def __init__(self, original, sink: list):
-        self.original, self.sink = original, sink
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, **kwargs):
-        if temb is not None:
-            kwargs["temb"] = temb
-        out = self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                            attention_mask=attention_mask, **kwargs)
-        if encoder_hidden_states is not None:
-            hs = hidden_states.flatten(2).transpose(1, 2) if hidden_states.ndim == 4 else hidden_states
-            query = attn.head_to_batch_dim(attn.to_q(hs))  # (B*heads, N, d)
-            key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B*heads, T, d)
-            probs = attn.get_attention_scores(query, key, None)  # (B*heads, N, T)
-            b = hs.shape[0]
-            self.sink.append(probs.view(b, attn.heads, *probs.shape[1:]).mean(1))  # (B, N, T)
-        return out
-
-
 class record_cross_attention:
     """``with record_cross_attention(unet) as probs:`` one forward pass; ``probs`` then holds a
-    (B, N, T) tensor per cross-attention layer. The original processors are restored on exit."""
+    (B, N, T) tensor per cross-attention layer, head-averaged, with its gradient. The layers are
+    wrapped with the Features tab's capture processor (``vgen.attention``); the original
+    processors are restored on exit."""
 
     def __init__(self, unet):
         self.unet, self.probs = unet, []
 
     def __enter__(self) -> list:
+        from ..attention import _CaptureProcessor
+
         self.saved = self.unet.attn_processors
         self.unet.set_attn_processor({
-            name: _Recording(p, self.probs) if name.endswith("attn2.processor") else p
+            name: _CaptureProcessor(p, "", self) if name.endswith("attn2.processor") else p
             for name, p in self.saved.items()
         })
         return self.probs
@@ -103,6 +85,14 @@ class record_cross_attention:
     def __exit__(self, *exc) -> bool:
         self.unet.set_attn_processor(self.saved)
         return False
+
+    def _record(self, kind, attn, hidden_states, encoder_hidden_states, attention_mask) -> None:
+        """Called by the capture processor after the layer's own output is computed."""
+        hs = hidden_states.flatten(2).transpose(1, 2) if hidden_states.ndim == 4 else hidden_states
+        query = attn.head_to_batch_dim(attn.to_q(hs))  # (B*heads, N, d)
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B*heads, T, d)
+        probs = attn.get_attention_scores(query, key, None)  # (B*heads, N, T)
+        self.probs.append(probs.view(hs.shape[0], attn.heads, *probs.shape[1:]).mean(1))  # (B, N, T)
 
 
 def token_loss(probs: list[torch.Tensor], masks: torch.Tensor, weight: torch.Tensor,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from . import captions, world
+from .export import partial_folder, publish
 from .tokenizer import BOS, build_tokenizer
 
 MAX_POSITIONS = 48  # the longest caption is ~25 tokens; room for a long user prefix
@@ -117,8 +117,7 @@ def export(model, tok, cfg: LMTrainConfig, step: int, losses: dict, seconds: flo
     from .lm_card import write_lm_card
 
     final = Path(out or cfg.out)
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_folder(final)
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, max_new_tokens=MAX_POSITIONS,
@@ -140,17 +139,7 @@ def export(model, tok, cfg: LMTrainConfig, step: int, losses: dict, seconds: flo
         "world_spec": world.SPEC_VERSION, "losses": losses, "train_seconds": round(seconds, 1),
         "config": asdict(cfg),
     }
-    (tmp / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if (final / "eval.json").exists():  # scores of an earlier export stay until re-evaluated
-        shutil.copy2(final / "eval.json", tmp / "eval.json")
-    write_lm_card(tmp)
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return publish(tmp, final, meta, write_lm_card)
 
 
 @torch.no_grad()

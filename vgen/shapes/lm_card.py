@@ -8,10 +8,7 @@ import json
 from pathlib import Path
 
 from . import world
-
-
-def _size_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+from .card import _size_mb
 
 
 def _scores(report: dict) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import captions, grounding, world
+from .export import partial_folder, publish, stop_on_signals
 from .model import (
     DECODER_NOISE_STD,
     ModelConfig,
@@ -246,9 +246,7 @@ class Trainer:
         from .card import write_card
 
         final = Path(out or self.cfg.out)
-        # Written beside the folder, then swapped in: the app or a commit never sees half a model.
-        out = final.with_name(final.name + ".partial")
-        shutil.rmtree(out, ignore_errors=True)
+        out = partial_folder(final)
         text, unet = copy.deepcopy(self.text), copy.deepcopy(self.unet)
         self.ema.copy_to(list(unet.parameters()) + list(text.parameters()))
         pipe = StableDiffusionPipeline(
@@ -263,20 +261,15 @@ class Trainer:
             "samples_seen": self.step * self.cfg.batch, "world_spec": world.SPEC_VERSION,
             "config": asdict(self.cfg),
         }
-        (out / "training.json").write_text(json.dumps(meta, indent=2))
-        if (final / "eval.json").exists():  # scores of an earlier export stay until re-evaluated
-            shutil.copy2(final / "eval.json", out / "eval.json")
-        write_card(out)
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        out.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        publish(out, final, meta, write_card)
         return pipe
 
     # -- loop -----------------------------------------------------------------------------
     def run(self) -> None:
+        with stop_on_signals() as stop:
+            self._loop(stop)
+
+    def _loop(self, stop) -> None:
         c = self.cfg
         t0, losses = time.time(), []
         while self.phase == "vae" and self.vae_step < c.vae_steps:
@@ -298,7 +291,6 @@ class Trainer:
             self.save_state()
         self.vae.requires_grad_(False).eval()
         t0, losses = time.time(), []
-        stop = _stop_flag()
         while self.step < c.steps and not stop.is_set():
             losses.append(self.diffusion_step_once())
             self.step += 1
@@ -314,19 +306,6 @@ class Trainer:
         self.save_state()
         self.export()
         self.log(f"done: step {self.step}, exported to {c.out}")
-
-
-def _stop_flag():
-    """SIGTERM/SIGINT end the run after the current step, with the state saved and the
-    weights exported: a session that must stop keeps every step trained so far."""
-    import signal
-    import threading
-
-    flag = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: flag.set())
-    return flag
 
 
 def train_shapes(cfg: TrainConfig, resume: bool = False, log=print) -> Trainer:

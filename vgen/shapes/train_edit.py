@@ -26,12 +26,9 @@ folder and swapped in.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import random
-import shutil
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +38,7 @@ import numpy as np
 import torch
 
 from . import edits, world
+from .export import partial_folder, publish, stop_on_signals
 from .model import pin_posterior_std
 from .train import EMA, fix_tokenizer_class, images_to_tensor
 
@@ -298,9 +296,7 @@ class EditTrainer:
         from .card_edit import write_card
 
         final = Path(out or self.cfg.out)
-        # Written beside the folder, then swapped in: the app or a commit never sees half a model.
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = partial_folder(final)
         text, unet = copy.deepcopy(self.text), copy.deepcopy(self.unet)
         self.ema.copy_to(list(unet.parameters()) + list(text.parameters()))
         pipe = StableDiffusionInstructPix2PixPipeline(
@@ -315,21 +311,12 @@ class EditTrainer:
             "world_spec": world.SPEC_VERSION, "edit_kinds": list(edits.KINDS),
             **self.init_info, "config": asdict(self.cfg),
         }
-        (tmp / "training.json").write_text(json.dumps(meta, indent=2))
-        if (final / "eval.json").exists():  # scores of an earlier export stay until re-evaluated
-            shutil.copy2(final / "eval.json", tmp / "eval.json")
-        write_card(tmp)
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        publish(tmp, final, meta, write_card)
         return pipe
 
     # -- loop -------------------------------------------------------------------------------------
     def run(self) -> None:
-        with _stop_on_signals() as stop:
+        with stop_on_signals() as stop:
             self._loop(stop)
 
     def _loop(self, stop: threading.Event) -> None:
@@ -355,23 +342,6 @@ class EditTrainer:
             self.export()
         self.log(f"done: step {self.step}, exported to {c.out} ({run_steps} steps in this run, "
                  f"{run_s / max(1, run_steps):.2f} s/step including exports)")
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    """SIGTERM/SIGINT end the run after the current step, with the state saved and the weights
-    exported (as ``train.py`` does); the previous handlers are back afterwards, so a caller in
-    the same process (a test, a notebook) keeps its own Ctrl-C."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = {sig: signal.signal(sig, lambda *_: flag.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def train_edit(cfg: EditTrainConfig, resume: bool = False, log=print) -> EditTrainer:
