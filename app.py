@@ -51,13 +51,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
-import gradio.component_meta
-
-# Gradio writes a "<module>.pyi" stub next to any module that subclasses a component (a help for
-# custom-component packages); for the subclasses below that would be an app.pyi rewritten on
-# every start. Not wanted here.
-if hasattr(gradio.component_meta, "create_or_modify_pyi"):
-    gradio.component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
 
 from vgen.catalog import CATALOG, default_model, entry_for
 from vgen.errors import InvalidRequestError, VgenError
@@ -366,7 +359,7 @@ def generate_request(prompt, negative_prompt, model, steps, guidance, seed, rand
 
 def edit_request(image, mask, prompt, mode, strength, image_guidance, negative_prompt, model,
                  steps, guidance, seed, randomize_seed, width, height, num_images,
-                 scheduler) -> EditRequest:
+                 scheduler, decoder="full") -> EditRequest:
     s = _opt_float(strength, "strength")
     ig = _opt_float(image_guidance, "image guidance")
     return EditRequest(
@@ -375,6 +368,7 @@ def edit_request(image, mask, prompt, mode, strength, image_guidance, negative_p
         width=_opt_int(width, "width"), height=_opt_int(height, "height"),
         image=image, mask=mask, mode=mode or "img2img",
         strength=0.75 if s is None else s, image_guidance=1.5 if ig is None else ig,
+        decoder="full" if decoder is None else decoder,
     )
 
 
@@ -808,6 +802,7 @@ async def edit_image(
     height: float | None = None,
     num_images: float = 1,
     scheduler: str = DEFAULT_SCHEDULER,
+    decoder: str = "full",
     progress=gr.Progress(),
 ):
     """Edit an image: img2img (SDEdit), instruct (InstructPix2Pix) or inpaint (with a mask).
@@ -831,14 +826,17 @@ async def edit_image(
         height: working height, a multiple of 8; None: as for width
         num_images: how many images
         scheduler: "model default" or a sampler key
+        decoder: "full" (the model's VAE) or "fast" (TAESD decodes Stable Diffusion / SDXL
+            latents; instruct edits still encode the source with the full VAE)
     Returns:
-        gallery of PNG files with their parameters, an info line, and a vocabulary notice
+        gallery of PNG files with their parameters, an info line (it names the decoder), and a
+        vocabulary notice
     """
 
     def build() -> EditRequest:
         return edit_request(_load(image), _load(mask, "mask"), prompt, mode, strength,
                             image_guidance, negative_prompt, model, steps, guidance, seed,
-                            randomize_seed, width, height, num_images, scheduler)
+                            randomize_seed, width, height, num_images, scheduler, decoder)
 
     async with aclosing(_run_job("edit", build, progress)) as job:
         async for out in job:
@@ -847,7 +845,7 @@ async def edit_image(
 
 async def edit_from_editor(editor, prompt, mode, strength, image_guidance, negative_prompt, model,
                            steps, guidance, seed, randomize_seed, width, height, num_images,
-                           scheduler, progress=gr.Progress()):
+                           scheduler, decoder="full", progress=gr.Progress()):
     """The Edit button: like ``edit_image``, with the image and mask from the editor and 0 for
     "model default"."""
 
@@ -856,7 +854,7 @@ async def edit_from_editor(editor, prompt, mode, strength, image_guidance, negat
         return edit_request(source, mask, prompt, mode, strength, image_guidance,
                             negative_prompt, model, _ui_default(steps), _ui_default(guidance),
                             seed, randomize_seed, _ui_default(width), _ui_default(height),
-                            num_images, scheduler)
+                            num_images, scheduler, decoder)
 
     async with aclosing(_run_job("edit", build, progress)) as job:
         async for out in job:
@@ -974,7 +972,15 @@ class EditTab:
     api_image: gr.File
     api_mask: gr.File
     inspect: gr.Button  # -> the Features tab, with this edit's attention maps
+    decoder: Any = None  # "Decoder: full / fast"
     event: Any = None
+
+
+def _decoder_radio() -> gr.Radio:
+    return gr.Radio(
+        choices=[("full VAE", "full"), ("fast (tiny autoencoder)", "fast")], value="full",
+        label="Decoder", info="fast: TAESD decodes Stable Diffusion / SDXL latents in a fraction "
+        "of the time (slightly softer); other models use their own VAE")
 
 
 def _scheduler_choices() -> list[str]:
@@ -1028,11 +1034,7 @@ def build_text_to_image_tab() -> TextToImageTab:
                                                precision=0)
                         scheduler = StrictDropdown(label="Scheduler", choices=_scheduler_choices(),
                                                 value=DEFAULT_SCHEDULER)
-                    decoder = gr.Radio(
-                        choices=[("full VAE", "full"), ("fast (tiny autoencoder)", "fast")],
-                        value="full", label="Decoder",
-                        info="fast: TAESD decodes Stable Diffusion / SDXL latents in a fraction "
-                        "of the time (slightly softer); other models use their own VAE")
+                    decoder = _decoder_radio()
                 with gr.Accordion("Restore parameters from a vgen PNG", open=False):
                     restore_file = gr.File(label="Drop a PNG made by vgen", file_types=[".png"],
                                            type="filepath")
@@ -1097,6 +1099,7 @@ def build_edit_tab() -> EditTab:
                                                precision=0)
                         scheduler = StrictDropdown(label="Scheduler", choices=_scheduler_choices(),
                                                 value=DEFAULT_SCHEDULER)
+                    decoder = _decoder_radio()
             with gr.Column(scale=6):
                 gallery = _gallery("Edited", "edit-gallery")
                 selected = gr.State(None)
@@ -1110,7 +1113,8 @@ def build_edit_tab() -> EditTab:
         api_mask = gr.File(label="mask", visible=False, type="filepath")
     return EditTab(editor, prompt, mode, strength, image_guidance, negative, model, steps,
                    guidance, seed, randomize, width, height, num_images, scheduler, edit, stop,
-                   gallery, selected, reuse, info, notice, api_image, api_mask, inspect)
+                   gallery, selected, reuse, info, notice, api_image, api_mask, inspect,
+                   decoder=decoder)
 
 
 def _wire_text_to_image(t: TextToImageTab) -> None:
@@ -1145,7 +1149,7 @@ def _wire_text_to_image(t: TextToImageTab) -> None:
 def _wire_edit(e: EditTab) -> None:
     shared = [e.prompt, e.mode, e.strength, e.image_guidance, e.negative_prompt, e.model,
               e.steps, e.guidance, e.seed, e.randomize_seed, e.width, e.height, e.num_images,
-              e.scheduler]
+              e.scheduler, e.decoder]
     outputs = [e.gallery, e.info, e.notice]
     e.event = e.edit.click(
         edit_from_editor, [e.editor, *shared], outputs, api_visibility="private",
@@ -1159,7 +1163,7 @@ def _wire_edit(e: EditTab) -> None:
         edit_image,
         [e.api_image, e.prompt, e.mode, e.api_mask, e.strength, e.image_guidance,
          e.negative_prompt, e.model, e.steps, e.guidance, e.seed, e.randomize_seed,
-         e.width, e.height, e.num_images, e.scheduler],
+         e.width, e.height, e.num_images, e.scheduler, e.decoder],
         outputs, api_name="edit", concurrency_id=ENGINE_CONCURRENCY_ID,
         show_progress_on=e.gallery,
     )
@@ -2217,7 +2221,23 @@ def build_demo() -> gr.Blocks:
                                 api_visibility="private", concurrency_limit=None)
         demo.load(**features_choices)
         features.event.then(**features_choices)
+        # /status: what this server runs. No engine work and no engine queue slot, so it answers
+        # during a job: a health check for API users, and the bench's app round trip.
+        gr.Button(visible=False).click(server_status, None, gr.JSON(visible=False), api_name="status",
+                                       concurrency_limit=None)
     return demo
+
+
+def server_status() -> dict:
+    """What this server runs.
+
+    Returns:
+        vgen and torch versions, device, dtype, torch threads, CPU count, the default model of
+        each task (txt2img, instruct) and the models loaded now
+    """
+    from vgen.status import engine_status
+
+    return engine_status()
 
 
 def queue_settings() -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,11 +32,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from vgen.launch import free_port
 
 
 @dataclass
@@ -104,7 +99,7 @@ def local_hub(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("local-hub")
     mirrors = work / "mirrors"
     (mirrors / "models").mkdir(parents=True)
-    port = _free_loopback_port()
+    port = free_port()
     config = work / "olah.toml"
     config.write_text(
         "[basic]\n"
@@ -213,56 +208,24 @@ class HardenedApp:
 def hardened_app(tmp_path_factory, tiny_models):
     import secrets
 
+    from vgen.launch import launched_app
+
     work = tmp_path_factory.mktemp("hardened-app")
-    port = _free_loopback_port()
     token = "hf_vgenCanary" + secrets.token_hex(12)
     queue_size = 2
     env = {
-        **os.environ,
         "VGEN_DEFAULT_MODEL": str(tiny_models["txt2img"]),
         "VGEN_DEFAULT_EDIT_MODEL": str(tiny_models["instruct"]),
         "VGEN_MODEL_ROOTS": str(tiny_models["root"]),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_TEMP_DIR": str(work / "gradio"),
-        "GRADIO_ANALYTICS_ENABLED": "False",
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_CACHE": str(work / "hf-cache"),
         "HF_TOKEN": token,
         "VGEN_DEVICE": "cpu",
         "VGEN_QUEUE_SIZE": str(queue_size),
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-        "PYTHONUNBUFFERED": "1",
     }
-    for name in ("VGEN_CONCURRENCY", "VGEN_JOB_TIME_LIMIT", "VGEN_MAX_FILE_SIZE", "VGEN_MAX_BODY_SIZE"):
-        env.pop(name, None)
-    log = work / "app.log"
-    repo = Path(__file__).resolve().parent.parent
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
-            try:
-                urllib.request.urlopen(url + "config", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"app.py did not answer on {url}:\n{log.read_text(errors='replace')[-4000:]}")
-                time.sleep(0.3)
-        yield HardenedApp(url, port, proc.pid, log, token, tiny_models["root"], queue_size)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+    unset = ("VGEN_CONCURRENCY", "VGEN_JOB_TIME_LIMIT", "VGEN_MAX_FILE_SIZE", "VGEN_MAX_BODY_SIZE")
+    with launched_app(env, work, unset=unset) as app:
+        yield HardenedApp(app.url, app.port, app.pid, app.log, token, tiny_models["root"], queue_size)
 
 
 # ==================================================================================================

@@ -568,9 +568,9 @@ def _editor_args(editor, mode="img2img", prompt="a blue circle", **kw):
     def data(ctx: Ctx) -> list:
         value = editor(ctx) if callable(editor) else editor
         # editor, prompt, mode, strength, image_guidance, negative, model, steps, guidance,
-        # seed, randomize, width, height, num_images, scheduler  (0 = model default in the UI)
+        # seed, randomize, width, height, num_images, scheduler, decoder  (0 = model default)
         return [value, prompt, mode, kw.get("strength", 0.5), 1.5, "", None, STEPS, 0, 5,
-                False, 0, 0, 1, "model default"]
+                False, 0, 0, 1, "model default", "full"]
 
     return data
 
@@ -809,6 +809,35 @@ def build_cases(with_model_root: bool = False) -> list[Case]:
         _gen("empty prompt is a valid request", check=expect_images(), prompt=""),
         _gen("scheduler None means the model's", check=expect_images(), scheduler=None),
     ]
+    # -- the other endpoints: /expand, /compare, /attention, /status -------------------------
+    cases += [
+        api_case("expand: temperature 5", "api-bounds", "/expand", ("a red circle",),
+                 dict(temperature=5), error=r"temperature must be a number from 0"),
+        api_case("expand: 100 variants", "api-bounds", "/expand", ("a red circle",),
+                 dict(num_variants=100), error=r"variants must be an integer from 1 to 8"),
+        api_case("expand: prompt with a NUL", "api-bounds", "/expand", ("a red\x00circle",), {},
+                 error=r"at most 2000 characters, without NUL"),
+        api_case("expand: language model ../../etc", "model-ref", "/expand", ("a red circle",),
+                 dict(lm="../../etc"), error=REF_REFUSED),
+        api_case("compare: 39 columns", "api-bounds", "/compare", ("a red circle",),
+                 dict(x_param="guidance", x_values=",".join(str(i) for i in range(1, 40)), steps=1),
+                 error=r"cells; at most \d+ are allowed"),
+        api_case("compare: unknown axis", "api-bounds", "/compare", ("a red circle",),
+                 dict(x_param="rm -rf /", x_values="1, 2"),
+                 error=r"not in the list of choices|unknown axis parameter"),
+        api_case("compare: steps 100000 on an axis", "api-bounds", "/compare", ("a red circle",),
+                 dict(x_param="steps", x_values="1, 100000", y_param="none"),
+                 error=r"steps must be from 1 to"),
+        api_case("compare: model ../../etc", "model-ref", "/compare", ("a red circle",),
+                 dict(x_param="guidance", x_values="1, 2", model="../../etc"), error=REF_REFUSED),
+        api_case("attention: model /etc", "model-ref", "/attention", ("a red circle",),
+                 dict(model="/etc"), error=REF_REFUSED),
+        api_case("attention: prompt of 100000 characters", "api-bounds", "/attention",
+                 ("circle " * 14286,), {}, error=r"at most 2000"),
+        api_case("status answers without engine work", "api-result", "/status", (), {},
+                 check=lambda r: None if isinstance(r, dict) and "default_models" in r
+                 else f"not a status: {r!r:.200}"),
+    ]
     # -- model references ---------------------------------------------------------------------
     cases += [
         _model("model ../../etc", "../../etc", REF_REFUSED),
@@ -890,24 +919,24 @@ def build_cases(with_model_root: bool = False) -> list[Case]:
     cases += [
         queue_case("edit image FileData pointing at the tmp canary", "payload-paths", "edit",
                    lambda c: [_fd(c.targets["canary-tmp"]), "x", "img2img", None, 0.5, 1.5,
-                              "", None, 2, None, 1, False, None, None, 1, "model default"],
+                              "", None, 2, None, 1, False, None, None, 1, "model default", "full"],
                    error=REFUSED_PATH),
         queue_case("edit image FileData at /etc/passwd", "payload-paths", "edit",
                    lambda c: [_fd(Path("/etc/passwd")), "x", "img2img", None, 0.5, 1.5, "",
-                              None, 2, None, 1, False, None, None, 1, "model default"],
+                              None, 2, None, 1, False, None, None, 1, "model default", "full"],
                    error=REFUSED_PATH),
         queue_case("edit image FileData with ../ out of the upload folder", "payload-paths",
                    "edit",
                    lambda c: [_fd(_traverse_from_upload(c, c.targets["canary-beside-uploads"])),
                               "x", "img2img", None, 0.5, 1.5, "", None, 2, None, 1, False,
-                              None, None, 1, "model default"],
+                              None, None, 1, "model default", "full"],
                    error=REFUSED_PATH),
         queue_case("edit image FileData with a loopback URL (SSRF)", "payload-paths", "edit",
                    lambda c: [{"path": f"http://127.0.0.1:{c.port}/config",
                                "url": f"http://127.0.0.1:{c.port}/config",
                                "meta": {"_type": "gradio.FileData"}}, "x", "img2img", None,
                               0.5, 1.5, "", None, 2, None, 1, False, None, None, 1,
-                              "model default"],
+                              "model default", "full"],
                    error=r"private, loopback or unresolvable address"),
         queue_case("gallery FileData at the canary (send to edit)", "payload-paths",
                    "send_to_edit",

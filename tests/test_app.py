@@ -6,10 +6,7 @@ that goes away) against an in-process server whose engine call is replaced by a 
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -18,38 +15,28 @@ from pathlib import Path
 
 import pytest
 
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image, ImageDraw
+
+from vgen.launch import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 2
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_http(url: str, proc: subprocess.Popen | None, log: Path | None,
-                   timeout: float) -> None:
+def _wait_for_http(url: str, timeout: float) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-4000:]
-            pytest.fail(f"app.py exited with {proc.returncode}:\n{tail}")
         try:
             if httpx.get(url + "config", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    tail = log.read_text(errors="replace")[-4000:] if log else ""
-    pytest.fail(f"the app did not answer on {url} within {timeout:.0f} s:\n{tail}")
+    pytest.fail(f"the app did not answer on {url} within {timeout:.0f} s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,41 +47,20 @@ def _wait_for_http(url: str, proc: subprocess.Popen | None, log: Path | None,
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_models):
     """(url, models folder): app.py serving with a tiny txt2img default model."""
+    from vgen.launch import launched_app
+
     work = tmp_path_factory.mktemp("app")
     models = tiny_models["root"]
-    port = _free_port()
     env = {
-        **os.environ,
         "VGEN_DEFAULT_MODEL": str(tiny_models["txt2img"]),
         "VGEN_MODEL_ROOTS": str(models),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_TEMP_DIR": str(work / "gradio"),
-        "GRADIO_ANALYTICS_ENABLED": "False",
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_CACHE": str(work / "hf-cache"),
         "VGEN_DEVICE": "cpu",
         "VGEN_JOB_TIME_LIMIT": "300",
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-        "PYTHONUNBUFFERED": "1",
     }
-    env.pop("VGEN_CONCURRENCY", None)
-    log = work / "app.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_for_http(url, proc, log, timeout=240)
-        yield url, models
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+    with launched_app(env, work, unset=("VGEN_CONCURRENCY",)) as app:
+        yield app.url, models
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +98,24 @@ def _parameters(item: dict) -> str:
     return Image.open(item["image"]).info["parameters"]
 
 
-def test_only_generate_and_edit_are_public(client):
+def test_only_the_documented_endpoints_are_public(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/generate", "/edit", "/attention", "/compare", "/expand"}
+    assert set(api["named_endpoints"]) == {"/generate", "/edit", "/attention", "/compare", "/expand",
+                                           "/status"}
     assert not api["unnamed_endpoints"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert names == ["prompt", "negative_prompt", "model", "steps", "guidance", "seed",
                      "randomize_seed", "width", "height", "num_images", "scheduler", "decoder"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/edit"]["parameters"]]
     assert names[:4] == ["image", "prompt", "mode", "mask"]
+
+
+def test_status_says_what_the_server_runs(client):
+    client.predict("a red circle", seed=1, randomize_seed=False, api_name="/generate")
+    status = client.predict(api_name="/status")
+    assert status["device"] == "cpu" and status["torch_threads"] >= 1
+    assert status["default_models"]["txt2img"].endswith("tiny-txt2img")
+    assert any(ref.endswith("tiny-txt2img") for ref in status["loaded_models"])
 
 
 def test_generate_returns_pngs_with_their_seeds(client):
@@ -275,6 +250,11 @@ def test_ui_values_become_requests_with_none_for_defaults():
         app.generate_request("p", "", None, 2.5, None, 0, True, None, None, 1, None)
     # The browser sends an untouched gr.Number as 0: in the UI (only) that is "model default".
     assert [app._ui_default(v) for v in (0, 0.0, None, 4, 7.5)] == [None, None, None, 4, 7.5]
+    edit = app.edit_request(None, None, "make it blue", "instruct", 0.5, 2.0, "", None, None,
+                            None, 1, False, None, None, 1, app.DEFAULT_SCHEDULER, "fast")
+    assert (edit.mode, edit.image_guidance, edit.decoder) == ("instruct", 2.0, "fast")
+    assert app.edit_request(None, None, "p", None, None, None, "", None, None, None, 1, False,
+                            None, None, 1, None).decoder == "full"
 
 
 def test_model_picker_marks_cached_models(tiny_models, tmp_path, monkeypatch):
@@ -330,11 +310,11 @@ def inprocess_url():
 
     demo = app.build_demo()
     demo.queue(**app.queue_settings())
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_for_http(url, None, None, timeout=60)
+        _wait_for_http(url, timeout=60)
         yield url
     finally:
         demo.close()

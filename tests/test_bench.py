@@ -67,20 +67,26 @@ def test_the_tiny_suite_runs_end_to_end_and_writes_the_json(tmp_path):
     assert {"runs", "matmul_peak_gflops", "app_overhead_ms", "cold_start_s"} <= set(data)
     keys = {"model", "variant", "size", "steps", "seconds_per_image", "text_seconds", "unet_seconds",
             "decode_seconds", "peak_rss_mb", "unet_gflops"}
-    assert [r["variant"] for r in data["runs"]] == ["stock", "vgen", "vgen-fast"]
+    # SD and SDXL latents decode fast with their TAESD; InstructPix2Pix keeps its full VAE
+    assert [(r["model"].split(" ")[0], r["variant"]) for r in data["runs"]] == [
+        ("tiny-sd", "stock"), ("tiny-sd", "vgen"), ("tiny-sd", "vgen-fast"),
+        ("sdxl-turbo", "stock"), ("sdxl-turbo", "vgen"), ("sdxl-turbo", "vgen-fast"),
+        ("instruct-pix2pix", "stock"), ("instruct-pix2pix", "vgen"), ("instruct-pix2pix", "vgen-fast")]
     for r in data["runs"]:
         assert set(r) == keys
-        assert r["size"] == "64x64" and r["steps"] == 2
+        assert r["size"] == "64x64" and r["steps"] == (1 if r["model"].startswith("sdxl") else 2)
         assert r["seconds_per_image"] > 0 and r["unet_seconds"] > 0 and r["peak_rss_mb"] > 0
         assert r["unet_gflops"] > 0
         # the parts are inside the whole
         assert r["text_seconds"] + r["unet_seconds"] + r["decode_seconds"] <= r["seconds_per_image"] * 1.05
     assert data["matmul_peak_gflops"] > 0
     assert data["cold_start_s"] > 0 and isinstance(data["app_overhead_ms"], float)
-    check = data["conditions"]["checks"][0]
-    # same weights, same pixels (the engine's channels-last VAE decoder may round one level apart)
-    assert check["stock_vs_vgen_max_pixel_difference"] <= 1
-    assert check["unet_gflop_per_sample"] > 0
+    assert data["conditions"]["app"]["status_request_ms"] > 0  # the app's own round trip
+    for check in data["conditions"]["checks"]:
+        # same weights, same pixels (the engine's channels-last VAE decoder may round one level apart)
+        assert check["stock_vs_vgen_max_pixel_difference"] <= 1, check
+        assert check["unet_gflop_per_sample"] > 0
+    assert [c["vgen_fast"] for c in data["conditions"]["checks"]] == ["run"] * 3
     assert "text_embedding_reuse" in data["speedups"]["tiny-sd (test config)"]
     assert "stock" in proc.stdout and "vgen-fast" in proc.stdout  # the table
 
@@ -106,6 +112,29 @@ def test_fast_decode_loads_taesd_from_the_hub_and_names_it(speed_models, local_h
     assert parse_parameters(full.parameters[0])["Decoder"] == "full"
     assert "Decoder model" not in parse_parameters(full.parameters[0])
     assert fast.timings.decode_s > 0 and fast.timings.denoise_s > 0
+
+
+def test_fast_decode_of_an_instruct_edit_decodes_with_taesd_and_encodes_with_the_vae(
+        speed_env, tmp_path):
+    """InstructPix2Pix conditions on the full VAE's unscaled latents of the source, so a fast
+    edit keeps the full VAE as its encoder and decodes the result with the tiny autoencoder."""
+    from vgen.archs import save_arch
+    from vgen.edit import edit
+    from vgen.requests import EditRequest
+
+    folder = save_arch("instruct-pix2pix", speed_env["root"] / "tiny-ip2p", tiny=True)
+    cache = ModelCache(max_models=1)
+    source = Image.new("RGB", (64, 64), (200, 30, 30))
+    results = {d: edit(EditRequest(prompt="make it blue", model=str(folder), mode="instruct", steps=2,
+                                   guidance=2.0, seed=0, image=source, decoder=d), cache=cache)
+               for d in ("full", "fast")}
+    fast, full = results["fast"], results["full"]
+    assert fast.images[0].size == full.images[0].size == (64, 64)
+    assert not np.array_equal(np.asarray(fast.images[0]), np.asarray(full.images[0]))
+    assert fast.extras["decoder"].startswith("fast: tiny autoencoder") and fast.extras["decoder_note"] == ""
+    assert parse_parameters(fast.parameters[0])["Decoder"] == "fast"
+    assert fast.timings.decode_s > 0
+    assert type(cache.get(str(folder)).pipe.vae).__name__ == "AutoencoderKL"  # the model is untouched
 
 
 def test_fast_decode_without_the_weights_is_a_clear_error(speed_models, tmp_path, monkeypatch):
@@ -170,8 +199,7 @@ def test_repeated_prompts_reuse_text_embeddings_with_identical_pixels(speed_env)
 
 @pytest.fixture(scope="module")
 def speed_app(speed_models, tmp_path_factory):
-    pytest.importorskip("gradio_client")
-    from vgen.bench import launched_app
+    from vgen.launch import launched_app
 
     work = tmp_path_factory.mktemp("speed-app")
     env = {"VGEN_DEFAULT_MODEL": str(speed_models["sd"]), "VGEN_MODEL_ROOTS": str(speed_models["root"]),

@@ -72,13 +72,41 @@ def _stand_in_tokenizer():
     return build_tokenizer(max_length=77)
 
 
-def build_arch(name: str, seed: int = 0):
-    """The pipeline ``name`` at its published architecture, with random weights."""
+TINY_SIZE = 64  # native size of the tiny versions (8x8 latents)
+
+
+def tiny_configs(name: str) -> tuple[dict, tuple[dict, ...], dict]:
+    """(unet, text encoders, vae) configs of ``name`` shrunk for tests: the same pipeline class,
+    block types, levels, conditioning (two text encoders and SDXL's added time/text embeddings,
+    InstructPix2Pix's 8 input channels) and latent space (latent channels, 8x down-sampling,
+    scaling factor, so the TAESD decoder for that space applies), a few thousand parameters wide."""
+    _, unet_cfg, text_cfgs, vae_cfg, _, _ = ARCHS[name]
+    width = 16  # per text encoder; SDXL concatenates two
+    texts = tuple(dict(c, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                       num_attention_heads=2, projection_dim=width) for c in text_cfgs)
+    levels = len(unet_cfg["block_out_channels"])
+    unet = dict(unet_cfg, sample_size=TINY_SIZE // 8, layers_per_block=1,
+                block_out_channels=(16,) * levels, attention_head_dim=2, norm_num_groups=8,
+                cross_attention_dim=width * len(texts))
+    if "transformer_layers_per_block" in unet:
+        unet["transformer_layers_per_block"] = 1
+    if unet.get("addition_embed_type") == "text_time":  # 6 time ids and the pooled text embedding
+        unet.update(addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + width)
+    vae = dict(vae_cfg, layers_per_block=1, norm_num_groups=8,
+               block_out_channels=(8,) * len(vae_cfg["block_out_channels"]), sample_size=TINY_SIZE)
+    return unet, texts, vae
+
+
+def build_arch(name: str, seed: int = 0, tiny: bool = False):
+    """The pipeline ``name`` at its published architecture, with random weights (``tiny``: the
+    same architecture shrunk, ``tiny_configs``)."""
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cls_name, unet_cfg, text_cfgs, vae_cfg, sched_name, _ = ARCHS[name]
+    if tiny:
+        unet_cfg, text_cfgs, vae_cfg = tiny_configs(name)
     torch.manual_seed(seed)
     tok = _stand_in_tokenizer()
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -102,10 +130,10 @@ def build_arch(name: str, seed: int = 0):
     return getattr(diffusers, cls_name)(**parts)
 
 
-def save_arch(name: str, folder: str | Path) -> Path:
+def save_arch(name: str, folder: str | Path, tiny: bool = False) -> Path:
     from vgen.shapes.train import fix_tokenizer_class
 
-    pipe = build_arch(name)
+    pipe = build_arch(name, tiny=tiny)
     pipe.save_pretrained(folder, safe_serialization=True)
     fix_tokenizer_class(Path(folder))
     if (Path(folder) / "tokenizer_2").exists():

@@ -26,8 +26,10 @@ saved in Hub layout and loaded through ``vgen.hub`` (``VGEN_TAESD``/``VGEN_TAESD
 unless those variables already name real weights.
 
 Also measured: ``app_overhead_ms`` (the same request through the launched ``app.py`` with
-``gradio_client`` minus a direct engine call, medians) and ``cold_start_s`` (from starting
-``python app.py`` to the first image received, embedded model).
+``gradio_client`` minus a direct engine call, medians; beside it ``status_request_ms``, the same
+app, queue and client for ``/status``, which does no engine work: the part of the overhead that is
+Gradio's and the client's own) and ``cold_start_s`` (from starting ``python app.py`` to the first
+image received, embedded model).
 
 JSON: ``runs`` (one record per model and variant: ``model``, ``variant``, ``size``, ``steps``,
 ``seconds_per_image``, ``text_seconds``, ``unet_seconds``, ``decode_seconds``, ``peak_rss_mb``,
@@ -44,10 +46,7 @@ import copy
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -95,7 +94,11 @@ QUICK = (
     Case("vgen-shapes", "vgen-shapes"),
 )
 SUITES: dict[str, tuple[Case, ...]] = {
-    "tiny": (Case("tiny-sd", "tiny-sd (test config)", size=64, steps=2, guidance=0.0),),
+    # The published architectures shrunk (vgen.archs.tiny_configs): every code path in seconds.
+    "tiny": (Case("tiny-sd", "tiny-sd (test config)", size=64, steps=2, guidance=0.0),
+             Case("tiny-sdxl-turbo", "sdxl-turbo (tiny test config)", size=64, steps=1, guidance=0.0),
+             Case("tiny-instruct-pix2pix", "instruct-pix2pix (tiny test config)", task="instruct",
+                  size=64, steps=2, guidance=2.0)),
     "quick": QUICK,
     "full": QUICK + (
         Case("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", size=512, steps=25, guidance=7.5),
@@ -164,11 +167,13 @@ def _model_folder(case: Case, root: Path, log: Callable[[str], None]) -> str:
     folder = root / case.key
     if not (folder / "model_index.json").is_file():
         t0 = time.perf_counter()
+        from .archs import save_arch
+
         if case.key == "tiny-sd":
             save_tiny_sd(folder)
+        elif case.key.startswith("tiny-"):
+            save_arch(case.key.removeprefix("tiny-"), folder, tiny=True)
         else:
-            from .archs import save_arch
-
             save_arch(case.key, folder)
         log(f"built {case.model} with random weights in {time.perf_counter() - t0:.0f} s")
     return str(folder)
@@ -557,12 +562,6 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
 
 # ---- the app --------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) another process has used so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -570,52 +569,12 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@contextlib.contextmanager
-def launched_app(env: dict[str, str], work: Path, timeout: float = 240.0):
-    """``python app.py`` on a free loopback port; yields an object with ``url``, ``pid``,
-    ``log`` and ``started`` (perf_counter just before the process was started). Stopped on exit."""
-    import urllib.error
-    import urllib.request
-
-    port = _free_port()
-    full = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(work / "gradio"),
-            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1", **env}
-    log = work / "app.log"
-    url = f"http://127.0.0.1:{port}/"
-    started = time.perf_counter()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_DIR, env=full, stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode}: "
-                                   f"{log.read_text(errors='replace')[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "config", timeout=2).close()
-                break
-            except (OSError, urllib.error.URLError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"app.py did not answer within {timeout:.0f} s") from None
-                time.sleep(0.05)
-        yield SimpleNamespace(url=url, pid=proc.pid, log=log, started=started)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-
-
 def bench_app(steps: int | None, repeats: int, work: Path, log: Callable[[str], None]) -> dict:
     """Cold start and per-request overhead of the app, embedded model (``vgen-shapes``)."""
     from gradio_client import Client
 
     from .generate import generate
+    from .launch import launched_app
     from .pipelines import ModelCache
     from .requests import GenerateRequest
 
@@ -646,15 +605,24 @@ def bench_app(steps: int | None, repeats: int, work: Path, log: Callable[[str], 
             generate(replace(direct_req, prompt=prompt), cache=cache)
             direct_s.append(time.perf_counter() - t0)
             direct_cpu.append(time.process_time() - c0)
+        # The floor: the same app, queue and client for a request that does no engine work.
+        floor_s = []
+        for _ in range(max(repeats, 5) * 2):
+            t0 = time.perf_counter()
+            client.predict(api_name="/status")
+            floor_s.append(time.perf_counter() - t0)
         client.close()
     overhead = (_median(app_s) - _median(direct_s)) * 1000
     overhead_cpu = (_median(app_cpu) - _median(direct_cpu)) * 1000
+    floor = _median(floor_s) * 1000
     log(f"app: {_median(app_s) * 1000:.0f} ms per request through gradio_client, "
         f"{_median(direct_s) * 1000:.0f} ms direct: overhead {overhead:.0f} ms "
-        f"({overhead_cpu:.0f} ms of CPU time)")
+        f"({overhead_cpu:.0f} ms of CPU time); a request without engine work (/status) takes "
+        f"{floor:.0f} ms")
     return {"cold_start_s": round(cold, 2), "app_overhead_ms": round(overhead, 1),
             "app_request_ms": round(_median(app_s) * 1000, 1),
             "direct_request_ms": round(_median(direct_s) * 1000, 1),
+            "status_request_ms": round(floor, 1),
             "cpu": {"cold_start_cpu_s": round(cold_cpu, 2), "app_overhead_cpu_ms": round(overhead_cpu, 1),
                     "app_request_cpu_ms": round(_median(app_cpu) * 1000, 1),
                     "direct_request_cpu_ms": round(_median(direct_cpu) * 1000, 1)}}
@@ -701,8 +669,10 @@ def _table(result: dict) -> str:
 
 def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, app: bool = True,
               models: list[str] | None = None, log: Callable[[str], None] = print,
-              ablate: bool = False) -> dict:
-    """Run ``suite`` and return the result (see the module docstring for its layout)."""
+              ablate: bool = False, max_steps: int | None = None) -> dict:
+    """Run ``suite`` and return the result (see the module docstring for its layout).
+    ``max_steps`` caps the steps of the published architectures (a shorter full suite on a CPU:
+    their per-image figures are then for that many steps); the embedded model keeps its default."""
     from .pipelines import pick_device, pick_dtype
 
     if suite not in SUITES:
@@ -712,6 +682,10 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
     cases = [c for c in SUITES[suite] if not models or c.key in models]
     if models and not cases:
         raise InvalidRequestError(f"none of {models} is in suite {suite} ({', '.join(c.key for c in SUITES[suite])})")
+    if max_steps is not None:
+        if max_steps < 1:
+            raise InvalidRequestError(f"max_steps must be at least 1, got {max_steps}")
+        cases = [replace(c, steps=min(c.steps, max_steps)) if c.steps else c for c in cases]
     own_work = work is None
     work = Path(tempfile.mkdtemp(prefix="vgen-bench-")) if own_work else Path(work)
     root = work / "models"
@@ -759,7 +733,7 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
                      "app": app_out.get("cpu")},
         "speedups": speedups,
         "conditions": {
-            "suite": suite, "repeats": repeats, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+            "suite": suite, "repeats": repeats, "max_steps": max_steps, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -778,7 +752,7 @@ def main(args) -> int:
     """``python -m vgen bench``: ``args`` has suite, json, repeats, work, no_app, models."""
     result = run_bench(args.suite, repeats=args.repeats, work=args.work, app=not args.no_app,
                        models=args.models, log=lambda m: print(m, flush=True),
-                       ablate=getattr(args, "ablations", False))
+                       ablate=getattr(args, "ablations", False), max_steps=getattr(args, "max_steps", None))
     print(_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -428,7 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--work", default=None, help="folder for the built models, kept and reused "
                    "(default: a temporary folder, removed)")
     b.add_argument("--models", nargs="*", default=None,
-                   help="only these of the suite: sd-turbo vgen-shapes sd15 sdxl-turbo instruct-pix2pix tiny-sd")
+                   help="only these of the suite: sd-turbo vgen-shapes sd15 sdxl-turbo instruct-pix2pix "
+                   "tiny-sd tiny-sdxl-turbo tiny-instruct-pix2pix")
+    b.add_argument("--max-steps", type=int, default=None,
+                   help="at most this many denoising steps for the published architectures (a shorter "
+                   "full suite on a CPU; their figures are then for that many steps)")
     b.add_argument("--no-app", action="store_true", help="skip the app overhead and cold start")
     b.add_argument("--ablations", action="store_true", help="also measure, per module, the channels-last "
                    "layout against the contiguous one, and torch.compile of the tiny decoder (slow to compile)")

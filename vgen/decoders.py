@@ -9,11 +9,13 @@ autoencoder for the same latent space at ~6 % of that cost (0.14 TFLOP); diffuse
 
 * ``decoder="fast"`` puts the tiny autoencoder in place of the pipeline's VAE for that job
   (a per-job ``from_pipe`` view; the loaded model is untouched). It is used both ways for
-  img2img and inpainting (the source is encoded by TAESD's encoder too).
+  img2img and inpainting (the source is encoded by TAESD's encoder too). InstructPix2Pix
+  conditions on the full VAE's unscaled latents of the source image, so there the full VAE
+  still encodes the source and the tiny one only decodes the result (``decode_only``: the
+  pipeline returns latents, ``decode_latents`` makes the images).
 * Where no tiny autoencoder fits, "fast" honestly falls back to the model's own VAE and the
   result says why: a model with its own latent space (the embedded shapes model: a 0.7 M
-  parameter VAE for 64x64 images, already small) and InstructPix2Pix (it conditions on the full
-  VAE's unscaled latents of the source image).
+  parameter VAE for 64x64 images, already small).
 * The weights come from the Hub through :mod:`vgen.hub` (``madebyollin/taesd`` for SD 1.x/2.x,
   ``madebyollin/taesdxl`` for SDXL; ``VGEN_TAESD`` / ``VGEN_TAESDXL`` name another Hub repo or
   a local folder). When they cannot be fetched, a fast request fails with a clear message.
@@ -102,9 +104,6 @@ def fallback_reason(req, model) -> str:
     """Why "fast" cannot use a tiny autoencoder for ``req`` on ``model``; "" when it can."""
     vae = getattr(model.pipe, "vae", None)
     name = Path(model.ref).name if model.revision == "local" else model.ref
-    if req.task == "instruct":
-        return ("InstructPix2Pix conditions on the full VAE's latents of the source image, so "
-                "the full VAE made this image")
     if latent_space(vae) is None:
         if vae is None:
             return f"{name} has no VAE to replace"
@@ -199,18 +198,36 @@ def tiny_decoder(model, space: str, progress: Callable | None = None,
 
 def components_for(req, model, progress: Callable | None = None) -> dict:
     """The components to swap into a job's view: ``{"vae": tiny}`` for a fast request that a
-    tiny autoencoder serves, else ``{}``. Raises FastDecoderUnavailableError when it should
-    serve but cannot be fetched."""
-    if req.decoder != "fast" or fallback_reason(req, model):
+    tiny autoencoder serves both ways, else ``{}`` (see ``decode_only`` for instruct edits).
+    Raises FastDecoderUnavailableError when it should serve but cannot be fetched."""
+    if req.decoder != "fast" or req.task == "instruct" or fallback_reason(req, model):
         return {}
     return {"vae": tiny_decoder(model, latent_space(model.pipe.vae), progress).module}
 
 
-def describe(req, model, view) -> DecoderUse:
-    """What decoded (or will decode) ``view``'s images."""
+def decode_only(req, model, progress: Callable | None = None) -> TinyDecoder | None:
+    """For a fast instruct edit whose latents a tiny autoencoder serves: that decoder, which
+    decodes the result while the full VAE still encodes the source (InstructPix2Pix conditions
+    on its unscaled posterior mode); None otherwise. Fetched once per model, like
+    ``components_for``."""
+    if req.decoder != "fast" or req.task != "instruct" or fallback_reason(req, model):
+        return None
+    return tiny_decoder(model, latent_space(model.pipe.vae), progress)
+
+
+def decode_latents(tiny: TinyDecoder, view, latents: torch.Tensor) -> list:
+    """PIL images from a pipeline's final latents (``output_type="latent"``: already multiplied
+    by the VAE's scaling factor, which is the space TAESD decodes)."""
+    image = tiny.module.decode(latents.to(tiny.module.dtype), return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
+    return view.image_processor.postprocess(image, output_type="pil")
+
+
+def describe(req, model, view, decoder: TinyDecoder | None = None) -> DecoderUse:
+    """What decoded (or will decode) ``view``'s images (``decoder``: a decode-only one)."""
+    module = decoder.module if decoder is not None else getattr(view, "vae", None)
     with model.cache_lock:
         tiny = next((d for d in list(model.decoders.values())
-                     if isinstance(d, TinyDecoder) and d.module is getattr(view, "vae", None)), None)
+                     if isinstance(d, TinyDecoder) and d.module is module), None)
     if tiny is not None:
         pinned = tiny.ref if tiny.commit == "local" else f"{tiny.ref}@{tiny.commit[:12]}"
         return DecoderUse("fast", f"fast: tiny autoencoder {pinned}",

@@ -62,6 +62,7 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
     #    module (.to), ~10-20 ms a job, a few percent of a small model's image.
     decoders.prepare_model(model)
     swap = decoders.components_for(req, model, progress=control.download if control else None)
+    decoders.decode_only(req, model, progress=control.download if control else None)
     key = ("job", req.task, req.scheduler, id(swap.get("vae")))
     view = model.views.get(key)
     if view is None:
@@ -92,13 +93,14 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     # A plain job on a Stable Diffusion pipeline reuses the text embeddings of a prompt the
     # model saw recently (identical pixels; vgen.speed). Jobs with hooks run as they are.
     reuse = bool(text) and hooks is None and speed.reuses_embeddings(view)
-    decoder = decoders.describe(req, model, view)
+    tiny = decoders.decode_only(req, model)  # fetched by prepare
+    decoder = decoders.describe(req, model, view, tiny)
     with model.lock:
         control.restart()  # the time limit counts this job's own work, not loading or waiting
         control.check()  # it may have been cancelled while waiting for the model
         t0 = time.perf_counter()
         with hooks(view) if hooks else contextlib.nullcontext(), torch.inference_mode(), \
-                speed.PhaseTimer(view, model.device) as phases:
+                speed.PhaseTimer(view, model.device, (tiny.module,) if tiny else ()) as phases:
             previewer = (decoders.previewer_for(model, view, quiet=phases.excluded)
                          if control.preview is not None else None)
             if reuse:
@@ -110,16 +112,17 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
                 num_images_per_prompt=req.num_images,
                 generator=generators(req.seed, req.num_images),
                 callback_on_step_end=control.step_end_callback(req.steps, previewer),
-                output_type="pil",
+                output_type="latent" if tiny else "pil",
                 **call_kwargs,
             )
+            pictures = decoders.decode_latents(tiny, view, out.images) if tiny else out.images
     seconds = time.perf_counter() - t0
     sampler = sampler_name(view.scheduler)
     seeds = tuple(req.seed + i for i in range(req.num_images))
     req = replace(req, decoder=decoder.used)  # what made the images, recorded in each PNG
     images = tuple(
         attach(im, format_parameters(req, s, sampler, req.model, model.revision, decoder.metadata))
-        for im, s in zip(out.images, seeds)
+        for im, s in zip(pictures, seeds)
     )
     t = phases.times
     extras = vocabulary_extras(getattr(view, "tokenizer", None), req.prompt)

@@ -82,6 +82,7 @@ class PhaseTimer:
 
     pipe: object
     device: torch.device | None = None
+    decoders: tuple = ()  # autoencoders decoding outside the pipeline's call (vgen.decoders.decode_only)
     times: PhaseTimes = field(default_factory=PhaseTimes)
     _handles: list = field(default_factory=list)
     _paused: int = 0
@@ -126,7 +127,7 @@ class PhaseTimer:
         unet = _denoiser(self.pipe)
         if unet is not None:
             self._watch(unet, "unet")
-        for m in _decode_modules(self.pipe):
+        for m in _decode_modules(self.pipe) + [d.decoder for d in self.decoders]:
             self._watch(m, "decode")
         return self
 
