@@ -34,6 +34,7 @@ project folder in ``blocked_paths``); request bodies are bounded; the queue is b
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import hashlib
 import logging
@@ -55,6 +56,7 @@ import gradio as gr
 from vgen.catalog import CATALOG, default_model, entry_for
 from vgen.errors import InvalidRequestError, VgenError
 from vgen.requests import EDIT_MODES, EditRequest, GenerateRequest, Limits
+from vgen.worker import EnginePool, InProcessEngine
 
 logger = logging.getLogger("vgen.app")
 
@@ -99,6 +101,18 @@ if os.environ.get("SPACES_ZERO_GPU"):
         ZERO_GPU = False
 
 
+# Where engine jobs run: here (tests that build the demo in their own process, ZeroGPU), or in
+# worker processes that main() starts once (vgen.worker says why). Set before serving, not after.
+_ENGINE: Any = InProcessEngine()
+
+
+def _use_engine_process() -> bool:
+    """VGEN_ENGINE_PROCESS (default on; 0/off: jobs in the app's process). Off on ZeroGPU
+    (jobs run in its GPU process) and where a child cannot inherit a socket (Windows)."""
+    wanted = os.environ.get("VGEN_ENGINE_PROCESS", "1").strip().lower() not in ("0", "off", "false", "no")
+    return wanted and not ZERO_GPU and os.name == "posix"
+
+
 def _env_float(name: str) -> float | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -130,27 +144,9 @@ def _time_limit_s() -> float | None:
 
 
 def _engine_call(kind: str, request: GenerateRequest, control) -> tuple[Any, list[str]]:
-    """The engine work of one job (what runs on the GPU): generate or edit, plus the model's
-    vocabulary when the prompt had unknown words. ``inspect`` (Features tab): a generate or edit
-    that also records attention maps and the denoising path; its result is an ``Inspection``."""
-    if kind == "inspect":
-        from vgen.attention import inspect_generation
-
-        out = inspect_generation(request, control=control, maps=True, path=True)
-        return out, out.result.extras.get("known_words", [])
-    if kind == "compare":  # Compare tab: a CompareRequest, a CompareResult (vgen.compare)
-        from vgen.compare import compare
-
-        return compare(request, control=control), []
-    if kind == "generate":
-        from vgen.generate import generate
-
-        result = generate(request, control=control)
-    else:
-        from vgen.edit import edit
-
-        result = edit(request, control=control)
-    return result, result.extras.get("known_words", [])
+    """The engine work of one job (what runs on the GPU): ``vgen.worker.run_job``, in a worker
+    process when ``main`` started them, else here."""
+    return _ENGINE.run(kind, request, control)
 
 
 def _gpu_engine_call(kind: str, request: GenerateRequest, time_limit_s: float | None):
@@ -2237,7 +2233,8 @@ def server_status() -> dict:
     """
     from vgen.status import engine_status
 
-    return engine_status()
+    return {**engine_status(), "loaded_models": _ENGINE.loaded_models(),
+            "engine": "worker process" if isinstance(_ENGINE, EnginePool) else "in process"}
 
 
 def queue_settings() -> dict:
@@ -2439,7 +2436,11 @@ def launch_settings() -> dict:
 
 
 def main() -> None:
+    global _ENGINE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if _use_engine_process():  # started first: it loads torch while Gradio starts
+        _ENGINE = EnginePool()
+        atexit.register(_ENGINE.close)
     demo = build_demo()
     demo.queue(**queue_settings())
     explain_refused_files()

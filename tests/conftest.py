@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from vgen.launch import free_port
+from vgen.launch import free_port, stop
 
 
 @dataclass
@@ -121,12 +121,7 @@ def local_hub(tmp_path_factory: pytest.TempPathFactory):
         _wait_until_serving(endpoint, proc, log_path)
         yield LocalHub(endpoint=endpoint, mirrors_dir=mirrors, log_path=log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc, timeout=10)
 
 
 @pytest.fixture

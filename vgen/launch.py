@@ -57,9 +57,14 @@ def launched_app(env: dict[str, str], work: Path, timeout: float = 240.0, unset:
                 time.sleep(0.05)
         yield SimpleNamespace(url=url, port=port, pid=proc.pid, log=log, started=started)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Terminate, and kill if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

@@ -1,0 +1,255 @@
+"""Engine jobs of the app: ``run_job`` (in this process) and ``EngineProcess`` (in a worker
+process of its own, what ``python app.py`` uses).
+
+Why a separate process: Gradio's queue wakes its event loop every millisecond, idle or not
+(``gradio.queueing``: ``sleep_when_free = 0.001``). In the app's process that thread takes the
+GIL a thousand times a second from the engine's thread, which releases it around every torch
+op, and the engine's intra-op threads lose their cores to it: with 2 threads a 64x64 image of
+the embedded model took 0.57 s alone and about 1.0 s next to such a loop in the same process,
+0.585 s with the loop in another process (``python -m vgen bench``'s app overhead: 216 ms with
+the engine in the app's process, against 75 ms for a request without engine work). A worker
+process also keeps a crash of native code from taking the web server down.
+
+Protocol (pickled tuples over a socket pair, ``multiprocessing.connection.Connection``):
+app -> worker ``("job", kind, request, time_limit_s, previews)`` and ``("cancel",)``;
+worker -> app ``("step", i, n)``, ``("download", progress)``, ``("preview", i, n, image)``,
+then ``("done", result, known_words, loaded_models)`` or ``("error", exception,
+loaded_models)``. One job at a time per worker; the app keeps one worker per concurrent job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .errors import VgenError
+from .jobs import JobControl
+
+logger = logging.getLogger("vgen.worker")
+POLL_S = 0.05  # how often the waiting side looks at its job's cancel event
+
+
+class EngineCrashedError(VgenError, RuntimeError):
+    """The engine's worker process stopped while it ran a job."""
+
+
+def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
+    """The engine work of one app job: generate or edit (a GenerateRequest / EditRequest),
+    ``inspect`` (Features tab: the generation or edit with its attention maps and denoising
+    path; an ``Inspection``) or ``compare`` (a CompareRequest). Returns the result and the
+    model's vocabulary when the prompt had words it does not know."""
+    if kind == "inspect":
+        from .attention import inspect_generation
+
+        out = inspect_generation(request, control=control, maps=True, path=True)
+        return out, out.result.extras.get("known_words", [])
+    if kind == "compare":
+        from .compare import compare
+
+        return compare(request, control=control), []
+    if kind == "generate":
+        from .generate import generate
+
+        result = generate(request, control=control)
+    elif kind == "edit":
+        from .edit import edit
+
+        result = edit(request, control=control)
+    else:
+        raise ValueError(f"unknown job kind {kind!r}")
+    return result, result.extras.get("known_words", [])
+
+
+# ---- the app's side ---------------------------------------------------------------------------
+
+class InProcessEngine:
+    """Jobs in the calling thread of this process (tests that build the app in process, ZeroGPU,
+    platforms without ``pass_fds``)."""
+
+    def run(self, kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
+        return run_job(kind, request, control)
+
+    def loaded_models(self) -> list[str]:
+        from .pipelines import model_cache
+
+        return model_cache().loaded()
+
+    def close(self) -> None:
+        pass
+
+
+class EngineProcess:
+    """One worker process (``python -m vgen.worker``), started at once; ``run`` is called by one
+    thread at a time (``EnginePool`` hands each job its own worker)."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair()
+        self.proc = subprocess.Popen([sys.executable, "-m", "vgen.worker", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), env=os.environ.copy())
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.loaded: list[str] = []
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
+        self.conn.send(("job", kind, request, control.time_limit_s, control.preview is not None))
+        cancel_sent = False
+        while True:
+            if not cancel_sent and control.cancel.is_set():
+                self.conn.send(("cancel",))
+                cancel_sent = True
+            try:
+                msg = self.conn.recv() if self.conn.poll(POLL_S) else None
+            except (EOFError, OSError):  # the worker is gone
+                msg = ("gone",)
+            if msg is None and self.alive():
+                continue
+            if msg is None or msg[0] == "gone":
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                raise EngineCrashedError(
+                    f"the engine process stopped unexpectedly (exit code {self.proc.poll()}); "
+                    "a new one takes the next job")
+            if msg[0] in ("done", "error"):
+                self.loaded = msg[-1]
+                if msg[0] == "error":
+                    raise msg[1]
+                return msg[1], msg[2]
+            try:  # the app's callbacks; one may raise to cancel (a download on Stop)
+                if msg[0] == "step" and control.progress is not None:
+                    control.progress(*msg[1:])
+                elif msg[0] == "download" and control.download is not None:
+                    control.download(msg[1])
+                elif msg[0] == "preview" and control.preview is not None:
+                    control.preview(*msg[1:])
+            except Exception:  # noqa: BLE001 - the worker is told; its answer ends the job
+                control.cancel.set()
+
+    def close(self) -> None:
+        from .launch import stop
+
+        self.conn.close()  # the worker sees the app gone and exits after its job
+        stop(self.proc, timeout=10)
+
+
+class EnginePool:
+    """Worker processes for the app's jobs: an idle one per job, a new one when all are busy
+    (Gradio's concurrency limit bounds how many run at once); a worker that died is replaced."""
+
+    def __init__(self, prestart: int = 1):
+        self._lock = threading.Lock()
+        self._idle: list[EngineProcess] = [EngineProcess() for _ in range(prestart)]
+        self._all: list[EngineProcess] = list(self._idle)
+
+    def run(self, kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
+        with self._lock:
+            while self._idle and not self._idle[-1].alive():
+                self._all.remove(self._idle.pop())
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            worker = EngineProcess()
+            with self._lock:
+                self._all.append(worker)
+        try:
+            out = worker.run(kind, request, control)
+        except EngineCrashedError:
+            with self._lock:
+                self._all.remove(worker)
+            raise
+        except BaseException:
+            self._put_back(worker)
+            raise
+        self._put_back(worker)
+        return out
+
+    def _put_back(self, worker: EngineProcess) -> None:
+        with self._lock:
+            if worker.alive():
+                self._idle.append(worker)
+            elif worker in self._all:
+                self._all.remove(worker)
+
+    def loaded_models(self) -> list[str]:
+        with self._lock:
+            return sorted({ref for w in self._all for ref in w.loaded})
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._all, self._idle = self._all, [], []
+        for w in workers:
+            w.close()
+
+
+# ---- the worker's side -------------------------------------------------------------------------
+
+def _sendable(e: BaseException) -> BaseException:
+    """The exception itself when it survives pickling, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+def serve(conn: Connection) -> None:
+    """The worker's loop: jobs one at a time in this (main) thread; a reader thread takes the
+    app's messages, so a cancel reaches the running job's control at once."""
+    from .pipelines import model_cache
+
+    jobs: queue.Queue = queue.Queue()
+    current: dict[str, JobControl] = {}
+    send_lock = threading.Lock()
+
+    def send(msg: tuple) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    def read() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                jobs.put(None)  # the app is gone
+                return
+            if msg[0] == "cancel":
+                control = current.get("job")
+                if control is not None:
+                    control.cancel.set()
+            else:
+                jobs.put(msg)
+
+    threading.Thread(target=read, name="vgen-worker-reader", daemon=True).start()
+    while (msg := jobs.get()) is not None:
+        _, kind, request, time_limit_s, previews = msg
+        control = JobControl(
+            progress=lambda i, n: send(("step", i, n)),
+            download=lambda p: send(("download", p)),
+            preview=(lambda i, n, image: send(("preview", i, n, image))) if previews else None,
+            time_limit_s=time_limit_s)
+        current["job"] = control
+        try:
+            result, known = run_job(kind, request, control)
+            send(("done", result, known, model_cache().loaded()))
+        except BaseException as e:  # noqa: BLE001 - every failure goes back to the app
+            if not isinstance(e, (VgenError, ValueError)):
+                logger.error("unexpected error in an engine job", exc_info=e)
+            send(("error", _sendable(e), model_cache().loaded()))
+        finally:
+            current.pop("job", None)
+
+
+if __name__ == "__main__":  # python -m vgen.worker FD: started by EngineProcess
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(Connection(int(sys.argv[1])))
