@@ -63,6 +63,10 @@ logger = logging.getLogger("vgen.app")
 DEFAULT_SCHEDULER = "model default"
 DEFAULT_MAX_FILE_SIZE = "20mb"
 POLL_S = 0.05  # how often a waiting handler looks at its job
+# Progress bar updates at most this often: each one is an event that the app and its client
+# process while the job runs, on the cores the engine uses (every step of a 0.6 s image cost
+# ~60 ms per request; python -m vgen bench's app overhead).
+PROGRESS_EVERY_S = 0.25
 YIELD_EVERY_S = 1.0  # how often it yields, so Gradio notices a client that went away
 ENGINE_CONCURRENCY_ID = "vgen-engine"  # generate and edit share one concurrency limit
 
@@ -697,12 +701,12 @@ async def _run_job(kind: str, build: Callable[[], GenerateRequest], progress, n_
     thread.start()
     logger.info("%s job started", kind)
     try:
-        shown, last_yield, previewed = None, time.monotonic(), 0
+        shown, last_yield, previewed, reported = None, time.monotonic(), 0, 0.0
         while thread.is_alive():
             snap = job.snapshot()
-            if snap != shown:
+            if snap != shown and (shown is None or time.monotonic() - reported >= PROGRESS_EVERY_S):
                 _report(progress, snap)
-                shown = snap
+                shown, reported = snap, time.monotonic()
             if job.previews != previewed:
                 previewed = job.previews
                 yield ([job.preview], *_skip(n_outputs - 1))

@@ -2,13 +2,14 @@
 process of its own, what ``python app.py`` uses).
 
 Why a separate process: Gradio's queue wakes its event loop every millisecond, idle or not
-(``gradio.queueing``: ``sleep_when_free = 0.001``). In the app's process that thread takes the
-GIL a thousand times a second from the engine's thread, which releases it around every torch
-op, and the engine's intra-op threads lose their cores to it: with 2 threads a 64x64 image of
-the embedded model took 0.57 s alone and about 1.0 s next to such a loop in the same process,
-0.585 s with the loop in another process (``python -m vgen bench``'s app overhead: 216 ms with
-the engine in the app's process, against 75 ms for a request without engine work). A worker
-process also keeps a crash of native code from taking the web server down.
+(``gradio.queueing``: ``sleep_when_free = 0.001``), and an engine thread in that process needs
+the GIL back after every torch op. In isolation that costs a lot: the embedded model's 64x64
+image took 0.55 s alone and ~1.0 s with such a loop in another thread of the same process, but
+0.585 s with the loop in another process (2 threads). In the launched app the difference was
+within this machine's run-to-run noise (``python -m vgen bench``'s app overhead, alternating
+runs: 133-191 ms with workers, 173-186 ms without); the app's own progress events cost more
+(see ``app.PROGRESS_EVERY_S``). What a worker surely gives: a crash of native code (or the
+kernel's OOM killer) ends a job with a clear error instead of taking the web server down.
 
 Protocol (pickled tuples over a socket pair, ``multiprocessing.connection.Connection``):
 app -> worker ``("job", kind, request, time_limit_s, previews)`` and ``("cancel",)``;
