@@ -48,6 +48,10 @@ def test_errors_and_cancel_come_back_as_the_engine_raised_them(pool, tiny_env):
     control.progress = lambda i, n: control.cancel.set()  # Stop after the first step
     with pytest.raises(CancelledError):
         pool.run("generate", _request(tiny_env, steps=50), control)
+    stopped = JobControl()
+    stopped.cancel.set()  # Stop before the job reached the worker: it does not run
+    with pytest.raises(CancelledError):
+        pool.run("generate", _request(tiny_env, steps=50), stopped)
     result, _ = pool.run("generate", _request(tiny_env), JobControl())  # the worker goes on
     assert result.images[0].size == (64, 64)
 

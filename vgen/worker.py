@@ -224,22 +224,22 @@ def serve(conn: Connection) -> None:
             except (EOFError, OSError):
                 jobs.put(None)  # the app is gone
                 return
-            if msg[0] == "cancel":
+            if msg[0] == "cancel":  # the job's control exists from its message on
                 control = current.get("job")
                 if control is not None:
                     control.cancel.set()
-            else:
-                jobs.put(msg)
+                continue
+            _, kind, request, time_limit_s, previews = msg
+            current["job"] = JobControl(
+                progress=lambda i, n: send(("step", i, n)),
+                download=lambda p: send(("download", p)),
+                preview=(lambda i, n, image: send(("preview", i, n, image))) if previews else None,
+                time_limit_s=time_limit_s)
+            jobs.put((kind, request, current["job"]))
 
     threading.Thread(target=read, name="vgen-worker-reader", daemon=True).start()
-    while (msg := jobs.get()) is not None:
-        _, kind, request, time_limit_s, previews = msg
-        control = JobControl(
-            progress=lambda i, n: send(("step", i, n)),
-            download=lambda p: send(("download", p)),
-            preview=(lambda i, n, image: send(("preview", i, n, image))) if previews else None,
-            time_limit_s=time_limit_s)
-        current["job"] = control
+    while (job := jobs.get()) is not None:
+        kind, request, control = job
         try:
             result, known = run_job(kind, request, control)
             send(("done", result, known, model_cache().loaded()))
@@ -247,8 +247,6 @@ def serve(conn: Connection) -> None:
             if not isinstance(e, (VgenError, ValueError)):
                 logger.error("unexpected error in an engine job", exc_info=e)
             send(("error", _sendable(e), model_cache().loaded()))
-        finally:
-            current.pop("job", None)
 
 
 if __name__ == "__main__":  # python -m vgen.worker FD: started by EngineProcess
