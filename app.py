@@ -1654,20 +1654,17 @@ async def inspect_edit_from_ui(editor, prompt, mode, strength, image_guidance, n
 def show_features(image_path, backbone, model, prompt):
     """Feature views of an image: (image, caption) pairs, a PCA view and the strongest
     channels per layer."""
-    from vgen.features import extract
+    from vgen.features import FeaturesRequest
+    from vgen.jobs import JobControl
 
     if not image_path:
         raise gr.Error("Add an image first (or use the inspected one).", print_exception=False)
     if backbone not in FEATURE_BACKBONES:
         raise gr.Error(f"backbone must be one of {', '.join(FEATURE_BACKBONES)}",
                        print_exception=False)
-    kwargs = {}
-    if backbone in ("unet", "vae"):
-        kwargs["model"] = (model or "").strip() or None
-    if backbone == "unet":
-        kwargs["prompt"] = prompt or ""
     try:
-        fm = extract(_load(image_path), backbone, **kwargs)
+        req = FeaturesRequest(_load(image_path), backbone, (model or "").strip() or None, prompt or "")
+        fm, _ = _engine_call("features", req, JobControl())  # where the generator is loaded
         views = fm.views()
     except Exception as e:  # VGG16 weights unreachable, unsupported model...
         raise _ui_error(e) from None

@@ -81,3 +81,14 @@ def test_a_download_in_a_worker_reports_its_progress(tiny_env, local_hub, local_
         pool.close()
     assert result.revision == commit and result.images[0].size == (64, 64)
     assert seen and seen[-1].files_done == seen[-1].files_total > 0
+
+
+def test_feature_maps_are_made_where_the_generator_is_loaded(pool, tiny_env):
+    from PIL import Image
+
+    from vgen.features import FeaturesRequest
+
+    fm, _ = pool.run("features", FeaturesRequest(Image.new("RGB", (64, 64), (200, 40, 40)), "vae",
+                                                 model=str(tiny_env["txt2img"])), JobControl())
+    assert fm.layers and fm.views()  # the app makes its PCA and channel views from these
+    assert pool.loaded_models() == [str(tiny_env["txt2img"].resolve())]

@@ -233,6 +233,25 @@ def vgg16_features(image: Image.Image, weights: str | None = None, size: int = 2
     return FeatureMaps("vgg16", out, im, bb.ref, {"revision": bb.revision})
 
 
+@dataclass(frozen=True)
+class FeaturesRequest:
+    """What the Features tab asks for (an app job: ``vgen.worker.run_job("features", ...)``)."""
+
+    image: Image.Image
+    backbone: str = "vgg16"
+    model: str | None = None  # unet / vae: the generator (None: the default model)
+    prompt: str = ""  # unet: the text it is conditioned on
+
+
+def extract_request(req: FeaturesRequest) -> FeatureMaps:
+    kwargs: dict = {}
+    if req.backbone in ("unet", "vae"):
+        kwargs["model"] = req.model
+    if req.backbone == "unet":
+        kwargs["prompt"] = req.prompt
+    return extract(req.image, req.backbone, **kwargs)
+
+
 def extract(image: Image.Image, backbone: str = "vgg16", **kwargs) -> FeatureMaps:
     """Feature maps of ``image`` from ``backbone`` (``vgg16``, ``unet`` or ``vae``)."""
     if backbone == "vgg16":

@@ -11,7 +11,7 @@ runs: 133-191 ms with workers, 173-186 ms without); the app's own progress event
 (see ``app.PROGRESS_EVERY_S``). What a worker surely gives: a crash of native code (or the
 kernel's OOM killer) ends a job with a clear error instead of taking the web server down.
 
-Protocol (pickled tuples over a socket pair, ``multiprocessing.connection.Connection``):
+Protocol (tuples, plain pickle, over a socket pair wrapped in ``multiprocessing.connection.Connection``):
 app -> worker ``("job", kind, request, time_limit_s, previews)`` and ``("cancel",)``;
 worker -> app ``("step", i, n)``, ``("download", progress)``, ``("preview", i, n, image)``,
 then ``("done", result, known_words, loaded_models)`` or ``("error", exception,
@@ -38,6 +38,17 @@ logger = logging.getLogger("vgen.worker")
 POLL_S = 0.05  # how often the waiting side looks at its job's cancel event
 
 
+def _send(conn: Connection, msg: tuple) -> None:
+    """Plain pickle, not ``Connection.send``'s ForkingPickler: torch registers reductions there
+    that share tensors through file descriptors and multiprocessing's resource sharer, which a
+    worker started with subprocess (another authkey) cannot use."""
+    conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Connection) -> tuple:
+    return pickle.loads(conn.recv_bytes())
+
+
 class EngineCrashedError(VgenError, RuntimeError):
     """The engine's worker process stopped while it ran a job."""
 
@@ -45,7 +56,8 @@ class EngineCrashedError(VgenError, RuntimeError):
 def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
     """The engine work of one app job: generate or edit (a GenerateRequest / EditRequest),
     ``inspect`` (Features tab: the generation or edit with its attention maps and denoising
-    path; an ``Inspection``) or ``compare`` (a CompareRequest). Returns the result and the
+    path; an ``Inspection``), ``compare`` (a CompareRequest) or ``features`` (a
+    FeaturesRequest: feature maps of an image). Returns the result and the
     model's vocabulary when the prompt had words it does not know."""
     if kind == "inspect":
         from .attention import inspect_generation
@@ -56,6 +68,10 @@ def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
         from .compare import compare
 
         return compare(request, control=control), []
+    if kind == "features":  # Features tab: a FeaturesRequest, FeatureMaps
+        from .features import extract_request
+
+        return extract_request(request), []
     if kind == "generate":
         from .generate import generate
 
@@ -103,14 +119,14 @@ class EngineProcess:
         return self.proc.poll() is None
 
     def run(self, kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
-        self.conn.send(("job", kind, request, control.time_limit_s, control.preview is not None))
+        _send(self.conn, ("job", kind, request, control.time_limit_s, control.preview is not None))
         cancel_sent = False
         while True:
             if not cancel_sent and control.cancel.is_set():
-                self.conn.send(("cancel",))
+                _send(self.conn, ("cancel",))
                 cancel_sent = True
             try:
-                msg = self.conn.recv() if self.conn.poll(POLL_S) else None
+                msg = _recv(self.conn) if self.conn.poll(POLL_S) else None
             except (EOFError, OSError):  # the worker is gone
                 msg = ("gone",)
             if msg is None and self.alive():
@@ -215,12 +231,12 @@ def serve(conn: Connection) -> None:
 
     def send(msg: tuple) -> None:
         with send_lock:
-            conn.send(msg)
+            _send(conn, msg)
 
     def read() -> None:
         while True:
             try:
-                msg = conn.recv()
+                msg = _recv(conn)
             except (EOFError, OSError):
                 jobs.put(None)  # the app is gone
                 return
