@@ -244,6 +244,7 @@ class FeaturesRequest:
 
 
 def extract_request(req: FeaturesRequest) -> FeatureMaps:
+    """``extract`` with the arguments the request's backbone takes."""
     kwargs: dict = {}
     if req.backbone in ("unet", "vae"):
         kwargs["model"] = req.model
