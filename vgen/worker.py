@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from .errors import VgenError
@@ -109,8 +110,13 @@ class EngineProcess:
 
     def __init__(self):
         ours, theirs = socket.socketpair()
+        # vgen importable whatever the working directory: app.py's folder is on the app's path,
+        # not on that of a "python -m" child.
+        env = os.environ.copy()
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen([sys.executable, "-m", "vgen.worker", str(theirs.fileno())],
-                                     pass_fds=(theirs.fileno(),), env=os.environ.copy())
+                                     pass_fds=(theirs.fileno(),), env=env)
         theirs.close()
         self.conn = Connection(ours.detach())
         self.loaded: list[str] = []
