@@ -6,10 +6,11 @@ Why a separate process: Gradio's queue wakes its event loop every millisecond, i
 the GIL back after every torch op. In isolation that costs a lot: the embedded model's 64x64
 image took 0.55 s alone and ~1.0 s with such a loop in another thread of the same process, but
 0.585 s with the loop in another process (2 threads). In the launched app the difference was
-within this machine's run-to-run noise (``python -m vgen bench``'s app overhead, alternating
-runs: 133-191 ms with workers, 173-186 ms without); the app's own progress events cost more
-(see ``app.PROGRESS_EVERY_S``). What a worker surely gives: a crash of native code (or the
-kernel's OOM killer) ends a job with a clear error instead of taking the web server down.
+within this machine's run-to-run noise (the app overhead of ``python -m vgen bench`` and of
+alternating runs: 133-211 ms with workers over five runs, 173-224 ms without over four); the
+app's own progress events cost more (see ``app.PROGRESS_EVERY_S``). What a worker surely
+gives: a crash of native code (or the kernel's OOM killer) ends a job with a clear error
+instead of taking the web server down.
 
 Protocol (tuples, plain pickle, over a socket pair wrapped in ``multiprocessing.connection.Connection``):
 app -> worker ``("job", kind, request, time_limit_s, previews)`` and ``("cancel",)``;
