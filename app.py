@@ -2234,7 +2234,7 @@ def server_status() -> dict:
     """
     from vgen.status import engine_status
 
-    return {**engine_status(), "loaded_models": _ENGINE.loaded_models(),
+    return {**engine_status(_ENGINE.loaded_models()),
             "engine": "worker process" if isinstance(_ENGINE, EnginePool) else "in process"}
 
 

@@ -11,8 +11,8 @@ shape word whose (color, shape) object the analyzer found exactly once:
 
 Words whose object was not found (or found twice) are skipped and counted. Color words are
 scored the same way as a secondary figure. The maps are the default ones (all steps, all
-resolutions and block kinds, ``normalize="tokens"``); per-resolution figures and those of DAAM's
-raw sums (``normalize="none"``) are reported too.
+resolutions and block kinds: DAAM's raw sums, ``normalize="none"``); per-resolution figures and
+those of the word-share maps (``normalize="tokens"``) are reported too.
 ``capture_overhead`` compares the median generation time with and without the capture.
 """
 
@@ -75,7 +75,7 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0, steps:
 
     shape_hits, shape_ious, otsu_ious = [], [], []
     color_hits, color_ious = [], []
-    raw_hits, raw_ious = [], []
+    share_hits, share_ious = [], []
     per_res: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     skipped: Counter = Counter()
     words = 0
@@ -88,7 +88,7 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0, steps:
         result, maps = generate_with_maps(req)
         found = detect(result.images[0])
         default = maps.maps()
-        daam = maps.maps(normalize="none")
+        share = maps.maps(normalize="tokens")
         by_res = {f"{h}x{w}": maps.maps(resolutions=[(h, w)]) for h, w in maps.resolutions}
         shape_keys = [k for k in default if k.split(":", 1)[1] in world.SHAPES]
         color_keys = [k for k in default if k.split(":", 1)[1] in world.COLORS]
@@ -106,9 +106,9 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0, steps:
             shape_hits.append(hit)
             shape_ious.append(iou)
             otsu_ious.append(_score(default[shape_keys[j]], mask, otsu_threshold(default[shape_keys[j]]))[1])
-            h, o = _score(daam[shape_keys[j]], mask, threshold)
-            raw_hits.append(h)
-            raw_ious.append(o)
+            h, o = _score(share[shape_keys[j]], mask, threshold)
+            share_hits.append(h)
+            share_ious.append(o)
             for res, ms in by_res.items():
                 h, o = _score(ms[shape_keys[j]], mask, threshold)
                 per_res[res][0].append(h)
@@ -148,7 +148,7 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0, steps:
                               and shape["mean_iou"] >= TARGET_IOU),
         "per_resolution": {r: _summary(*v) for r, v in per_res.items()},
         "color_words": _summary(color_hits, color_ious),
-        "unnormalised_daam": _summary(raw_hits, raw_ious),
+        "word_share": _summary(share_hits, share_ious),
         "capture_overhead": overhead,
         "seconds_per_prompt": seconds / max(1, len(prompts)),
     }
@@ -187,8 +187,8 @@ def format_report(r: dict) -> str:
         lines.append(f"    {res:<8} pointing {pct(v['pointing_game'])}  IoU {pct(v['mean_iou'])}")
     c = r["color_words"]
     lines.append(f"  color words       pointing {pct(c['pointing_game'])}  IoU {pct(c['mean_iou'])}")
-    d = r["unnormalised_daam"]
-    lines.append(f"  raw DAAM maps     pointing {pct(d['pointing_game'])}  IoU {pct(d['mean_iou'])}  (normalize='none')")
+    d = r["word_share"]
+    lines.append(f"  word-share maps   pointing {pct(d['pointing_game'])}  IoU {pct(d['mean_iou'])}  (normalize='tokens')")
     if r.get("capture_overhead"):
         o = r["capture_overhead"]
         lines.append(f"  capture overhead  {o['overhead'] * 100:+.1f}%  ({o['median_plain_s']:.3f} s -> "

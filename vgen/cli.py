@@ -230,11 +230,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig()
         cfg = replace(cfg, out=a.out or cfg.out, steps=a.steps or cfg.steps,
                       state_dir=a.state_dir or cfg.state_dir,
-                      vae_steps=a.vae_steps if a.vae_steps is not None else cfg.vae_steps)
+                      vae_steps=a.vae_steps if a.vae_steps is not None else cfg.vae_steps,
+                      decay_start=a.decay_start)
         if a.tiny:
             cfg = replace(cfg, model=ModelConfig.tiny(), batch=4, vae_batch=4, save_every=max(1, cfg.steps // 2),
                           log_every=1)
-        train_shapes(cfg, resume=a.resume, log=lambda m: print(m, flush=True))
+        train_shapes(cfg, resume=a.resume, log=lambda m: print(m, flush=True),
+                     reset_optimizer=a.reset_optimizer)
         return 0
     if a.what == "lm":
         from .shapes.lm import LMTrainConfig, train_lm
@@ -251,10 +253,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         cfg = EditTrainConfig()
         cfg = replace(cfg, init=a.init or cfg.init, out=a.out or cfg.out,
-                      steps=a.steps or cfg.steps, state_dir=a.state_dir or cfg.state_dir)
+                      steps=a.steps or cfg.steps, state_dir=a.state_dir or cfg.state_dir,
+                      decay_start=a.decay_start)
         if a.tiny:
             cfg = replace(cfg, batch=4, save_every=max(1, cfg.steps // 2), log_every=1)
-        train_edit(cfg, resume=a.resume, log=lambda m: print(m, flush=True))
+        train_edit(cfg, resume=a.resume, log=lambda m: print(m, flush=True),
+                   reset_optimizer=a.reset_optimizer)
         return 0
     raise VgenError(f"unknown training target {a.what!r}; known: shapes, lm, edit")
 
@@ -372,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--reset-optimizer", action="store_true",
+                   help="with --resume: keep the weights, start a fresh optimizer (after a loss change)")
+    t.add_argument("--decay-start", type=int, default=None,
+                   help="shapes/edit: cosine learning-rate decay from this step to --steps")
     t.add_argument("--out", default=None)
     t.add_argument("--state-dir", default=None)
     t.add_argument("--tiny", action="store_true", help="tiny config for smoke tests")

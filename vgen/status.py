@@ -14,7 +14,9 @@ from .catalog import default_model
 from .pipelines import model_cache, pick_device, pick_dtype
 
 
-def engine_status() -> dict:
+def engine_status(loaded_models: list[str] | None = None) -> dict:
+    """``loaded_models``: what the engine that runs the jobs holds, when that is not this
+    process's model cache (the app's engine worker processes)."""
     device = pick_device()
     return {
         "vgen": __version__,
@@ -24,5 +26,5 @@ def engine_status() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "default_models": {task: default_model(task) for task in ("txt2img", "instruct")},
-        "loaded_models": model_cache().loaded(),
+        "loaded_models": model_cache().loaded() if loaded_models is None else loaded_models,
     }

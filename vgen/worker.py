@@ -190,7 +190,9 @@ class EnginePool:
             out = worker.run(kind, request, control)
         except EngineCrashedError:
             with self._lock:
-                self._all.remove(worker)
+                if worker in self._all:  # close() may have emptied the pool meanwhile
+                    self._all.remove(worker)
+            worker.close()  # reap the dead process and its socket
             raise
         except BaseException:
             self._put_back(worker)

@@ -32,11 +32,25 @@ def _eval_table(report: dict) -> str:
     )
 
 
+def objective_text(cfg: dict, floor_from: int) -> str:
+    """The loss weighting and learning-rate schedule, as the card states them. ``floor_from``:
+    the step the truncated-SNR floor was switched on (the runs before it used min-SNR alone)."""
+    text = f"min-SNR-γ={cfg['min_snr_gamma']} weighting (Hang et al. 2023)"
+    if cfg.get("snr_floor"):
+        text += (f", from step {floor_from} on with the truncated-SNR floor max(snr, "
+                 f"{cfg['snr_floor']:g}) (Salimans & Ho 2022) so the high-noise steps, where the "
+                 "prompt sets sizes, places and counts, keep their weight")
+    if cfg.get("decay_start") is not None:
+        text += (f"; learning rate {cfg['lr']} decayed by a cosine from step {cfg['decay_start']} "
+                 f"to {cfg.get('lr_min_ratio', 0.1):g}× at step {cfg['steps']}")
+    return text
+
+
 def _grounding(cfg: dict) -> str:
     if not cfg.get("grounding_weight"):
         return ""
-    return (f"\nToken grounding (TokenCompose's token loss, Wang et al. 2024; weight "
-            f"{cfg['grounding_weight']:g}, from step 5182 on): each color and shape word's "
+    return (f"\nToken grounding (TokenCompose's token loss, Wang et al. 2024; weight 0.002 from "
+            f"step 5182, {cfg['grounding_weight']:g} from step 12687 on): each color and shape word's "
             "cross-attention is pulled onto the exact masks of the objects it names, so the "
             "per-word attention maps of the app's Features tab show where each word went.")
 
@@ -83,7 +97,7 @@ Held out of training entirely (images and captions): {held}.
 `python -m vgen train shapes` — autoencoder first ({meta['vae_step']} steps, L1 + tiny KL), then
 text encoder and UNet jointly: {meta['step']} steps of batch {meta['batch']}
 ({meta['samples_seen']:,} freshly rendered images with fresh captions), AdamW lr {cfg['lr']},
-min-SNR-γ={cfg['min_snr_gamma']} weighting, {cfg['cfg_dropout']:.0%} caption dropout for
+{objective_text(cfg, 12687)}, {cfg['cfg_dropout']:.0%} caption dropout for
 classifier-free guidance, EMA {cfg['ema_decay']} (the exported weights).{_grounding(cfg)} CPU only.
 Resume with `python -m vgen train shapes --resume` (from this folder's weights when no
 optimizer state is around).

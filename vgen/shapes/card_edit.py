@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from . import edits, world
-from .card import _size_mb
+from .card import _size_mb, objective_text
 
 EXAMPLES = {
     "recolor": "make the red circle blue",
@@ -82,8 +82,8 @@ paper), the tokenizer extended with the instruction words. Weights: safetensors,
 `python -m vgen train edit` — {meta['step']} steps of batch {meta['batch']}
 ({meta['samples_seen']:,} exact edit pairs, freshly rendered by `vgen/shapes/edits.py`, the six
 kinds equally often, with varied phrasings naming each object by its colour, shape, size or
-position as needed), AdamW lr {cfg['lr']}, v-prediction with min-SNR-γ={cfg['min_snr_gamma']}
-weighting, {cfg['cond_dropout']:.0%} of examples without the instruction, {cfg['cond_dropout']:.0%}
+position as needed), AdamW lr {cfg['lr']}, v-prediction with
+{objective_text(cfg, 6005)}, {cfg['cond_dropout']:.0%} of examples without the instruction, {cfg['cond_dropout']:.0%}
 without the source image and {cfg['cond_dropout']:.0%} without both (for the text and image
 guidance scales), EMA {cfg['ema_decay']} (the exported weights). CPU only.
 Resume with `python -m vgen train edit --resume`.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,8 +50,16 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
-    # TokenCompose token loss weight (0: off); added from step 5000 of the first model.
-    grounding_weight: float = 2e-3
+    # Lower clamp of the x0-space loss weight (0: plain min-SNR; 1: truncated SNR, see
+    # snr_loss_weight). 1 from step 12687 on: min-SNR alone starves the high-noise steps where
+    # the prompt decides sizes, places and counts.
+    snr_floor: float = 1.0
+    # TokenCompose token loss weight (0: off); 0.002 from step 5182, 0.02 from step 12687 (the
+    # truncated-SNR floor made the diffusion loss ~15x larger; this keeps the token loss's share).
+    grounding_weight: float = 2e-2
+    # Cosine decay of the learning rate from this step to ``steps`` (None: constant).
+    decay_start: int | None = None
+    lr_min_ratio: float = 0.1
     save_every: int = 500
     log_every: int = 50
     seed: int = 0
@@ -84,6 +93,37 @@ def fix_tokenizer_class(folder: Path) -> None:
     index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def snr_loss_weight(abar: torch.Tensor, prediction_type: str, gamma: float,
+                    floor: float = 0.0) -> torch.Tensor:
+    """Per-example weight of the MSE on the model's output, as an x0-space weight
+    ``clamp(snr, floor, gamma)`` converted to the output's space (x0-loss = eps-loss / snr =
+    v-loss / (snr + 1)).
+
+    ``floor=0`` is min-SNR-gamma (Hang et al. 2023); ``floor=1`` also applies the truncated-SNR
+    weighting ``max(snr, 1)`` of Salimans & Ho 2022 (progressive distillation, sec. 4): with
+    min-SNR alone a v-prediction model's weight falls like ``snr`` as noise grows (0.09 at
+    snr 0.1), and the high-noise steps are the ones where the prompt decides sizes, places and
+    counts; the embedded model at step 12687 ignored size words (the seed, not the prompt, set
+    the size)."""
+    snr = abar / (1 - abar)  # (B,)
+    w = torch.clamp(snr, min=floor, max=gamma)
+    return w / (snr + 1) if prediction_type == "v_prediction" else w / snr
+
+
+def learning_rate(base: float, step: int, warmup: int, warmup_from: int = 0,
+                  decay_start: int | None = None, total: int | None = None,
+                  min_ratio: float = 0.1) -> float:
+    """Linear warmup over ``warmup`` steps from ``warmup_from`` (the step the optimizer state was
+    created: a fresh AdamW's first updates are full-size in every parameter, so a resume without
+    its state warms up again), then constant, then from ``decay_start`` a cosine decay to
+    ``min_ratio * base`` at ``total`` (SGDR's schedule without restarts, Loshchilov & Hutter 2017)."""
+    lr = base * min(1.0, (step - warmup_from + 1) / warmup)
+    if decay_start is not None and total is not None and step >= decay_start:
+        frac = min(1.0, (step - decay_start) / max(1, total - decay_start))
+        lr *= min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    return lr
+
+
 class EMA:
     """Exponential moving average of parameters (Polyak averaging), with the usual warmup."""
 
@@ -109,6 +149,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.tok, self.text, self.vae, self.unet, self.noise = build_all(cfg.model)
         self.phase, self.step, self.vae_step = "vae", 0, 0
+        self.warmup_from = 0  # the step the optimizer state was created (see learning_rate)
         self.grounding_losses: list[float] = []
         self.rng = random.Random(cfg.seed)
         self.state_path = Path(cfg.state_dir) / "state.pt"
@@ -124,8 +165,10 @@ class Trainer:
     def _gen_params(self):
         return list(self.unet.parameters()) + list(self.text.parameters())
 
-    def resume(self) -> bool:
-        """Restore from the full training state, or else from the exported pipeline."""
+    def resume(self, reset_optimizer: bool = False) -> bool:
+        """Restore from the full training state, or else from the exported pipeline (with a fresh
+        optimizer). ``reset_optimizer`` drops a saved optimizer state too: needed when the loss
+        changes scale, since Adam's second moments would mis-scale hundreds of updates."""
         if self.state_path.exists():
             st = torch.load(self.state_path, weights_only=False)
             self.text.load_state_dict(st["text"])
@@ -135,6 +178,11 @@ class Trainer:
             self.opt.load_state_dict(st["opt"])
             self.ema.shadow = st["ema"]
             self.phase, self.step, self.vae_step = st["phase"], st["step"], st["vae_step"]
+            self.warmup_from = st.get("warmup_from", 0)
+            if reset_optimizer:
+                params = self._gen_params()
+                self.opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.01)
+                self.warmup_from = self.step
             self.vae.register_to_config(scaling_factor=st["scaling_factor"])
             self.rng.setstate(st["rng"])
             torch.set_rng_state(st["torch_rng"])
@@ -152,6 +200,7 @@ class Trainer:
             self.vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
             self.ema = EMA(self._gen_params(), self.cfg.ema_decay)
             self.phase, self.step, self.vae_step = "diffusion", meta["step"], meta["vae_step"]
+            self.warmup_from = self.step
             self.rng = random.Random(self.cfg.seed + self.step)
             self.log(f"resumed from exported weights in {self.cfg.out}: step {self.step}")
             return True
@@ -165,7 +214,7 @@ class Trainer:
                 "text": self.text.state_dict(), "vae": self.vae.state_dict(),
                 "unet": self.unet.state_dict(), "vae_opt": self.vae_opt.state_dict(),
                 "opt": self.opt.state_dict(), "ema": self.ema.shadow, "phase": self.phase,
-                "step": self.step, "vae_step": self.vae_step,
+                "step": self.step, "vae_step": self.vae_step, "warmup_from": self.warmup_from,
                 "scaling_factor": self.vae.config.scaling_factor,
                 "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
             },
@@ -214,17 +263,16 @@ class Trainer:
                   else contextlib.nullcontext([]))
         with record as probs:
             pred = self.unet(zt, t, cond).sample
-        # Min-SNR-gamma weights for v-prediction: min(snr, gamma) / (snr + 1).
-        abar = self.noise.alphas_cumprod[t]
-        snr = abar / (1 - abar)
-        w = torch.clamp(snr, max=c.min_snr_gamma) / (snr + 1)
+        w = snr_loss_weight(self.noise.alphas_cumprod[t], self.noise.config.prediction_type,
+                            c.min_snr_gamma, c.snr_floor)  # (B,)
         loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         if c.grounding_weight > 0:
             masks, weight = grounding.target_masks(texts, scenes, ids.shape[1])  # (B, 32, 64, 64)
             g = grounding.token_loss(probs, masks, weight, tuple(z0.shape[-2:]))
             self.grounding_losses.append(g.item())
             loss = loss + c.grounding_weight * g
-        lr = c.lr * min(1.0, (self.step + 1) / c.warmup)
+        lr = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start, c.steps,
+                           c.lr_min_ratio)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -308,24 +356,11 @@ class Trainer:
         self.log(f"done: step {self.step}, exported to {c.out}")
 
 
-def train_shapes(cfg: TrainConfig, resume: bool = False, log=print) -> Trainer:
+def train_shapes(cfg: TrainConfig, resume: bool = False, log=print,
+                 reset_optimizer: bool = False) -> Trainer:
     """Entry point of ``python -m vgen train shapes``."""
     trainer = Trainer(cfg, log=log)
-    if resume and not trainer.resume():
+    if resume and not trainer.resume(reset_optimizer):
         log("nothing to resume from; starting fresh")
     trainer.run()
     return trainer
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience for background runs
-    import argparse
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
-    ap.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
-    ap.add_argument("--out", default=TrainConfig.out)
-    ap.add_argument("--state-dir", default=TrainConfig.state_dir)
-    ap.add_argument("--resume", action="store_true")
-    a = ap.parse_args()
-    train_shapes(TrainConfig(out=a.out, state_dir=a.state_dir, steps=a.steps, vae_steps=a.vae_steps),
-                 resume=a.resume, log=lambda m: print(m, flush=True))

@@ -40,7 +40,7 @@ import torch
 from . import edits, world
 from .export import partial_folder, publish, stop_on_signals
 from .model import pin_posterior_std
-from .train import EMA, fix_tokenizer_class, images_to_tensor
+from .train import EMA, fix_tokenizer_class, images_to_tensor, learning_rate, snr_loss_weight
 
 
 @dataclass
@@ -55,6 +55,9 @@ class EditTrainConfig:
     cond_dropout: float = 0.05  # each of: no instruction, no source image, neither
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    snr_floor: float = 1.0  # see train.snr_loss_weight; 1 from step 6005 on (0 before)
+    decay_start: int | None = None  # cosine decay from here to ``steps`` (train.learning_rate)
+    lr_min_ratio: float = 0.1
     save_every: int = 500
     log_every: int = 50
     seed: int = 0
@@ -146,6 +149,7 @@ class EditTrainer:
         torch.manual_seed(cfg.seed)
         _quiet_loading()
         self.step = 0
+        self.warmup_from = 0  # the step the optimizer state was created (train.learning_rate)
         self.rng = random.Random(cfg.seed)
         self.state_path = Path(cfg.state_dir) / "state.pt"
         self.init_info: dict = {}
@@ -181,8 +185,9 @@ class EditTrainer:
         self.log(f"initialised from {folder} (text-to-image step {self.init_info['init_step']}); "
                  f"vocabulary {len(t2i.tokenizer)} -> {len(tok)} words")
 
-    def resume(self) -> bool:
-        """Restore from the full training state, or else from the exported pipeline."""
+    def resume(self, reset_optimizer: bool = False) -> bool:
+        """Restore from the full training state, or else from the exported pipeline (with a fresh
+        optimizer). ``reset_optimizer`` drops a saved optimizer state too (train.Trainer.resume)."""
         if self.state_path.exists():
             from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
             from tokenizers import Tokenizer
@@ -199,9 +204,12 @@ class EditTrainer:
             unet.load_state_dict(st["unet"])
             self._set_parts(tok, text, vae, unet,
                             DPMSolverMultistepScheduler.from_config(st["scheduler_config"]))
-            self.opt.load_state_dict(st["opt"])
             self.ema.shadow = st["ema"]
             self.step, self.init_info = st["step"], st["init_info"]
+            self.warmup_from = self.step
+            if not reset_optimizer:
+                self.opt.load_state_dict(st["opt"])
+                self.warmup_from = st.get("warmup_from", 0)
             self.rng.setstate(st["rng"])
             torch.set_rng_state(st["torch_rng"])
             self.log(f"resumed from {self.state_path}: step {self.step}")
@@ -213,7 +221,7 @@ class EditTrainer:
             meta = json.loads(info.read_text())
             pipe = _load(StableDiffusionInstructPix2PixPipeline, self.cfg.out)
             self._set_parts(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, pipe.scheduler)
-            self.step = meta["step"]
+            self.step = self.warmup_from = meta["step"]
             self.init_info = {k: meta.get(k) for k in ("init", "init_step")}
             self.rng = random.Random(self.cfg.seed + self.step)
             self.log(f"resumed from exported weights in {self.cfg.out}: step {self.step}")
@@ -235,6 +243,7 @@ class EditTrainer:
                 "unet_config": dict(self.unet.config), "unet": self.unet.state_dict(),
                 "scheduler_config": dict(self.sample_scheduler.config),
                 "opt": self.opt.state_dict(), "ema": self.ema.shadow, "step": self.step,
+                "warmup_from": self.warmup_from,
                 "init_info": self.init_info, "rng": self.rng.getstate(),
                 "torch_rng": torch.get_rng_state(),
             },
@@ -264,7 +273,7 @@ class EditTrainer:
         texts = ["" if d else t for t, d in zip(texts, drop_text.tolist())]
         ids = self.tok(texts, padding="max_length", max_length=self.tok.model_max_length,
                        truncation=True, return_tensors="pt").input_ids  # (B, 32)
-        # 4. v-prediction on the init model's schedule, min-SNR-gamma weighted.
+        # 4. v-prediction on the init model's schedule, min-SNR-gamma / truncated-SNR weighted.
         noise = torch.randn_like(z0)
         t = torch.randint(0, self.noise.config.num_train_timesteps, (b,))
         zt = self.noise.add_noise(z0, noise, t)
@@ -272,14 +281,13 @@ class EditTrainer:
                   if self.noise.config.prediction_type == "v_prediction" else noise)
         cond = self.text(ids).last_hidden_state  # (B, 32, D)
         pred = self.unet(torch.cat([zt, source], dim=1), t, cond).sample  # (B, 4, 16, 16)
-        abar = self.noise.alphas_cumprod[t]
-        snr = abar / (1 - abar)
-        w = torch.clamp(snr, max=c.min_snr_gamma)
-        w = w / (snr + 1) if self.noise.config.prediction_type == "v_prediction" else w / snr
+        w = snr_loss_weight(self.noise.alphas_cumprod[t], self.noise.config.prediction_type,
+                            c.min_snr_gamma, c.snr_floor)  # (B,)
         loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         # 5. AdamW with linear warmup, clipped gradients, EMA.
         for g in self.opt.param_groups:
-            g["lr"] = c.lr * min(1.0, (self.step + 1) / c.warmup)
+            g["lr"] = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start,
+                                    c.steps, c.lr_min_ratio)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self._params(), 1.0)
@@ -344,10 +352,11 @@ class EditTrainer:
                  f"{run_s / max(1, run_steps):.2f} s/step including exports)")
 
 
-def train_edit(cfg: EditTrainConfig, resume: bool = False, log=print) -> EditTrainer:
+def train_edit(cfg: EditTrainConfig, resume: bool = False, log=print,
+               reset_optimizer: bool = False) -> EditTrainer:
     """Entry point of ``python -m vgen train edit``."""
     trainer = EditTrainer(cfg, log=log)
-    if not (resume and trainer.resume()):
+    if not (resume and trainer.resume(reset_optimizer)):
         if resume:
             log("nothing to resume from; starting from the text-to-image model")
         trainer.start_from_init()
