@@ -66,8 +66,9 @@ def test_maps_have_one_key_per_prompt_token_and_image_size(tiny_env, tmp_path):
     one = maps.maps(step_range=(1, 1), resolutions=[res[-1]], kinds=["up"])
     assert list(one) == KEYS and one["2:circle"].shape == (64, 64)
     assert not np.allclose(one["2:circle"], maps.map("2:circle"))
-    raw = maps.maps(normalize="none")
-    assert list(raw) == KEYS and not np.allclose(raw["2:circle"], maps.map("2:circle"))
+    share = maps.maps(normalize="tokens")  # the default is DAAM's raw sums ("none")
+    assert list(share) == KEYS and not np.allclose(share["2:circle"], maps.map("2:circle"))
+    assert np.array_equal(maps.maps(normalize="none")["2:circle"], maps.map("2:circle"))
     with pytest.raises(InvalidRequestError, match="normalize"):
         maps.maps(normalize="softmax")
     with pytest.raises(InvalidRequestError, match="no attention recorded"):
