@@ -4,7 +4,8 @@ Two phases in one resumable run:
 1. the autoencoder (``AutoencoderKL``, 64x64 -> 4x16x16 latents), L1 reconstruction plus a tiny
    KL term, then frozen; its latent scale is set so latents have unit variance (as SD's 0.18215);
 2. the text encoder and UNet jointly, v-prediction on a cosine schedule (Nichol & Dhariwal 2021;
-   Salimans & Ho 2022) with min-SNR loss weighting (Hang et al. 2023), classifier-free guidance
+   Salimans & Ho 2022) with min-SNR loss weighting (Hang et al. 2023) floored by truncated SNR
+   (``snr_loss_weight``), classifier-free guidance
    dropout (Ho & Salimans 2022) and EMA weights, which are what gets saved.
 
 Resumable two ways: from ``STATE_DIR/state.pt`` (optimizer included; never committed) or, on a
