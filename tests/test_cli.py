@@ -82,5 +82,5 @@ def test_train_smoke_saves_and_reloads_through_the_engine(tmp_path):
     assert Image.open(tmp_path / "g.png").size == (64, 64)
     # resumes from the exported weights alone (no optimizer state), as on a fresh machine
     p = vgen("train", "shapes", "--tiny", "--steps", 3, "--vae-steps", 1, "--out", out,
-             "--state-dir", tmp_path / "fresh-state", "--resume")
+             "--state-dir", tmp_path / "fresh-state", "--resume", "--reset-optimizer", "--decay-start", 2)
     assert "resumed from exported weights" in p.stdout and "step 3" in p.stdout

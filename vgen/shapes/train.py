@@ -176,14 +176,12 @@ class Trainer:
             self.vae.load_state_dict(st["vae"])
             self.unet.load_state_dict(st["unet"])
             self.vae_opt.load_state_dict(st["vae_opt"])
-            self.opt.load_state_dict(st["opt"])
             self.ema.shadow = st["ema"]
             self.phase, self.step, self.vae_step = st["phase"], st["step"], st["vae_step"]
-            self.warmup_from = st.get("warmup_from", 0)
-            if reset_optimizer:
-                params = self._gen_params()
-                self.opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.01)
-                self.warmup_from = self.step
+            self.warmup_from = self.step  # the optimizer built in __init__ is fresh
+            if not reset_optimizer:
+                self.opt.load_state_dict(st["opt"])
+                self.warmup_from = st.get("warmup_from", 0)
             self.vae.register_to_config(scaling_factor=st["scaling_factor"])
             self.rng.setstate(st["rng"])
             torch.set_rng_state(st["torch_rng"])
