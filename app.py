@@ -367,7 +367,7 @@ def edit_request(image, mask, prompt, mode, strength, image_guidance, negative_p
                          num_images, scheduler),
         width=_opt_int(width, "width"), height=_opt_int(height, "height"),
         image=image, mask=mask, mode=mode or "img2img",
-        strength=0.75 if s is None else s, image_guidance=1.5 if ig is None else ig,
+        strength=0.75 if s is None else s, image_guidance=ig,
         decoder="full" if decoder is None else decoder,
     )
 
@@ -791,7 +791,7 @@ async def edit_image(
     mode: str = "img2img",
     mask: str | None = None,
     strength: float = 0.75,
-    image_guidance: float = 1.5,
+    image_guidance: float | None = None,
     negative_prompt: str | None = None,
     model: str | None = None,
     steps: float | None = None,
@@ -813,7 +813,8 @@ async def edit_image(
         mode: img2img | instruct | inpaint
         mask: inpaint only: a mask image, white (or opaque, for RGBA) where to repaint
         strength: img2img / inpaint: how much of the schedule is re-run (0.01-1)
-        image_guidance: instruct: how closely to keep the source image
+        image_guidance: instruct: how closely to keep the source image; None for the model's
+            default (its card's image_guidance_scale, else 1.5)
         negative_prompt: what to avoid (empty for none)
         model: Hub repo id or local model folder; empty for the default (instruct needs an
             InstructPix2Pix model, e.g. vgen-shapes-edit or timbrooks/instruct-pix2pix)
@@ -851,7 +852,7 @@ async def edit_from_editor(editor, prompt, mode, strength, image_guidance, negat
 
     def build() -> EditRequest:
         source, mask = editor_image_and_mask(editor, mode)
-        return edit_request(source, mask, prompt, mode, strength, image_guidance,
+        return edit_request(source, mask, prompt, mode, strength, _ui_default(image_guidance),
                             negative_prompt, model, _ui_default(steps), _ui_default(guidance),
                             seed, randomize_seed, _ui_default(width), _ui_default(height),
                             num_images, scheduler, decoder)
@@ -971,6 +972,7 @@ class EditTab:
     notice: gr.Markdown
     api_image: gr.File
     api_mask: gr.File
+    api_image_guidance: gr.Number
     inspect: gr.Button  # -> the Features tab, with this edit's attention maps
     decoder: Any = None  # "Decoder: full / fast"
     event: Any = None
@@ -1081,9 +1083,10 @@ def build_edit_tab() -> EditTab:
                                   "aspect)", open=True):
                     strength = StrictSlider(0.01, 1.0, value=0.75, step=0.01, label="Strength",
                                          info="how much of the image is redrawn")
-                    image_guidance = StrictSlider(0.0, 10.0, value=1.5, step=0.1,
+                    image_guidance = StrictSlider(0.0, 10.0, value=0.0, step=0.1,
                                                label="Image guidance", visible=False,
-                                               info="how closely to keep the source image")
+                                               info="how closely to keep the source image "
+                                               "(0: the model's default)")
                     with gr.Row():
                         steps = StrictNumber(label="Steps", value=None, precision=0)
                         guidance = StrictNumber(label="Guidance", value=None, step=0.5)
@@ -1111,10 +1114,12 @@ def build_edit_tab() -> EditTab:
         # Inputs of the /edit API endpoint only: a plain image file and an optional mask file.
         api_image = gr.File(label="image", visible=False, type="filepath")
         api_mask = gr.File(label="mask", visible=False, type="filepath")
+        # The slider cannot be empty; the API's image guidance can: None = the model's default.
+        api_image_guidance = StrictNumber(label="image guidance", value=None, visible=False)
     return EditTab(editor, prompt, mode, strength, image_guidance, negative, model, steps,
                    guidance, seed, randomize, width, height, num_images, scheduler, edit, stop,
-                   gallery, selected, reuse, info, notice, api_image, api_mask, inspect,
-                   decoder=decoder)
+                   gallery, selected, reuse, info, notice, api_image, api_mask,
+                   api_image_guidance, inspect, decoder=decoder)
 
 
 def _wire_text_to_image(t: TextToImageTab) -> None:
@@ -1161,7 +1166,7 @@ def _wire_edit(e: EditTab) -> None:
     api_button = gr.Button(visible=False)
     api_button.click(
         edit_image,
-        [e.api_image, e.prompt, e.mode, e.api_mask, e.strength, e.image_guidance,
+        [e.api_image, e.prompt, e.mode, e.api_mask, e.strength, e.api_image_guidance,
          e.negative_prompt, e.model, e.steps, e.guidance, e.seed, e.randomize_seed,
          e.width, e.height, e.num_images, e.scheduler, e.decoder],
         outputs, api_name="edit", concurrency_id=ENGINE_CONCURRENCY_ID,
@@ -1227,11 +1232,13 @@ def _expand_request(prompt, lm, seed, temperature, num_variants, system_prompt):
 
 
 def _expand_updates(req):
-    """ExpandUpdates of ``req`` under this app's time limit; engine errors -> gr.Error."""
+    """ExpandUpdates of ``req`` under this app's time limit, the language model running where
+    the engine's jobs run (a worker process: ``vgen.worker``); engine errors -> gr.Error."""
     from vgen.expand import expand_stream
     from vgen.jobs import JobControl
 
-    stream = expand_stream(req, control=JobControl(time_limit_s=_time_limit_s()))
+    stream = expand_stream(req, control=JobControl(time_limit_s=_time_limit_s()),
+                           run=lambda r, control: _ENGINE.run("expand", r, control)[0])
     try:
         yield from stream
     except Exception as e:  # not GeneratorExit: a closed handler just stops
@@ -1640,7 +1647,7 @@ async def inspect_edit_from_ui(editor, prompt, mode, strength, image_guidance, n
 
     def build() -> EditRequest:
         source, mask = editor_image_and_mask(editor, mode)
-        return edit_request(source, mask, prompt, mode, strength, image_guidance,
+        return edit_request(source, mask, prompt, mode, strength, _ui_default(image_guidance),
                             negative_prompt, model, _ui_default(steps), _ui_default(guidance),
                             seed, randomize_seed, _ui_default(width), _ui_default(height),
                             1, scheduler)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vgen.catalog import EMBEDDED_EDIT_MODEL, card_defaults, entry_for
 from vgen.shapes import analyzer, edits, world
 from vgen.shapes.captions import tokenize
 
@@ -150,7 +151,9 @@ def test_train_smoke_saves_reloads_edits_and_evaluates(tiny_models, tmp_path, mo
     assert eval_main(ns) == 0
     report = json.loads((tmp_path / "e.json").read_text())
     assert set(report["kinds"]) == set(edits.KINDS) and 0.0 <= report["overall"] <= 1.0
-    assert report["settings"]["image_guidance"] == 1.5 and report["seconds_per_edit"] > 0
+    # The settings of the card the export wrote (the Hub's inference parameters), not 1.5.
+    assert report["settings"]["image_guidance"] == card_defaults(out)["image_guidance"] == 2.5
+    assert report["seconds_per_edit"] > 0
     assert "| move |" in (out / "README.md").read_text()
     # 4. Resumes from the exported weights alone (no optimizer state), as on a fresh machine.
     logs: list[str] = []
@@ -165,7 +168,6 @@ def test_train_smoke_saves_reloads_edits_and_evaluates(tiny_models, tmp_path, mo
 
 def test_instruct_mode_offers_the_embedded_editor_when_it_is_here(tiny_models, tmp_path, monkeypatch):
     import app
-    from vgen.catalog import EMBEDDED_EDIT_MODEL
 
     if SHIPPED.exists():
         assert app.on_mode_change("instruct", "vgen-shapes")[0] == EMBEDDED_EDIT_MODEL
@@ -193,7 +195,6 @@ def test_shipped_editor_is_small_enough_for_a_space():
 
 
 def test_shipped_editor_edits_offline_through_the_engine(fresh_cache, monkeypatch):
-    from vgen.catalog import EMBEDDED_EDIT_MODEL, entry_for
     from vgen.edit import edit
     from vgen.requests import EditRequest
 
@@ -204,6 +205,7 @@ def test_shipped_editor_edits_offline_through_the_engine(fresh_cache, monkeypatc
     defaults = entry_for(EMBEDDED_EDIT_MODEL).defaults
     assert r.model == EMBEDDED_EDIT_MODEL and r.revision == "local"
     assert r.images[0].size == (64, 64) and r.request.steps == defaults.steps
+    assert r.request.image_guidance == defaults.image_guidance  # the model's, chosen by its eval
     assert r.extras["unknown_words"] == []
 
 
@@ -220,3 +222,5 @@ def test_shipped_editor_edits_through_the_app(hardened_app, tmp_path):
     assert image.size == (64, 64)
     text = image.info["parameters"]
     assert "Task: instruct" in text and "Model: vgen-shapes-edit" in text
+    # No image guidance given: the editor's own default, not the 1.5 of other IP2P models.
+    assert f"Image CFG scale: {entry_for(EMBEDDED_EDIT_MODEL).defaults.image_guidance}" in text

@@ -71,3 +71,33 @@ def test_short_eval_runs(offline, tmp_path):
     assert set(report["categories"]) == set(CATEGORIES)
     assert 0.0 <= report["overall_seen"] <= 1.0
     json.dumps(report)  # serialisable as the --json file
+
+
+def test_renamed_copy_runs_at_its_cards_settings(offline, tmp_path, monkeypatch):
+    """Regression: a copy of the shipped model under another name (or pushed to the Hub) ran
+    at the generic 25 steps and guidance 7.5, not the 20 and 4.0 its scores were measured at;
+    the card's ``inference: parameters:`` now carry them."""
+    import shutil
+
+    copy = tmp_path / "my-shapes"
+    shutil.copytree(CHECKPOINT, copy, ignore=shutil.ignore_patterns("eval.json", "training.json"))
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tmp_path))
+    r = generate(GenerateRequest(prompt="a red circle", model=str(copy), seed=0))
+    assert (r.request.steps, r.request.guidance, r.images[0].size) == (20, 4.0, (64, 64))
+
+
+def test_card_defaults_read_the_hub_convention_and_skip_bad_values(tmp_path):
+    from vgen.catalog import card_defaults, defaults_for
+    from vgen.requests import ModelDefaults
+
+    assert card_defaults(tmp_path) == {}  # no card
+    (tmp_path / "README.md").write_text("# no front matter\n")
+    assert card_defaults(tmp_path) == {}
+    (tmp_path / "README.md").write_text(
+        "---\nlibrary_name: diffusers\ninference:\n  parameters:\n    num_inference_steps: 8\n"
+        "    guidance_scale: 2\n    image_guidance_scale: 1.8\n    width: -64\n"
+        "    height: 7.5\n    negative_prompt: blurry\n---\n# card\n")
+    assert card_defaults(tmp_path) == {"steps": 8, "guidance": 2.0, "image_guidance": 1.8}
+    assert defaults_for("someone/model", folder=tmp_path) == ModelDefaults(512, 512, 8, 2.0, 1.8)
+    (tmp_path / "README.md").write_text("---\ninference: [oops\n---\n")  # malformed YAML
+    assert card_defaults(tmp_path) == {}

@@ -158,6 +158,19 @@ def test_schedulers_are_per_job_and_selectable(tiny_env):
     assert request_from_parameters(r.parameters[0]).scheduler == "euler"
 
 
+def test_every_sampler_key_round_trips_through_its_a1111_name():
+    """Each key builds its scheduler from a model's config, the name written into the PNG
+    (A1111's) is distinct, and reading the name back gives the key (the stochastic
+    DPM++ 2M SDE must not be taken for the deterministic DPM++ 2M)."""
+    from vgen.schedulers import SCHEDULERS, key_for_sampler, make_scheduler, sampler_name
+
+    base = {"_class_name": "DPMSolverMultistepScheduler", "prediction_type": "v_prediction"}
+    names = {key: sampler_name(make_scheduler(base, key)) for key in SCHEDULERS}
+    assert len(set(names.values())) == len(SCHEDULERS)
+    assert names["dpm++2m-sde"] == "DPM++ 2M SDE" and names["dpm++2m"] == "DPM++ 2M"
+    assert all(key_for_sampler(name) == key for key, name in names.items())
+
+
 def test_edit_size_of_a_non_square_source_stays_within_bounds():
     # regression: a 100x70 source on a 64x64 model gave height 56, refused by the bounds
     from vgen.requests import Limits, fit_size

@@ -96,6 +96,23 @@ def test_streaming_ends_with_the_same_texts(lm_env):
     assert all(len(u.texts) == 2 for u in updates)
 
 
+def test_streaming_from_an_engine_worker_process_gives_the_same_texts(lm_env):
+    """The app runs the language model in its engine worker (vgen.worker), as image jobs: the
+    text streams back as it grows, and the variants are the in-process ones."""
+    from vgen.worker import EnginePool
+
+    req = ExpandRequest("two blue", lm="tiny-lm", seed=3, num_variants=2)
+    pool = EnginePool()  # its worker inherits lm_env's model roots
+    try:
+        updates = list(expand_stream(req, run=lambda r, control: pool.run("expand", r, control)[0]))
+        loaded = pool.loaded_models()
+    finally:
+        pool.close()
+    assert updates[-1].result is not None and updates[-1].texts == expand(req).variants
+    assert any(u.result is None for u in updates)  # text arrived before the end
+    assert loaded == [str(lm_env["completion"].resolve())]  # what /status shows
+
+
 def test_instruction_models_get_the_system_prompt_through_the_chat_template(lm_env):
     result = expand(ExpandRequest("a red circle", lm="tiny-chat-lm", seed=1, num_variants=2))
     assert result.mode == "chat" and result.request.system_prompt == DEFAULT_SYSTEM_PROMPT

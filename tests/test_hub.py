@@ -69,7 +69,7 @@ PIPE_FILES = {
     "tokenizer/merges.txt": "#version: 0.2\n",
     "tokenizer/nested/extra.json": "{}",  # two levels down: not part of a pipeline
 }
-COMMON = {"model_index.json", "unet/config.json", "text_encoder/config.json", "tokenizer/vocab.json",
+COMMON = {"model_index.json", "README.md", "unet/config.json", "text_encoder/config.json", "tokenizer/vocab.json",
           "tokenizer/merges.txt", "text_encoder/model.safetensors"}
 EXPECTED_PLAIN = COMMON | {"unet/diffusion_pytorch_model.safetensors"}
 EXPECTED_FP16 = COMMON | {"unet/diffusion_pytorch_model.fp16.safetensors"}

@@ -406,7 +406,7 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
                log: Callable[[str], None], ablate: bool = False) -> dict:
     """Runs, CPU-time records, speedup measurements and checks of one model."""
     from . import decoders
-    from .catalog import defaults_for
+    from .catalog import model_defaults
     from .edit import edit
     from .generate import generate
     from .pipelines import ModelCache, task_view
@@ -417,7 +417,7 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
     cache = ModelCache(max_models=1)
     model = cache.get(ref)
     device = model.device
-    d = defaults_for(model.ref, model.pipe)
+    d = model_defaults(model)
     size = case.size or d.width
     steps = case.steps or d.steps
     guidance = d.guidance if case.guidance is None else case.guidance

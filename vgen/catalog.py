@@ -7,10 +7,14 @@ Space).
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .requests import ModelDefaults
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "vgen-shapes"
 EMBEDDED_EDIT_MODEL = "vgen-shapes-edit"
@@ -30,9 +34,10 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(EMBEDDED_MODEL, "vgen-shapes (embedded, offline)", SHAPES_DEFAULTS,
                  ("txt2img", "img2img", "inpaint")),
     # 15 steps: one edit runs 3 UNet branches a step (instruction, image, neither), ~0.8 s of
-    # one CPU core at 15 steps (image guidance: EditRequest's 1.5, the app's default).
+    # one CPU core at 15 steps. Image guidance 2.5 by `eval edit --n 15` at step 11200: overall
+    # 0.322 at 1.5, 0.378 at 2.5, 0.356 at 3.5 (more of the source kept, fewer right changes).
     CatalogEntry(EMBEDDED_EDIT_MODEL, "vgen-shapes-edit (embedded, offline)",
-                 ModelDefaults(64, 64, 15, 4.0), ("instruct",)),
+                 ModelDefaults(64, 64, 15, 4.0, image_guidance=2.5), ("instruct",)),
     CatalogEntry("stabilityai/sd-turbo", "SD-Turbo (512, 1-4 steps)",
                  ModelDefaults(512, 512, 1, 0.0), ("txt2img", "img2img", "inpaint")),
     CatalogEntry("stabilityai/sdxl-turbo", "SDXL-Turbo (512, 1-4 steps)",
@@ -68,8 +73,51 @@ def entry_for(ref: str) -> CatalogEntry | None:
     return None
 
 
-def defaults_for(ref: str, pipe=None) -> ModelDefaults:
-    """Catalog defaults, else ones read off the pipeline (native size from the UNet config)."""
+# The Hub's model-card convention for a model's recommended settings (the front matter's
+# ``inference: parameters:``, as the Hub's widgets read it), mapped to ModelDefaults' fields.
+CARD_PARAMETERS = {"num_inference_steps": ("steps", int), "guidance_scale": ("guidance", float),
+                   "width": ("width", int), "height": ("height", int),
+                   "image_guidance_scale": ("image_guidance", float)}
+
+
+def card_defaults(folder: Path | str | None) -> dict:
+    """The recommended settings in the model card (``folder/README.md``) as ModelDefaults fields;
+    {} without a card or settings. A value of the wrong type or out of range is ignored (logged):
+    a card is documentation, and a typo in one must not stop the model from loading."""
+    card = Path(folder) / "README.md" if folder is not None else None
+    if card is None or not card.is_file():
+        return {}
+    from huggingface_hub.repocard import metadata_load  # ~0.3 s to import: only when needed
+
+    try:
+        meta = metadata_load(card) or {}
+    except Exception as e:  # malformed YAML front matter
+        logger.warning("ignoring the front matter of %s: %s", card, e)
+        return {}
+    inference = meta.get("inference")
+    params = inference.get("parameters") if isinstance(inference, dict) else None
+    if not isinstance(params, dict):
+        return {}
+    out = {}
+    for key, value in params.items():
+        if key not in CARD_PARAMETERS:
+            continue
+        name, kind = CARD_PARAMETERS[key]
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and (value > 0 if kind is int else value >= 0) and (kind is float or value == int(value)))
+        if ok:
+            out[name] = kind(value)
+        else:
+            logger.warning("ignoring %s: %r in %s (not a %s %s)", key, value, card,
+                           "positive" if kind is int else "non-negative",
+                           "integer" if kind is int else "number")
+    return out
+
+
+def defaults_for(ref: str, pipe=None, folder: Path | str | None = None) -> ModelDefaults:
+    """The settings a request leaves open: the catalog's for a model it lists, else the model
+    card's recommended ones (``folder``: the loaded model's folder, see :func:`card_defaults`),
+    else ones read off the pipeline (native size from the UNet config) and its name."""
     e = entry_for(ref)
     if e is not None:
         return e.defaults
@@ -77,4 +125,10 @@ def defaults_for(ref: str, pipe=None) -> ModelDefaults:
     if pipe is not None and getattr(pipe, "unet", None) is not None:
         size = pipe.unet.config.sample_size * getattr(pipe, "vae_scale_factor", 8)
     turbo = "turbo" in ref.lower()
-    return ModelDefaults(size, size, 1 if turbo else 25, 0.0 if turbo else 7.5)
+    generic = ModelDefaults(size, size, 1 if turbo else 25, 0.0 if turbo else 7.5)
+    return replace(generic, **card_defaults(folder))
+
+
+def model_defaults(model) -> ModelDefaults:
+    """:func:`defaults_for` a loaded model (``vgen.pipelines.LoadedModel``)."""
+    return defaults_for(model.ref, model.pipe, model.resolved.path)

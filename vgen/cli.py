@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mode", default="img2img", help="img2img | instruct | inpaint")
     e.add_argument("--mask", default=None, help="mask image, white = repaint (inpaint)")
     e.add_argument("--strength", type=float, default=0.75)
-    e.add_argument("--image-guidance", type=float, default=1.5)
+    e.add_argument("--image-guidance", type=float, default=None,
+                   help="instruct: how closely to keep the source (default: the model's)")
     e.add_argument("--out", required=True)
     _add_common(e)
     e.set_defaults(func=cmd_edit)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from .batch import generate_file
-    from .catalog import default_model, defaults_for
+    from .catalog import default_model, model_defaults
     from .compare import Axis, CompareRequest, compare
     from .compare_grid import save_grid, save_zip
     from .pipelines import model_cache
@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     base = GenerateRequest("", model=model, seed=a.seed)
 
     # Warm-up (loads the model in this process) and the pixel check.
-    model_cache().get(model)
+    loaded = model_cache().get(model)
     warm = compare(req)
     generate_file(prompts_file, work / "warm-batch", base)
-    default_guidance = defaults_for(model).guidance  # what the batch (no --guidance) uses
+    default_guidance = model_defaults(loaded).guidance  # what the batch (no --guidance) uses
     row = next((r for r, g in enumerate(GUIDANCE) if g == default_guidance), None)
     same = None
     if row is None:  # the model's default guidance is not on the grid

@@ -410,9 +410,11 @@ def expand(req: ExpandRequest, control: JobControl | None = None, cache: ModelCa
            on_text: Callable[[int, str], None] | None = None) -> ExpandResult:
     """Expand ``req.prompt`` into ``req.num_variants`` texts (variant ``i``: seed ``seed + i``).
 
-    ``on_text(i, text)`` is called as variant ``i`` grows (streaming); ``control`` cancels and
-    bounds the time (its clock starts once the model is loaded)."""
+    ``on_text(i, text)`` (default: ``control.text``) is called as variant ``i`` grows
+    (streaming); ``control`` cancels and bounds the time (its clock starts once the model is
+    loaded)."""
     control = control or JobControl()
+    on_text = on_text or control.text
     # 1. Validate and fill the defaults (LM, seed, system prompt) before any download.
     req = check_expand_request(req, limits)
     # 2. Load (or reuse) the model.
@@ -442,17 +444,24 @@ def expand(req: ExpandRequest, control: JobControl | None = None, cache: ModelCa
 
 
 def expand_stream(req: ExpandRequest, control: JobControl | None = None,
-                  cache: ModelCache | None = None, limits: Limits | None = None) -> Iterator[ExpandUpdate]:
+                  cache: ModelCache | None = None, limits: Limits | None = None,
+                  run: Callable[[ExpandRequest, JobControl], ExpandResult] | None = None,
+                  ) -> Iterator[ExpandUpdate]:
     """Like :func:`expand`, as a generator of :class:`ExpandUpdate` (text so far of every
-    variant), for a UI. The model runs in a worker thread; closing the generator cancels it."""
+    variant), for a UI. ``run(request, control)`` does the work (default :func:`expand` here;
+    the app passes its engine worker, which streams through ``control.text``); it runs in a
+    thread, and closing the generator cancels it."""
     control = control or JobControl()
     req = check_expand_request(req, limits)  # fail fast, in the caller's thread; seed drawn once
     n = req.num_variants
     updates: queue.Queue = queue.Queue()
+    # The caller's control (its cancel event, time limit) with the stream's text hook.
+    control = replace(control, text=lambda i, t: updates.put(("text", i, t)))
+    run = run or (lambda r, c: expand(r, c, cache, limits))
 
     def work() -> None:
         try:
-            result = expand(req, control, cache, limits, on_text=lambda i, t: updates.put(("text", i, t)))
+            result = run(req, control)
             updates.put(("done", result))
         except BaseException as e:  # handed to the consumer
             updates.put(("error", e))

@@ -119,10 +119,10 @@ class _Hooks:
 # ---- the generator --------------------------------------------------------------------------
 
 def _generator_input(image: Image.Image, model) -> tuple[Image.Image, torch.Tensor]:
-    from .catalog import defaults_for
+    from .catalog import model_defaults
     from .requests import fit_size
 
-    d = defaults_for(model.ref, model.pipe)
+    d = model_defaults(model)
     size = fit_size(image, d.width, d.height)
     im = _rgb(image).resize(size, Image.LANCZOS)
     x = _to_tensor(im)[None] * 2 - 1

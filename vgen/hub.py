@@ -78,7 +78,9 @@ _WEIGHT_FILE = re.compile(
     r"(?:diffusion_pytorch_model|model)(?P<variant>\.fp16)?(?:-\d+-of-\d+)?\.safetensors"
 )
 _WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
-_SUPPORT_PATTERNS = ("model_index.json", "*.json", "*.txt", "*.model", "*.tiktoken")
+# README.md: the model card, whose ``inference: parameters:`` are the model's recommended settings
+# (vgen.catalog.card_defaults); at the top level only.
+_SUPPORT_PATTERNS = ("model_index.json", "*.json", "*.txt", "*.model", "*.tiktoken", "README.md")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,7 +314,8 @@ def pipeline_allow_patterns(variant: str | None = None) -> list[str]:
     """``allow_patterns`` (fnmatch, as ``snapshot_download`` uses them) for what a pipeline loads.
 
     Configs (``*.json``: ``model_index.json``, component ``config.json``, index files), tokenizer
-    files (``*.txt``, ``*.model``, ``*.tiktoken``, ``tokenizer.json``) and the standard safetensors
+    files (``*.txt``, ``*.model``, ``*.tiktoken``, ``tokenizer.json``), the model card (``README.md``)
+    and the standard safetensors
     weight names diffusers and transformers look for (``diffusion_pytorch_model*.safetensors``,
     ``model*.safetensors``, sharded or not). With ``variant="fp16"`` only the ``.fp16`` weight files
     match; with no variant only the non-variant ones. Pickle weights, ONNX/Flax/TF files and Python

@@ -29,7 +29,8 @@ class JobControl:
     """Hooks of one job. ``progress(step, total)`` is called once per denoising step (1-based);
     ``on_step(pipe, step, timestep, callback_kwargs)`` lets features observe the latents;
     ``preview(step, total, image)`` receives live previews (PIL) of the first image, decoded
-    by the engine with a cheap decoder when that costs little (see ``vgen.decoders``)."""
+    by the engine with a cheap decoder when that costs little (see ``vgen.decoders``);
+    ``text(i, text)`` the text so far of variant ``i`` of a prompt expansion (``vgen.expand``)."""
 
     progress: Callable[[int, int], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -37,6 +38,7 @@ class JobControl:
     on_step: Callable[[Any, int, Any, dict], None] | None = None
     download: Callable[[Any], None] | None = None  # hub.DownloadProgress updates
     preview: Callable[[int, int, Any], None] | None = None
+    text: Callable[[int, str], None] | None = None
     started: float = field(default_factory=time.monotonic)
 
     def restart(self) -> None:

@@ -98,7 +98,7 @@ class EditRequest(GenerateRequest):
     image: Image.Image | None = field(default=None, compare=False)
     mode: str = "img2img"
     strength: float = 0.75  # img2img / inpaint: how much of the schedule is re-run
-    image_guidance: float = 1.5  # instruct: how closely to keep the source image
+    image_guidance: float | None = None  # instruct: how closely to keep the source; None: the model's
     mask: Image.Image | None = field(default=None, compare=False)  # inpaint: white = repaint
 
     @property
@@ -112,6 +112,7 @@ class ModelDefaults:
     height: int
     steps: int
     guidance: float
+    image_guidance: float = 1.5  # instruct edits (InstructPix2Pix's own default)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ def with_model_defaults(req: GenerateRequest, defaults: ModelDefaults) -> Genera
     width, height = defaults.width, defaults.height
     if isinstance(req, EditRequest) and isinstance(req.image, Image.Image):
         width, height = fit_size(req.image, width, height)
+    if isinstance(req, EditRequest) and req.image_guidance is None:
+        req = replace(req, image_guidance=defaults.image_guidance)
     return replace(
         req,
         steps=defaults.steps if req.steps is None else req.steps,

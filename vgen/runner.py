@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import decoders, speed
-from .catalog import default_model, defaults_for
+from .catalog import default_model, defaults_for, model_defaults
 from .jobs import JobControl
 from .metadata import attach, format_parameters
 from .pipelines import LoadedModel, ModelCache, model_cache, task_view
@@ -52,7 +52,7 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
     # 2. Load (or reuse) the model.
     model = (cache or model_cache()).get(ref, progress=control.download if control else None)
     # 3. Fill the model's real defaults, draw the seed, validate again.
-    req = resolve_seed(with_model_defaults(req, defaults_for(model.ref, model.pipe)), limits)
+    req = resolve_seed(with_model_defaults(req, model_defaults(model)), limits)
     check_inputs(req, limits)
     # 4. A view with the job's scheduler (schedulers keep per-run state) and, for the fast
     #    decoder, the tiny autoencoder as its VAE (fetched here, like the model, so a download

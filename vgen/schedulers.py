@@ -21,6 +21,8 @@ SCHEDULERS: dict[str, tuple[type, dict, str]] = {
         {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
         "DPM++ 2M Karras",
     ),
+    # The stochastic DPM-Solver++ (Lu et al. 2022): fresh noise each step, like Euler a.
+    "dpm++2m-sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}, "DPM++ 2M SDE"),
     "euler": (EulerDiscreteScheduler, {}, "Euler"),
     "euler-a": (EulerAncestralDiscreteScheduler, {}, "Euler a"),
     "ddim": (DDIMScheduler, {}, "DDIM"),

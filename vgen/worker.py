@@ -15,7 +15,7 @@ instead of taking the web server down.
 Protocol (tuples, plain pickle, over a socket pair wrapped in ``multiprocessing.connection.Connection``):
 app -> worker ``("job", kind, request, time_limit_s, previews)`` and ``("cancel",)``;
 worker -> app ``("step", i, n)``, ``("download", progress)``, ``("preview", i, n, image)``,
-then ``("done", result, known_words, loaded_models)`` or ``("error", exception,
+``("text", i, text)`` (prompt expansion), then ``("done", result, known_words, loaded_models)`` or ``("error", exception,
 loaded_models)``. One job at a time per worker; the app keeps one worker per concurrent job.
 """
 
@@ -58,8 +58,9 @@ class EngineCrashedError(VgenError, RuntimeError):
 def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
     """The engine work of one app job: generate or edit (a GenerateRequest / EditRequest),
     ``inspect`` (Features tab: the generation or edit with its attention maps and denoising
-    path; an ``Inspection``), ``compare`` (a CompareRequest) or ``features`` (a
-    FeaturesRequest: feature maps of an image). Returns the result and the
+    path; an ``Inspection``), ``compare`` (a CompareRequest), ``features`` (a
+    FeaturesRequest: feature maps of an image) or ``expand`` (an ExpandRequest: the language
+    model writes prompt variants, streamed through ``control.text``). Returns the result and the
     model's vocabulary when the prompt had words it does not know."""
     if kind == "inspect":
         from .attention import inspect_generation
@@ -74,6 +75,10 @@ def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
         from .features import extract_request
 
         return extract_request(request), []
+    if kind == "expand":  # prompt expansion: an ExpandRequest, streamed through control.text
+        from .expand import expand
+
+        return expand(request, control=control), []
     if kind == "generate":
         from .generate import generate
 
@@ -97,9 +102,7 @@ class InProcessEngine:
         return run_job(kind, request, control)
 
     def loaded_models(self) -> list[str]:
-        from .pipelines import model_cache
-
-        return model_cache().loaded()
+        return _loaded_models()
 
     def close(self) -> None:
         pass
@@ -158,6 +161,8 @@ class EngineProcess:
                     control.download(msg[1])
                 elif msg[0] == "preview" and control.preview is not None:
                     control.preview(*msg[1:])
+                elif msg[0] == "text" and control.text is not None:
+                    control.text(*msg[1:])
             except Exception:  # noqa: BLE001 - the worker is told; its answer ends the job
                 control.cancel.set()
 
@@ -229,11 +234,17 @@ def _sendable(e: BaseException) -> BaseException:
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
+def _loaded_models() -> list[str]:
+    """The image models this worker holds, then its language models (once it ran one)."""
+    from .pipelines import model_cache
+
+    expand = sys.modules.get(f"{__package__}.expand")  # never imported just to ask
+    return model_cache().loaded() + (expand.lm_cache().loaded() if expand is not None else [])
+
+
 def serve(conn: Connection) -> None:
     """The worker's loop: jobs one at a time in this (main) thread; a reader thread takes the
     app's messages, so a cancel reaches the running job's control at once."""
-    from .pipelines import model_cache
-
     jobs: queue.Queue = queue.Queue()
     current: dict[str, JobControl] = {}
     send_lock = threading.Lock()
@@ -259,6 +270,7 @@ def serve(conn: Connection) -> None:
                 progress=lambda i, n: send(("step", i, n)),
                 download=lambda p: send(("download", p)),
                 preview=(lambda i, n, image: send(("preview", i, n, image))) if previews else None,
+                text=lambda i, t: send(("text", i, t)),
                 time_limit_s=time_limit_s)
             jobs.put((kind, request, current["job"]))
 
@@ -267,11 +279,11 @@ def serve(conn: Connection) -> None:
         kind, request, control = job
         try:
             result, known = run_job(kind, request, control)
-            send(("done", result, known, model_cache().loaded()))
+            send(("done", result, known, _loaded_models()))
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the app
             if not isinstance(e, (VgenError, ValueError)):
                 logger.error("unexpected error in an engine job", exc_info=e)
-            send(("error", _sendable(e), model_cache().loaded()))
+            send(("error", _sendable(e), _loaded_models()))
 
 
 if __name__ == "__main__":  # python -m vgen.worker FD: started by EngineProcess

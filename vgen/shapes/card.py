@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..catalog import EMBEDDED_MODEL, entry_for
 from . import world
 
 
@@ -32,17 +33,27 @@ def _eval_table(report: dict) -> str:
     )
 
 
-def objective_text(cfg: dict, floor_from: int) -> str:
+# The learning-rate schedules before the current run's (each run's config keeps only its own).
+SHAPES_LR_HISTORY = "a first cosine decay from step 13200 to 17000, then warmed up again"
+
+
+def objective_text(cfg: dict, floor_from: int, step: int | None = None,
+                   earlier_decay: str = "") -> str:
     """The loss weighting and learning-rate schedule, as the card states them. ``floor_from``:
-    the step the truncated-SNR floor was switched on (the runs before it used min-SNR alone)."""
+    the step the truncated-SNR floor was switched on (the runs before it used min-SNR alone);
+    ``step``: the step the weights are from (a run stopped before its schedule ended says so);
+    ``earlier_decay``: the learning-rate history before this run's schedule, in words."""
     text = f"min-SNR-γ={cfg['min_snr_gamma']} weighting (Hang et al. 2023)"
     if cfg.get("snr_floor"):
         text += (f", from step {floor_from} on with the truncated-SNR floor max(snr, "
                  f"{cfg['snr_floor']:g}) (Salimans & Ho 2022) so the high-noise steps, where the "
                  "prompt sets sizes, places and counts, keep their weight")
     if cfg.get("decay_start") is not None:
-        text += (f"; learning rate {cfg['lr']} decayed by a cosine from step {cfg['decay_start']} "
-                 f"to {cfg.get('lr_min_ratio', 0.1):g}× at step {cfg['steps']}")
+        text += f"; learning rate {cfg['lr']}" + (f" ({earlier_decay})" if earlier_decay else "")
+        text += (f" decayed by a cosine from step {cfg['decay_start']} towards "
+                 f"{cfg.get('lr_min_ratio', 0.1):g}× at step {cfg['steps']}")
+        if step is not None and step < cfg["steps"]:
+            text += f", stopped at step {step}"
     return text
 
 
@@ -53,6 +64,19 @@ def _grounding(cfg: dict) -> str:
             f"step 5182, {cfg['grounding_weight']:g} from step 12687 on): each color and shape word's "
             "cross-attention is pulled onto the exact masks of the objects it names, so the "
             "per-word attention maps of the app's Features tab show where each word went.")
+
+
+def inference_front_matter(ref: str, image_guidance: bool = False) -> str:
+    """The front matter's ``inference: parameters:`` (the Hub's model-card convention) with the
+    app's defaults for the catalog model ``ref``: a copy of the folder under another name, or
+    the same weights pushed to the Hub, then runs with the settings its scores were measured at
+    (``vgen.catalog.card_defaults`` reads them back)."""
+    d = entry_for(ref).defaults
+    lines = ["inference:", "  parameters:", f"    num_inference_steps: {d.steps}",
+             f"    guidance_scale: {d.guidance}", f"    width: {d.width}", f"    height: {d.height}"]
+    if image_guidance:
+        lines.append(f"    image_guidance_scale: {d.image_guidance}")
+    return "\n".join(lines)
 
 
 def write_card(folder: str | Path) -> Path:
@@ -72,6 +96,7 @@ library_name: diffusers
 pipeline_tag: text-to-image
 license: apache-2.0
 tags: [vgen, shapes-world, tiny]
+{inference_front_matter(EMBEDDED_MODEL)}
 ---
 
 # vgen-shapes
@@ -97,7 +122,7 @@ Held out of training entirely (images and captions): {held}.
 `python -m vgen train shapes` — autoencoder first ({meta['vae_step']} steps, L1 + tiny KL), then
 text encoder and UNet jointly: {meta['step']} steps of batch {meta['batch']}
 ({meta['samples_seen']:,} freshly rendered images with fresh captions), AdamW lr {cfg['lr']},
-{objective_text(cfg, 12687)}, {cfg['cfg_dropout']:.0%} caption dropout for
+{objective_text(cfg, 12687, meta['step'], SHAPES_LR_HISTORY)}, {cfg['cfg_dropout']:.0%} caption dropout for
 classifier-free guidance, EMA {cfg['ema_decay']} (the exported weights).{_grounding(cfg)} CPU only.
 Resume with `python -m vgen train shapes --resume` (from this folder's weights when no
 optimizer state is around).

@@ -9,7 +9,11 @@ import json
 from pathlib import Path
 
 from . import edits, world
-from .card import _size_mb, objective_text
+from ..catalog import EMBEDDED_EDIT_MODEL
+from .card import _size_mb, inference_front_matter, objective_text
+
+# The learning-rate schedules before the current run's (each run's config keeps only its own).
+EDIT_LR_HISTORY = "a first cosine decay from step 10000 to 11200, then warmed up again"
 
 EXAMPLES = {
     "recolor": "make the red circle blue",
@@ -57,6 +61,7 @@ library_name: diffusers
 pipeline_tag: image-to-image
 license: apache-2.0
 tags: [vgen, shapes-world, instruct-pix2pix, tiny]
+{inference_front_matter(EMBEDDED_EDIT_MODEL, image_guidance=True)}
 ---
 
 # vgen-shapes-edit
@@ -83,7 +88,7 @@ paper), the tokenizer extended with the instruction words. Weights: safetensors,
 ({meta['samples_seen']:,} exact edit pairs, freshly rendered by `vgen/shapes/edits.py`, the six
 kinds equally often, with varied phrasings naming each object by its colour, shape, size or
 position as needed), AdamW lr {cfg['lr']}, v-prediction with
-{objective_text(cfg, 6005)}, {cfg['cond_dropout']:.0%} of examples without the instruction, {cfg['cond_dropout']:.0%}
+{objective_text(cfg, 6005, meta['step'], EDIT_LR_HISTORY)}, {cfg['cond_dropout']:.0%} of examples without the instruction, {cfg['cond_dropout']:.0%}
 without the source image and {cfg['cond_dropout']:.0%} without both (for the text and image
 guidance scales), EMA {cfg['ema_decay']} (the exported weights). CPU only.
 Resume with `python -m vgen train edit --resume`.

@@ -32,7 +32,6 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0, steps:
 
     model = model or EMBEDDED_EDIT_MODEL
     model_cache().get(model)  # loaded before the clock starts: seconds per edit exclude loading
-    extra = {} if image_guidance is None else {"image_guidance": image_guidance}
     per_kind: dict[str, list[bool]] = defaultdict(list)
     failures = []
     seconds, result, i = 0.0, None, 0
@@ -40,7 +39,8 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0, steps:
         for case in edits.eval_cases(kind, n, seed):
             req = EditRequest(prompt=case.instruction, image=world.render(case.before),
                               mode="instruct", model=model, steps=steps, guidance=guidance,
-                              scheduler=scheduler, seed=seed * 100_000 + i, **extra)
+                              scheduler=scheduler, image_guidance=image_guidance,
+                              seed=seed * 100_000 + i)
             t0 = time.perf_counter()
             result = edit(req)
             seconds += time.perf_counter() - t0
