@@ -57,3 +57,22 @@ def test_resume_with_reset_optimizer_keeps_weights_and_restarts_warmup(tmp_path)
     reset.cfg.steps = 3
     reset.run()  # trains on with the fresh optimizer; the restart point is saved with the state
     assert torch.load(tmp_path / "state" / "state.pt", weights_only=False)["warmup_from"] == 2
+
+
+def test_the_data_mix_follows_its_knobs():
+    """sample_batch's repeat_prob / phrase_prob (TrainConfig's data mix) change how often a
+    caption is a pure count or states a place or relation, and nothing else about it."""
+    import random
+
+    from vgen.shapes import captions
+    from vgen.shapes.train import sample_batch
+
+    def shares(**kw):
+        _, texts, scenes = sample_batch(random.Random(0), 2000, with_scenes=True, **kw)
+        pure = sum(len(s.objects) >= 2 and len({(o.color, o.shape) for o in s.objects}) == 1
+                   for s in scenes)
+        placed = sum(any(p in t for p in (*captions.RELATIONS, *captions.PLACES)) for t in texts)
+        return pure / 2000, placed / 2000
+
+    low, high = shares(repeat_prob=0.3, phrase_prob=0.5), shares(repeat_prob=0.5, phrase_prob=0.8)
+    assert high[0] > low[0] * 1.5 and high[1] > low[1] * 1.3

@@ -57,6 +57,15 @@ def objective_text(cfg: dict, floor_from: int, step: int | None = None,
     return text
 
 
+def _data_mix(cfg: dict) -> str:
+    if "repeat_prob" not in cfg:
+        return ""
+    return (f"\nData mix (from step 18378 on; 0.3 and 0.5 before): an object copies an earlier "
+            f"one's colour and shape with probability {cfg['repeat_prob']:g} (counts such as "
+            f"\"three red squares\"), and a one- or two-object caption states a place or relation "
+            f"with probability {cfg['phrase_prob']:g}.")
+
+
 def _grounding(cfg: dict) -> str:
     if not cfg.get("grounding_weight"):
         return ""
@@ -123,8 +132,8 @@ Held out of training entirely (images and captions): {held}.
 text encoder and UNet jointly: {meta['step']} steps of batch {meta['batch']}
 ({meta['samples_seen']:,} freshly rendered images with fresh captions), AdamW lr {cfg['lr']},
 {objective_text(cfg, 12687, meta['step'], SHAPES_LR_HISTORY)}, {cfg['cfg_dropout']:.0%} caption dropout for
-classifier-free guidance, EMA {cfg['ema_decay']} (the exported weights).{_grounding(cfg)} CPU only.
-Resume with `python -m vgen train shapes --resume` (from this folder's weights when no
+classifier-free guidance, EMA {cfg['ema_decay']} (the exported weights).{_data_mix(cfg)}{_grounding(cfg)}
+CPU only. Resume with `python -m vgen train shapes --resume` (from this folder's weights when no
 optimizer state is around).
 
 ## Scores
