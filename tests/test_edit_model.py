@@ -67,6 +67,15 @@ def test_training_batches_never_hold_held_out_pairs():
     assert len(texts) == 8 and all(texts)
 
 
+def test_kind_weights_draw_the_weak_kinds_more_often():
+    from collections import Counter
+
+    rng = random.Random(5)
+    drawn = Counter(edits.sample_case(rng, kind_weights={"move": 3.0}).kind for _ in range(800))
+    assert set(drawn) == set(edits.KINDS)  # every kind still drawn
+    assert drawn["move"] > 2 * max(n for k, n in drawn.items() if k != "move")
+
+
 def test_objects_are_named_by_size_or_position_only_when_needed():
     red_l = world.Obj("red", "circle", "small", 12, 32)
     red_r = world.Obj("red", "circle", "small", 50, 32)

@@ -43,6 +43,14 @@ def _eval_table(report: dict) -> str:
     )
 
 
+def _kind_mix(cfg: dict) -> str:
+    weights = cfg.get("kind_weights") or {}
+    if not weights:
+        return "the six kinds equally often"
+    more = ", ".join(f"{k} {w:g}×" for k, w in weights.items())
+    return f"the six kinds equally often up to step 12638, then {more} as often as the others"
+
+
 def write_card(folder: str | Path) -> Path:
     folder = Path(folder)
     meta = json.loads((folder / "training.json").read_text())
@@ -85,8 +93,7 @@ paper), the tokenizer extended with the instruction words. Weights: safetensors,
 
 ## Training
 `python -m vgen train edit` — {meta['step']} steps of batch {meta['batch']}
-({meta['samples_seen']:,} exact edit pairs, freshly rendered by `vgen/shapes/edits.py`, the six
-kinds equally often, with varied phrasings naming each object by its colour, shape, size or
+({meta['samples_seen']:,} exact edit pairs, freshly rendered by `vgen/shapes/edits.py`, {_kind_mix(cfg)}, with varied phrasings naming each object by its colour, shape, size or
 position as needed), AdamW lr {cfg['lr']}, v-prediction with
 {objective_text(cfg, 6005, meta['step'], EDIT_LR_HISTORY)}, {cfg['cond_dropout']:.0%} of examples without the instruction, {cfg['cond_dropout']:.0%}
 without the source image and {cfg['cond_dropout']:.0%} without both (for the text and image

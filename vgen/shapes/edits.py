@@ -366,9 +366,13 @@ _BUILDERS = {"recolor": _recolor, "add": _add, "remove": _remove, "move": _move,
              "reshape": _reshape, "resize": _resize}
 
 
-def sample_case(rng: random.Random, kind: str | None = None) -> EditCase:
-    """A fresh edit of ``kind`` (any kind, uniformly, when None) on a fresh scene."""
-    kind = kind or rng.choice(KINDS)
+def sample_case(rng: random.Random, kind: str | None = None,
+                kind_weights: dict[str, float] | None = None) -> EditCase:
+    """A fresh edit of ``kind`` on a fresh scene; with no ``kind``, one drawn in proportion to
+    ``kind_weights`` (missing kinds weigh 1; None: uniformly)."""
+    if kind is None:
+        kind = (rng.choices(KINDS, [kind_weights.get(k, 1.0) for k in KINDS])[0]
+                if kind_weights else rng.choice(KINDS))
     if kind not in _BUILDERS:
         raise ValueError(f"unknown edit kind {kind!r}; known: {', '.join(KINDS)}")
     lo, hi = {"remove": (2, 4), "add": (1, 3)}.get(kind, (1, 4))
@@ -379,10 +383,11 @@ def sample_case(rng: random.Random, kind: str | None = None) -> EditCase:
             return case
 
 
-def sample_batch(rng: random.Random, n: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+def sample_batch(rng: random.Random, n: int, kind_weights: dict[str, float] | None = None,
+                 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """``n`` fresh training triples: before images (n, 64, 64, 3) uint8, instructions, after
-    images."""
-    cases = [sample_case(rng) for _ in range(n)]
+    images; the kinds drawn as :func:`sample_case` does."""
+    cases = [sample_case(rng, kind_weights=kind_weights) for _ in range(n)]
     before = np.stack([world.render_array(c.before) for c in cases])
     after = np.stack([world.render_array(c.after) for c in cases])
     return before, [c.instruction for c in cases], after
