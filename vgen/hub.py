@@ -314,10 +314,9 @@ def pipeline_allow_patterns(variant: str | None = None) -> list[str]:
     """``allow_patterns`` (fnmatch, as ``snapshot_download`` uses them) for what a pipeline loads.
 
     Configs (``*.json``: ``model_index.json``, component ``config.json``, index files), tokenizer
-    files (``*.txt``, ``*.model``, ``*.tiktoken``, ``tokenizer.json``), the model card (``README.md``)
-    and the standard safetensors
-    weight names diffusers and transformers look for (``diffusion_pytorch_model*.safetensors``,
-    ``model*.safetensors``, sharded or not). With ``variant="fp16"`` only the ``.fp16`` weight files
+    files (``*.txt``, ``*.model``, ``*.tiktoken``, ``tokenizer.json``), the model card
+    (``README.md``) and the standard safetensors weight names diffusers and transformers look
+    for (``diffusion_pytorch_model*.safetensors``, ``model*.safetensors``, sharded or not). With ``variant="fp16"`` only the ``.fp16`` weight files
     match; with no variant only the non-variant ones. Pickle weights, ONNX/Flax/TF files and Python
     code never match.
 
