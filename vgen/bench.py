@@ -428,7 +428,7 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
     stock.set_progress_bar_config(disable=True)
     source = _source_image(size) if case.task == "instruct" else None
     base = (EditRequest(prompt="", model=ref, mode="instruct", image=source, steps=steps, guidance=guidance,
-                        seed=SEED, width=size, height=size)
+                        image_guidance=d.image_guidance, seed=SEED, width=size, height=size)
             if case.task == "instruct" else
             GenerateRequest(prompt="", model=ref, steps=steps, guidance=guidance, seed=SEED, width=size,
                             height=size))

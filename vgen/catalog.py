@@ -35,7 +35,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  ("txt2img", "img2img", "inpaint")),
     # 15 steps: one edit runs 3 UNet branches a step (instruction, image, neither), ~0.8 s of
     # one CPU core at 15 steps. Image guidance 2.5 by `eval edit --n 15` at step 11200: overall
-    # 0.322 at 1.5, 0.378 at 2.5, 0.356 at 3.5 (more of the source kept, fewer right changes).
+    # 0.322 at 1.5, 0.378 at 2.5, 0.356 at 3.5 (more of the source kept, fewer right changes);
+    # at step 16500: 0.422 at 1.5, 0.500 at 2.5.
     CatalogEntry(EMBEDDED_EDIT_MODEL, "vgen-shapes-edit (embedded, offline)",
                  ModelDefaults(64, 64, 15, 4.0, image_guidance=2.5), ("instruct",)),
     CatalogEntry("stabilityai/sd-turbo", "SD-Turbo (512, 1-4 steps)",
