@@ -175,6 +175,25 @@ def test_grid_over_two_local_models_loads_each_once_and_matches_single_runs(two_
     assert not np.array_equal(np.asarray(result.cells[0][0].image), np.asarray(result.cells[0][1].image))
 
 
+def test_progress_total_counts_the_steps_an_uncatalogued_models_card_recommends(
+        tiny_env, second_model, tmp_path, monkeypatch):
+    """Regression: the grid's progress total took 25 steps per cell for a model the catalog does
+    not list, although the cells ran at the steps its card recommends."""
+    import os
+    import shutil
+
+    carded = shutil.copytree(second_model, tmp_path / "carded")
+    (carded / "README.md").write_text(
+        "---\nlibrary_name: diffusers\ninference:\n  parameters:\n    num_inference_steps: 3\n---\n")
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", os.pathsep.join([str(tiny_env["root"]), str(tmp_path)]))
+    steps = []
+    req = CompareRequest(GenerateRequest("a red circle", seed=3, model=str(carded)),
+                         parse_axis("guidance=1,2"))
+    result = compare(req, control=JobControl(progress=lambda i, n: steps.append((i, n))))
+    assert [c.request.steps for c in result.flat()] == [3, 3]
+    assert steps[-1] == (6, 6) and all(n == 6 for _, n in steps)
+
+
 def test_prompt_negative_and_scheduler_axes_match_single_runs(tiny_env):
     req = CompareRequest(GenerateRequest("", seed=9, steps=STEPS, guidance=3.0),
                          parse_axis("prompt=a red circle|two yellow triangles"),

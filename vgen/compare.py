@@ -591,7 +591,7 @@ def compare(req: CompareRequest, control: JobControl | None = None,
     denoising step, and the time limit bounds the grid's own work (loading not counted).
     ``on_cell(cell, done, total)`` is called after each cell."""
     from .attention import AttentionCapture, with_step_observers
-    from .catalog import default_model, defaults_for
+    from .catalog import default_model, defaults_for, model_defaults
     from .runner import prepare, run
 
     t_start = time.perf_counter()
@@ -608,9 +608,15 @@ def compare(req: CompareRequest, control: JobControl | None = None,
     grid, extra_s, load_s = _expand_prompts(flagged, req.lm, control, clock, limits)
     plan = _plan(grid)
 
+    # A model's default steps: the catalog's until it is loaded, then its own (an uncatalogued
+    # model's card can recommend them: catalog.card_defaults), and the grid's total follows.
+    default_steps: dict[str, int] = {}
+
     def planned_steps(cell: GenerateRequest) -> int:
         ref = (cell.model or "").strip() or default_model()
-        return cell.steps if cell.steps is not None else defaults_for(ref).steps
+        if cell.steps is not None:
+            return cell.steps
+        return default_steps.get(ref) or defaults_for(ref).steps
 
     total_steps = sum(planned_steps(grid[r][c]) for r, c in plan)
     done_steps, encodings = 0, 0
@@ -626,9 +632,10 @@ def compare(req: CompareRequest, control: JobControl | None = None,
         # 4. Load each model once (timed apart: loading is not a cell's work).
         if ref not in loaded:
             t0 = time.perf_counter()
-            cache.get(ref, progress=control.download)
+            default_steps[ref] = model_defaults(cache.get(ref, progress=control.download)).steps
             load_s += time.perf_counter() - t0
             loaded.add(ref)
+            total_steps = done_steps + sum(planned_steps(grid[i][j]) for i, j in plan[n:])
         # 5. A per-cell control: grid-wide progress, shared cancel, the grid's remaining time.
         offset = done_steps
 

@@ -48,7 +48,8 @@ def _kind_mix(cfg: dict) -> str:
     if not weights:
         return "the six kinds equally often"
     more = ", ".join(f"{k} {w:g}×" for k, w in weights.items())
-    return f"the six kinds equally often up to step 12638, then {more} as often as the others"
+    return ("the six kinds equally often up to step 12638, then move 2×, add 1.5×, remove 1.5× as "
+            f"often as the others up to step 16587, then {more}")
 
 
 def write_card(folder: str | Path) -> Path:
