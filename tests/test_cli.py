@@ -82,5 +82,7 @@ def test_train_smoke_saves_and_reloads_through_the_engine(tmp_path):
     assert Image.open(tmp_path / "g.png").size == (64, 64)
     # resumes from the exported weights alone (no optimizer state), as on a fresh machine
     p = vgen("train", "shapes", "--tiny", "--steps", 3, "--vae-steps", 1, "--out", out,
-             "--state-dir", tmp_path / "fresh-state", "--resume", "--reset-optimizer", "--decay-start", 2)
+             "--state-dir", tmp_path / "fresh-state", "--resume", "--reset-optimizer", "--decay-start", 2,
+             "--workers", 2, "--batch", 3, "--device", "cpu")  # batches made by 2 worker processes
     assert "resumed from exported weights" in p.stdout and "step 3" in p.stdout
+    assert json.loads((out / "training.json").read_text())["config"]["batch"] == 3

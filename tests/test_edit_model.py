@@ -167,7 +167,8 @@ def test_train_smoke_saves_reloads_edits_and_evaluates(tiny_models, tmp_path, mo
     # 4. Resumes from the exported weights alone (no optimizer state), as on a fresh machine.
     logs: list[str] = []
     cfg = EditTrainConfig(init=str(tiny_models["txt2img"]), out=str(out), steps=3, batch=2,
-                          state_dir=str(tmp_path / "fresh-state"), log_every=1, save_every=10)
+                          state_dir=str(tmp_path / "fresh-state"), log_every=1, save_every=10,
+                          workers=1)  # batches from a worker process (train.batch_stream)
     train_edit(cfg, resume=True, log=logs.append)
     assert any("resumed from exported weights" in m for m in logs) and "done: step 3" in logs[-1]
     assert (out / "eval.json").exists()  # an earlier score stays with the folder until re-run

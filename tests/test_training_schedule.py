@@ -4,6 +4,7 @@ optimizer (what a change of loss weighting needs)."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -62,8 +63,6 @@ def test_resume_with_reset_optimizer_keeps_weights_and_restarts_warmup(tmp_path)
 def test_the_data_mix_follows_its_knobs():
     """sample_batch's repeat_prob / phrase_prob (TrainConfig's data mix) change how often a
     caption is a pure count or states a place or relation, and nothing else about it."""
-    import random
-
     from vgen.shapes import captions
     from vgen.shapes.train import sample_batch
 
@@ -76,3 +75,47 @@ def test_the_data_mix_follows_its_knobs():
 
     low, high = shares(repeat_prob=0.3, phrase_prob=0.5), shares(repeat_prob=0.5, phrase_prob=0.8)
     assert high[0] > low[0] * 1.5 and high[1] > low[1] * 1.3
+
+
+def test_batch_stream_in_process_continues_the_rng_and_workers_draw_their_own_streams():
+    from itertools import islice
+
+    from vgen.shapes.train import batch_stream
+
+    def make(rng):
+        return rng.random()
+
+    rng, same = random.Random(5), random.Random(5)
+    # In this process: exactly the trainer's rng stream, so a resume draws the same batches.
+    assert list(islice(batch_stream(make, rng, 0, "s"), 3)) == [same.random() for _ in range(3)]
+    # Two worker processes, each on its own seeded stream: batches from both, none repeated,
+    # and the trainer's rng untouched.
+    state = rng.getstate()
+    drawn = list(islice(batch_stream(make, rng, 2, "s"), 8))
+    assert len(set(drawn)) == 8 and rng.getstate() == state
+    streams = [random.Random(f"s:{i}") for i in range(2)]
+    firsts = {streams[0].random(), streams[1].random()}
+    assert firsts <= set(drawn)
+
+
+def test_time_budget_sets_the_last_step_from_the_measured_pace(monkeypatch):
+    from types import SimpleNamespace
+
+    from vgen.shapes import train
+
+    now = [1000.0]
+    monkeypatch.setattr(train.time, "time", lambda: now[0])
+    cfg, logs = SimpleNamespace(steps=50), []
+    budget = train.TimeBudget(1.0, step=500, cfg=cfg, skip=2, probe=4, reserve_s=10.0)
+    assert cfg.steps > 10**8  # the user's --steps no longer bounds the run
+    for step in range(501, 507):  # 0.5 s a step; the first two (warm-up) are not timed
+        now[0] += 0.5
+        budget.after_step(step, cfg, logs.append)
+    # 3 s spent; 60 - 3 - 10 (reserve) = 47 s left at 0.5 s a step: 94 more steps
+    assert cfg.steps == 506 + 94 and "ends at step 600" in logs[-1]
+    assert not budget.expired()
+    now[0] = 1060.0
+    assert budget.expired()
+    off = train.TimeBudget(None, step=0, cfg=cfg)  # no budget: nothing changes
+    off.after_step(1, cfg, logs.append)
+    assert cfg.steps == 600 and not off.expired()

@@ -222,6 +222,13 @@ def cmd_features(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_overrides(a: argparse.Namespace) -> dict:
+    """The shapes and edit trainers' --device, --workers, --batch, --lr and --minutes, where given."""
+    given = {"device": a.device, "workers": a.workers, "batch": a.batch, "lr": a.lr,
+             "minutes": a.minutes}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     if a.what == "shapes":
         from .shapes.model import ModelConfig
@@ -235,6 +242,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         if a.tiny:
             cfg = replace(cfg, model=ModelConfig.tiny(), batch=4, vae_batch=4, save_every=max(1, cfg.steps // 2),
                           log_every=1)
+        cfg = replace(cfg, **_run_overrides(a))
         train_shapes(cfg, resume=a.resume, log=lambda m: print(m, flush=True),
                      reset_optimizer=a.reset_optimizer)
         return 0
@@ -257,6 +265,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       decay_start=a.decay_start)
         if a.tiny:
             cfg = replace(cfg, batch=4, save_every=max(1, cfg.steps // 2), log_every=1)
+        cfg = replace(cfg, **_run_overrides(a))
         train_edit(cfg, resume=a.resume, log=lambda m: print(m, flush=True),
                    reset_optimizer=a.reset_optimizer)
         return 0
@@ -386,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tiny", action="store_true", help="tiny config for smoke tests")
     t.add_argument("--init", default=None,
                    help="edit: the text-to-image model to start from (default checkpoints/vgen-shapes)")
+    t.add_argument("--device", default=None,
+                   help="shapes/edit: auto (default: CUDA when present, with bf16 autocast), cpu, cuda")
+    t.add_argument("--workers", type=int, default=None,
+                   help="shapes/edit: processes making batches (default 0: this one, exactly resumable)")
+    t.add_argument("--batch", type=int, default=None, help="shapes/edit: examples per step (default 32)")
+    t.add_argument("--lr", type=float, default=None, help="shapes/edit: peak learning rate")
+    t.add_argument("--minutes", type=float, default=None,
+                   help="shapes/edit: stop after this many minutes; --steps then becomes the step "
+                        "the measured pace reaches, so the --decay-start cosine ends on time")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("eval", help="score a model: shapes benchmark, or attention localization")

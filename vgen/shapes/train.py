@@ -15,6 +15,7 @@ fresh machine, from the saved pipeline alone (weights of the last export, fresh 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -71,11 +72,84 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Where the steps run ("auto": CUDA when there is one; bf16 autocast there) and how many
+    # processes make batches (0: this one, from the resumable rng; a GPU step outruns one core).
+    device: str = "auto"
+    workers: int = 0
+    minutes: float | None = None  # a wall-clock budget (TimeBudget); None: run to ``steps``
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU; else the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (the small UNet's matmuls run on tensor cores); off on the CPU,
+    where bf16 measured only ~10 % faster per step and fp32 keeps runs reproducible."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class TimeBudget:
+    """``--minutes M``: fit the run to M minutes of wall clock (a lent GPU comes by the minute).
+    After ``probe`` timed steps (``skip`` first ones excluded: CUDA's warm-up) the run's last
+    step becomes what the measured pace reaches ``reserve_s`` before the end, so the cosine
+    decay (``decay_start``) ends on time; the run also stops at the deadline whatever the pace."""
+
+    def __init__(self, minutes: float | None, step: int, cfg, skip: int = 20, probe: int = 100,
+                 reserve_s: float = 30.0):
+        self.deadline = time.time() + 60 * minutes if minutes else None
+        self.start, self.skip, self.probe, self.reserve_s = step, skip, probe, reserve_s
+        self.t_skip: float | None = None
+        if self.deadline is not None:
+            cfg.steps = step + 10**9  # until the pace is known, the clock alone ends the run
+
+    def after_step(self, step: int, cfg, log) -> None:
+        """Call after each step; sets ``cfg.steps`` once the pace is known."""
+        if self.deadline is None:
+            return
+        if step == self.start + self.skip:
+            self.t_skip = time.time()
+        elif step == self.start + self.skip + self.probe and self.t_skip is not None:
+            pace = (time.time() - self.t_skip) / self.probe  # s/step
+            cfg.steps = step + max(0, int((self.deadline - self.reserve_s - time.time()) / pace))
+            log(f"time budget: {pace * 1000:.1f} ms/step, the run ends at step {cfg.steps}")
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+
+class _WorkerBatches(torch.utils.data.IterableDataset):
+    """Endless batches from ``make(rng)`` in a DataLoader worker, each worker on its own seeded
+    stream."""
+
+    def __init__(self, make, seed: str):
+        self.make, self.seed = make, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}:{info.id if info else 0}")
+        while True:
+            yield self.make(rng)
+
+
+def batch_stream(make, rng: random.Random, workers: int, seed: str):
+    """Training batches ``make(rng)``: made here from ``rng`` (``workers`` 0: the stream a resume
+    continues exactly), or by ``workers`` processes on streams seeded from ``seed`` (a resume then
+    draws fresh batches rather than the same ones)."""
+    if workers <= 0:
+        while True:
+            yield make(rng)
+    yield from torch.utils.data.DataLoader(_WorkerBatches(make, seed), batch_size=None,
+                                           num_workers=workers, prefetch_factor=4,
+                                           persistent_workers=True)
 
 
 def sample_batch(rng: random.Random, n: int, cfg_dropout: float = 0.0,
@@ -92,6 +166,16 @@ def sample_batch(rng: random.Random, n: int, cfg_dropout: float = 0.0,
         for s in scenes
     ]
     return (images, texts, scenes) if with_scenes else (images, texts)
+
+
+def diffusion_batch(rng: random.Random, batch: int, cfg_dropout: float, repeat_prob: float,
+                    phrase_prob: float, length: int, grounded: bool):
+    """One diffusion-phase batch: images (B, 3, 64, 64) in [-1, 1], captions, and the token
+    grounding targets (masks (B, length, 64, 64), weights (B, length)) or None."""
+    images, texts, scenes = sample_batch(rng, batch, cfg_dropout, with_scenes=True,
+                                         repeat_prob=repeat_prob, phrase_prob=phrase_prob)
+    targets = grounding.target_masks(texts, scenes, length) if grounded else None
+    return images_to_tensor(images), texts, targets
 
 
 def fix_tokenizer_class(folder: Path) -> None:
@@ -157,7 +241,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, log=print):
         self.cfg, self.log = cfg, log
         torch.manual_seed(cfg.seed)
+        self.device = train_device(cfg.device)
         self.tok, self.text, self.vae, self.unet, self.noise = build_all(cfg.model)
+        for part in (self.text, self.vae, self.unet):
+            part.to(self.device)
+        self.alphas_cumprod = self.noise.alphas_cumprod.to(self.device)  # (T,)
         self.phase, self.step, self.vae_step = "vae", 0, 0
         self.warmup_from = 0  # the step the optimizer state was created (see learning_rate)
         self.grounding_losses: list[float] = []
@@ -180,12 +268,12 @@ class Trainer:
         optimizer). ``reset_optimizer`` drops a saved optimizer state too: needed when the loss
         changes scale, since Adam's second moments would mis-scale hundreds of updates."""
         if self.state_path.exists():
-            st = torch.load(self.state_path, weights_only=False)
+            st = torch.load(self.state_path, weights_only=False, map_location="cpu")
             self.text.load_state_dict(st["text"])
             self.vae.load_state_dict(st["vae"])
             self.unet.load_state_dict(st["unet"])
             self.vae_opt.load_state_dict(st["vae_opt"])
-            self.ema.shadow = st["ema"]
+            self.ema.shadow = [s.to(self.device) for s in st["ema"]]
             self.phase, self.step, self.vae_step = st["phase"], st["step"], st["vae_step"]
             self.warmup_from = self.step  # the optimizer built in __init__ is fresh
             if not reset_optimizer:
@@ -233,7 +321,7 @@ class Trainer:
     # -- phase 1: autoencoder -------------------------------------------------------------
     def vae_step_once(self) -> float:
         images, _ = sample_batch(self.rng, self.cfg.vae_batch)
-        x = images_to_tensor(images)  # (B, 3, 64, 64)
+        x = images_to_tensor(images).to(self.device)  # (B, 3, 64, 64)
         post = self.vae.encode(x).latent_dist
         # The posterior mean plus a little fixed noise: sampling at the initial unit variance
         # drowns the signal and the decoder learns color far too slowly; a small fixed noise
@@ -250,34 +338,42 @@ class Trainer:
     @torch.no_grad()
     def fit_latent_scale(self, n: int = 512) -> float:
         images, _ = sample_batch(random.Random(1234), n)
-        z = self.vae.encode(images_to_tensor(images)).latent_dist.mean
+        z = self.vae.encode(images_to_tensor(images).to(self.device)).latent_dist.mean
         return float(1.0 / z.flatten().std())
 
     # -- phase 2: text encoder + UNet -----------------------------------------------------
-    def diffusion_step_once(self) -> float:
+    def batches(self):
+        """The diffusion phase's batches (:func:`diffusion_batch`), see :func:`batch_stream`."""
         c = self.cfg
-        images, texts, scenes = sample_batch(self.rng, c.batch, c.cfg_dropout, with_scenes=True,
-                                             repeat_prob=c.repeat_prob, phrase_prob=c.phrase_prob)
+        make = functools.partial(diffusion_batch, batch=c.batch, cfg_dropout=c.cfg_dropout,
+                                 repeat_prob=c.repeat_prob, phrase_prob=c.phrase_prob,
+                                 length=self.tok.model_max_length, grounded=c.grounding_weight > 0)
+        return batch_stream(make, self.rng, c.workers, f"{c.seed}:{self.step}")
+
+    def diffusion_step_once(self, batch) -> float:
+        c, dev = self.cfg, self.device
+        x, texts, targets = batch  # (B, 3, 64, 64), B captions, grounding targets or None
         with torch.no_grad():
-            z0 = self.vae.encode(images_to_tensor(images)).latent_dist.mean
+            z0 = self.vae.encode(x.to(dev)).latent_dist.mean
             z0 = z0 * self.vae.config.scaling_factor  # (B, 4, 16, 16)
         ids = self.tok(texts, padding="max_length", max_length=self.tok.model_max_length,
-                       truncation=True, return_tensors="pt").input_ids  # (B, 32)
+                       truncation=True, return_tensors="pt").input_ids.to(dev)  # (B, 32)
         noise = torch.randn_like(z0)
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (z0.shape[0],))
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (z0.shape[0],), device=dev)
         zt = self.noise.add_noise(z0, noise, t)
         target = self.noise.get_velocity(z0, noise, t)
-        cond = self.text(ids).last_hidden_state  # (B, 32, D)
         record = (grounding.record_cross_attention(self.unet) if c.grounding_weight > 0
                   else contextlib.nullcontext([]))
-        with record as probs:
+        with autocast(dev), record as probs:
+            cond = self.text(ids).last_hidden_state  # (B, 32, D)
             pred = self.unet(zt, t, cond).sample
-        w = snr_loss_weight(self.noise.alphas_cumprod[t], self.noise.config.prediction_type,
+        w = snr_loss_weight(self.alphas_cumprod[t], self.noise.config.prediction_type,
                             c.min_snr_gamma, c.snr_floor)  # (B,)
-        loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (w * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
         if c.grounding_weight > 0:
-            masks, weight = grounding.target_masks(texts, scenes, ids.shape[1])  # (B, 32, 64, 64)
-            g = grounding.token_loss(probs, masks, weight, tuple(z0.shape[-2:]))
+            masks, weight = (m.to(dev) for m in targets)  # (B, 32, 64, 64), (B, 32)
+            g = grounding.token_loss([p.float() for p in probs], masks, weight,
+                                     tuple(z0.shape[-2:]))
             self.grounding_losses.append(g.item())
             loss = loss + c.grounding_weight * g
         lr = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start, c.steps,
@@ -348,9 +444,11 @@ class Trainer:
             self.save_state()
         self.vae.requires_grad_(False).eval()
         t0, losses = time.time(), []
-        while self.step < c.steps and not stop.is_set():
-            losses.append(self.diffusion_step_once())
+        batches, budget = self.batches(), TimeBudget(c.minutes, self.step, c)
+        while self.step < c.steps and not stop.is_set() and not budget.expired():
+            losses.append(self.diffusion_step_once(next(batches)))
             self.step += 1
+            budget.after_step(self.step, c, self.log)
             if self.step % c.log_every == 0:
                 g = f" token {np.mean(self.grounding_losses):.3f}" if self.grounding_losses else ""
                 self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f}{g} "

@@ -27,6 +27,7 @@ folder and swapped in.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import threading
@@ -40,7 +41,17 @@ import torch
 from . import edits, world
 from .export import partial_folder, publish, stop_on_signals
 from .model import pin_posterior_std
-from .train import EMA, fix_tokenizer_class, images_to_tensor, learning_rate, snr_loss_weight
+from .train import (
+    EMA,
+    TimeBudget,
+    autocast,
+    batch_stream,
+    fix_tokenizer_class,
+    images_to_tensor,
+    learning_rate,
+    snr_loss_weight,
+    train_device,
+)
 
 
 @dataclass
@@ -66,6 +77,9 @@ class EditTrainConfig:
     save_every: int = 500
     log_every: int = 50
     seed: int = 0
+    device: str = "auto"  # as train.TrainConfig's, with bf16 autocast on CUDA
+    workers: int = 0  # processes making batches (train.batch_stream)
+    minutes: float | None = None  # a wall-clock budget (train.TimeBudget)
 
 
 # ---- building the editor from the text-to-image model --------------------------------------------
@@ -148,11 +162,19 @@ def init_folder(ref: str) -> Path:
 
 # ---- the trainer ------------------------------------------------------------------------------
 
+def edit_batch(rng: random.Random, batch: int, kind_weights: dict | None):
+    """One batch of edit triples (``edits.sample_batch``): the after and the before images
+    stacked (2B, 3, 64, 64) in [-1, 1], and the B instructions."""
+    before, texts, after = edits.sample_batch(rng, batch, kind_weights)
+    return images_to_tensor(np.concatenate([after, before])), texts
+
+
 class EditTrainer:
     def __init__(self, cfg: EditTrainConfig, log=print):
         self.cfg, self.log = cfg, log
         torch.manual_seed(cfg.seed)
         _quiet_loading()
+        self.device = train_device(cfg.device)
         self.step = 0
         self.warmup_from = 0  # the step the optimizer state was created (train.learning_rate)
         self.rng = random.Random(cfg.seed)
@@ -161,9 +183,11 @@ class EditTrainer:
 
     # -- setup ------------------------------------------------------------------------------
     def _set_parts(self, tok, text, vae, unet, sample_scheduler) -> None:
-        self.tok, self.text, self.vae, self.unet = tok, text, vae, unet
+        self.tok, self.text, self.vae, self.unet = (tok, text.to(self.device), vae.to(self.device),
+                                                    unet.to(self.device))
         self.sample_scheduler = sample_scheduler
         self.noise = train_scheduler_for(sample_scheduler)
+        self.alphas_cumprod = self.noise.alphas_cumprod.to(self.device)  # (T,)
         self.vae.requires_grad_(False).eval()
         params = self._params()
         self.opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.01)
@@ -198,7 +222,7 @@ class EditTrainer:
             from tokenizers import Tokenizer
             from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-            st = torch.load(self.state_path, weights_only=False)
+            st = torch.load(self.state_path, weights_only=False, map_location="cpu")
             tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(st["tokenizer"]),
                                           **st["tokenizer_special"])
             text = CLIPTextModel(CLIPTextConfig.from_dict(st["text_config"]))
@@ -209,7 +233,7 @@ class EditTrainer:
             unet.load_state_dict(st["unet"])
             self._set_parts(tok, text, vae, unet,
                             DPMSolverMultistepScheduler.from_config(st["scheduler_config"]))
-            self.ema.shadow = st["ema"]
+            self.ema.shadow = [s.to(self.device) for s in st["ema"]]
             self.step, self.init_info = st["step"], st["init_info"]
             self.warmup_from = self.step
             if not reset_optimizer:
@@ -257,15 +281,21 @@ class EditTrainer:
         tmp.replace(self.state_path)  # atomic: a kill mid-save never corrupts the state
 
     # -- one step -------------------------------------------------------------------------------
-    def step_once(self) -> float:
+    def batches(self):
+        """Batches of :func:`edit_batch`, see ``train.batch_stream``."""
         c = self.cfg
-        # 1. Fresh edit triples.
-        before, texts, after = edits.sample_batch(self.rng, c.batch, c.kind_weights)
+        make = functools.partial(edit_batch, batch=c.batch, kind_weights=c.kind_weights)
+        return batch_stream(make, self.rng, c.workers, f"edit:{c.seed}:{self.step}")
+
+    def step_once(self, batch) -> float:
+        c, dev = self.cfg, self.device
+        # 1. Fresh edit triples: after and before images stacked (2B, 3, 64, 64), B instructions.
+        images, texts = batch
         b = len(texts)
         # 2. Latents: the target scaled for diffusion; the source as the pipeline encodes it
         #    (posterior mode, unscaled: StableDiffusionInstructPix2PixPipeline.prepare_image_latents).
         with torch.no_grad():
-            both = self.vae.encode(images_to_tensor(np.concatenate([after, before]))).latent_dist.mode()
+            both = self.vae.encode(images.to(dev)).latent_dist.mode()  # (2B, 4, 16, 16)
             z0 = both[:b] * self.vae.config.scaling_factor  # (B, 4, 16, 16)
             source = both[b:]  # (B, 4, 16, 16)
         # 3. Conditioning dropout: p < q drops the instruction, q <= p < 2q both, 2q <= p < 3q
@@ -274,21 +304,22 @@ class EditTrainer:
         q = c.cond_dropout
         drop_text = p < 2 * q
         keep_image = ~((p >= q) & (p < 3 * q))
-        source = source * keep_image[:, None, None, None].float()
+        source = source * keep_image[:, None, None, None].float().to(dev)
         texts = ["" if d else t for t, d in zip(texts, drop_text.tolist())]
         ids = self.tok(texts, padding="max_length", max_length=self.tok.model_max_length,
-                       truncation=True, return_tensors="pt").input_ids  # (B, 32)
+                       truncation=True, return_tensors="pt").input_ids.to(dev)  # (B, 32)
         # 4. v-prediction on the init model's schedule, min-SNR-gamma / truncated-SNR weighted.
         noise = torch.randn_like(z0)
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (b,))
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (b,), device=dev)
         zt = self.noise.add_noise(z0, noise, t)
         target = (self.noise.get_velocity(z0, noise, t)
                   if self.noise.config.prediction_type == "v_prediction" else noise)
-        cond = self.text(ids).last_hidden_state  # (B, 32, D)
-        pred = self.unet(torch.cat([zt, source], dim=1), t, cond).sample  # (B, 4, 16, 16)
-        w = snr_loss_weight(self.noise.alphas_cumprod[t], self.noise.config.prediction_type,
+        with autocast(dev):
+            cond = self.text(ids).last_hidden_state  # (B, 32, D)
+            pred = self.unet(torch.cat([zt, source], dim=1), t, cond).sample  # (B, 4, 16, 16)
+        w = snr_loss_weight(self.alphas_cumprod[t], self.noise.config.prediction_type,
                             c.min_snr_gamma, c.snr_floor)  # (B,)
-        loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (w * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
         # 5. AdamW with linear warmup, clipped gradients, EMA.
         for g in self.opt.param_groups:
             g["lr"] = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start,
@@ -338,9 +369,11 @@ class EditTrainer:
         self.unet.train()
         t0, losses = time.time(), []
         run_t0, run_step0 = t0, self.step
-        while self.step < c.steps and not stop.is_set():
-            losses.append(self.step_once())
+        batches, budget = self.batches(), TimeBudget(c.minutes, self.step, c)
+        while self.step < c.steps and not stop.is_set() and not budget.expired():
+            losses.append(self.step_once(next(batches)))
             self.step += 1
+            budget.after_step(self.step, c, self.log)
             if self.step % c.log_every == 0:
                 self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f} "
                          f"({(time.time() - t0) / len(losses):.2f} s/step)")
