@@ -49,7 +49,8 @@ def _kind_mix(cfg: dict) -> str:
         return "the six kinds equally often"
     more = ", ".join(f"{k} {w:g}×" for k, w in weights.items())
     return ("the six kinds equally often up to step 12638, then move 2×, add 1.5×, remove 1.5× as "
-            f"often as the others up to step 16587, then {more}")
+            f"often as the others up to step 16587, then {more}; from step 17696 a move's target "
+            f"shifts the object {edits.MOVE_SHIFT:g} px where that fits (before: a random 8 px or more)")
 
 
 def write_card(folder: str | Path) -> Path:

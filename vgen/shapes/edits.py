@@ -36,6 +36,10 @@ from .world import COLORS, HELD_OUT, IMAGE_SIZE, RELATION_MIN_OFFSET, SHAPES, SI
 KINDS = ("recolor", "add", "remove", "move", "reshape", "resize")
 POSITION_TOLERANCE = 3.0  # px: how far an untouched object may drift and still count as kept
 MIN_SHIFT = 8.0  # px: the least a training move shifts an object (the check asks for less)
+# px: how far a training target moves an object when that fits (else a random shift that does).
+# "Move it left" leaves the distance open, and a uniformly random one gave the model a target
+# smeared over the whole row: at step 16500 its moves lost the object's size or went astray.
+MOVE_SHIFT = 12.0
 # A move counts when the object went at least this far the asked way (the world's own measure
 # of "to the left of"), with the detector's sub-pixel slack in its favour, as relations are judged.
 MIN_MOVE = RELATION_MIN_OFFSET - 0.25
@@ -337,6 +341,12 @@ def _move(rng: random.Random, scene: Scene) -> EditCase | None:
             break
     else:
         return None
+    # The target: the usual shift where it fits. Drawn after the random one, so the cases (and
+    # the seeded evaluation sets, which only check the direction) are the ones drawn before.
+    shift = min(MOVE_SHIFT, math.floor(room * 4) / 4)  # on the quarter-pixel grid, inside
+    usual = replace(target, cx=target.cx + dx * shift, cy=target.cy + dy * shift)
+    if fits(usual, kept):
+        new = usual
     name, ref = _name(rng, target, scene.objects)
     text = rng.choice(MOVE[direction]).format(ref=name)
     return EditCase("move", scene, text, Scene(kept + (new,)), kept,
