@@ -13,7 +13,8 @@ from ..catalog import EMBEDDED_EDIT_MODEL
 from .card import _size_mb, inference_front_matter, objective_text
 
 # The learning-rate schedules before the current run's (each run's config keeps only its own).
-EDIT_LR_HISTORY = "a first cosine decay from step 10000 to 11200, then warmed up again"
+EDIT_LR_HISTORY = ("cosine decays from step 10000 to 11200 and from 11200 to 16500, each followed by a "
+                   "warm restart")
 
 EXAMPLES = {
     "recolor": "make the red circle blue",
