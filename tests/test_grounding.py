@@ -81,3 +81,21 @@ def test_recording_restores_the_processors_and_keeps_gradients():
     loss = grounding.token_loss(probs, masks, weight, (16, 16))
     loss.backward()
     assert 0 < loss.item() <= 1 and unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight.grad is not None
+
+
+def test_masks_pooled_to_the_latent_grid_give_the_same_token_loss():
+    """The trainer's batches carry masks pooled to 16x16 in fp16 (train.diffusion_batch); the
+    token loss pools them to each layer's grid anyway, so the loss is the one of full masks."""
+    from vgen.shapes.train import diffusion_batch, sample_batch
+
+    x, texts, (pooled, weight) = diffusion_batch(random.Random(2), 4, 0.0, 0.5, 0.8, 32, True, 16)
+    assert x.dtype == torch.uint8 and x.shape == (4, 3, 64, 64) and pooled.shape == (4, 32, 16, 16)
+    _, _, scenes = sample_batch(random.Random(2), 4, 0.0, with_scenes=True, repeat_prob=0.5,
+                                phrase_prob=0.8)  # the same draws
+    full, weight_full = grounding.target_masks(texts, scenes, 32)
+    assert torch.equal(weight, weight_full)
+    torch.manual_seed(0)
+    probs = [torch.rand(4, n, 32).softmax(-1) for n in (256, 64)]  # two layers: 16x16 and 8x8
+    a = grounding.token_loss(probs, full, weight, (16, 16))
+    b = grounding.token_loss(probs, pooled.float(), weight, (16, 16))
+    assert abs(a.item() - b.item()) < 1e-3 and a.item() > 0

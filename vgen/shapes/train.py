@@ -81,7 +81,18 @@ class TrainConfig:
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_unit(channels_first(images))
+
+
+def channels_first(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> uint8 (B, 3, H, W): a batch as it travels between processes (a
+    quarter of its float size)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [-1, 1]."""
+    return x.float() / 127.5 - 1.0
 
 
 def train_device(name: str) -> torch.device:
@@ -148,7 +159,7 @@ def batch_stream(make, rng: random.Random, workers: int, seed: str):
         while True:
             yield make(rng)
     yield from torch.utils.data.DataLoader(_WorkerBatches(make, seed), batch_size=None,
-                                           num_workers=workers, prefetch_factor=4,
+                                           num_workers=workers, prefetch_factor=2,
                                            persistent_workers=True)
 
 
@@ -169,13 +180,18 @@ def sample_batch(rng: random.Random, n: int, cfg_dropout: float = 0.0,
 
 
 def diffusion_batch(rng: random.Random, batch: int, cfg_dropout: float, repeat_prob: float,
-                    phrase_prob: float, length: int, grounded: bool):
-    """One diffusion-phase batch: images (B, 3, 64, 64) in [-1, 1], captions, and the token
-    grounding targets (masks (B, length, 64, 64), weights (B, length)) or None."""
+                    phrase_prob: float, length: int, grounded: bool, grid: int):
+    """One diffusion-phase batch: uint8 images (B, 3, 64, 64), captions, and the token
+    grounding targets (masks (B, length, grid, grid) in fp16, weights (B, length)) or None.
+    The masks come pooled to the latent grid, as the token loss pools them anyway (exactly:
+    averages of block averages), and in fp16: 32x less to pass between processes."""
     images, texts, scenes = sample_batch(rng, batch, cfg_dropout, with_scenes=True,
                                          repeat_prob=repeat_prob, phrase_prob=phrase_prob)
-    targets = grounding.target_masks(texts, scenes, length) if grounded else None
-    return images_to_tensor(images), texts, targets
+    targets = None
+    if grounded:
+        masks, weight = grounding.target_masks(texts, scenes, length)  # (B, T, 64, 64), (B, T)
+        targets = F.adaptive_avg_pool2d(masks, grid).half(), weight
+    return channels_first(images), texts, targets
 
 
 def fix_tokenizer_class(folder: Path) -> None:
@@ -246,6 +262,7 @@ class Trainer:
         for part in (self.text, self.vae, self.unet):
             part.to(self.device)
         self.alphas_cumprod = self.noise.alphas_cumprod.to(self.device)  # (T,)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)  # 64 px -> 16 latents
         self.phase, self.step, self.vae_step = "vae", 0, 0
         self.warmup_from = 0  # the step the optimizer state was created (see learning_rate)
         self.grounding_losses: list[float] = []
@@ -347,14 +364,15 @@ class Trainer:
         c = self.cfg
         make = functools.partial(diffusion_batch, batch=c.batch, cfg_dropout=c.cfg_dropout,
                                  repeat_prob=c.repeat_prob, phrase_prob=c.phrase_prob,
-                                 length=self.tok.model_max_length, grounded=c.grounding_weight > 0)
+                                 length=self.tok.model_max_length, grounded=c.grounding_weight > 0,
+                                 grid=world.IMAGE_SIZE // self.vae_scale)
         return batch_stream(make, self.rng, c.workers, f"{c.seed}:{self.step}")
 
     def diffusion_step_once(self, batch) -> float:
         c, dev = self.cfg, self.device
-        x, texts, targets = batch  # (B, 3, 64, 64), B captions, grounding targets or None
+        x, texts, targets = batch  # uint8 (B, 3, 64, 64), B captions, grounding targets or None
         with torch.no_grad():
-            z0 = self.vae.encode(x.to(dev)).latent_dist.mean
+            z0 = self.vae.encode(to_unit(x.to(dev))).latent_dist.mean
             z0 = z0 * self.vae.config.scaling_factor  # (B, 4, 16, 16)
         ids = self.tok(texts, padding="max_length", max_length=self.tok.model_max_length,
                        truncation=True, return_tensors="pt").input_ids.to(dev)  # (B, 32)
@@ -371,7 +389,7 @@ class Trainer:
                             c.min_snr_gamma, c.snr_floor)  # (B,)
         loss = (w * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
         if c.grounding_weight > 0:
-            masks, weight = (m.to(dev) for m in targets)  # (B, 32, 64, 64), (B, 32)
+            masks, weight = (m.to(dev).float() for m in targets)  # (B, 32, 16, 16), (B, 32)
             g = grounding.token_loss([p.float() for p in probs], masks, weight,
                                      tuple(z0.shape[-2:]))
             self.grounding_losses.append(g.item())

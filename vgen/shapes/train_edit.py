@@ -46,10 +46,11 @@ from .train import (
     TimeBudget,
     autocast,
     batch_stream,
+    channels_first,
     fix_tokenizer_class,
-    images_to_tensor,
     learning_rate,
     snr_loss_weight,
+    to_unit,
     train_device,
 )
 
@@ -164,9 +165,9 @@ def init_folder(ref: str) -> Path:
 
 def edit_batch(rng: random.Random, batch: int, kind_weights: dict | None):
     """One batch of edit triples (``edits.sample_batch``): the after and the before images
-    stacked (2B, 3, 64, 64) in [-1, 1], and the B instructions."""
+    stacked, uint8 (2B, 3, 64, 64), and the B instructions."""
     before, texts, after = edits.sample_batch(rng, batch, kind_weights)
-    return images_to_tensor(np.concatenate([after, before])), texts
+    return channels_first(np.concatenate([after, before])), texts
 
 
 class EditTrainer:
@@ -295,7 +296,7 @@ class EditTrainer:
         # 2. Latents: the target scaled for diffusion; the source as the pipeline encodes it
         #    (posterior mode, unscaled: StableDiffusionInstructPix2PixPipeline.prepare_image_latents).
         with torch.no_grad():
-            both = self.vae.encode(images.to(dev)).latent_dist.mode()  # (2B, 4, 16, 16)
+            both = self.vae.encode(to_unit(images.to(dev))).latent_dist.mode()  # (2B, 4, 16, 16)
             z0 = both[:b] * self.vae.config.scaling_factor  # (B, 4, 16, 16)
             source = both[b:]  # (B, 4, 16, 16)
         # 3. Conditioning dropout: p < q drops the instruction, q <= p < 2q both, 2q <= p < 3q
