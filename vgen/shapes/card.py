@@ -34,8 +34,7 @@ def _eval_table(report: dict) -> str:
 
 
 # The learning-rate schedules before the current run's (each run's config keeps only its own).
-SHAPES_LR_HISTORY = ("cosine decays from step 13200 to 17000 and from 17000 to 22422, each followed by a "
-                     "warm restart")
+SHAPES_LR_HISTORY = "a first cosine decay from step 13200 to 17000, then warmed up again"
 
 
 def objective_text(cfg: dict, floor_from: int, step: int | None = None,
