@@ -110,12 +110,12 @@ def test_time_budget_sets_the_last_step_from_the_measured_pace(monkeypatch):
     assert cfg.steps > 10**8  # the user's --steps no longer bounds the run
     for step in range(501, 507):  # 0.5 s a step; the first two (warm-up) are not timed
         now[0] += 0.5
-        budget.after_step(step, cfg, logs.append)
+        budget.after_step(step, logs.append)
     # 3 s spent; 60 - 3 - 10 (reserve) = 47 s left at 0.5 s a step: 94 more steps
     assert cfg.steps == 506 + 94 and "ends at step 600" in logs[-1]
     assert not budget.expired()
     now[0] = 1060.0
     assert budget.expired()
     off = train.TimeBudget(None, step=0, cfg=cfg)  # no budget: nothing changes
-    off.after_step(1, cfg, logs.append)
+    off.after_step(1, logs.append)
     assert cfg.steps == 600 and not off.expired()

@@ -118,20 +118,21 @@ class TimeBudget:
                  reserve_s: float = 30.0):
         self.deadline = time.time() + 60 * minutes if minutes else None
         self.start, self.skip, self.probe, self.reserve_s = step, skip, probe, reserve_s
-        self.t_skip: float | None = None
+        self.cfg, self.t_skip = cfg, None
         if self.deadline is not None:
             cfg.steps = step + 10**9  # until the pace is known, the clock alone ends the run
 
-    def after_step(self, step: int, cfg, log) -> None:
-        """Call after each step; sets ``cfg.steps`` once the pace is known."""
+    def after_step(self, step: int, log) -> None:
+        """Call after each step; sets the config's ``steps`` once the pace is known."""
         if self.deadline is None:
             return
         if step == self.start + self.skip:
             self.t_skip = time.time()
         elif step == self.start + self.skip + self.probe and self.t_skip is not None:
             pace = (time.time() - self.t_skip) / self.probe  # s/step
-            cfg.steps = step + max(0, int((self.deadline - self.reserve_s - time.time()) / pace))
-            log(f"time budget: {pace * 1000:.1f} ms/step, the run ends at step {cfg.steps}")
+            left_s = self.deadline - self.reserve_s - time.time()
+            self.cfg.steps = step + max(0, int(left_s / pace))
+            log(f"time budget: {pace * 1000:.1f} ms/step, the run ends at step {self.cfg.steps}")
 
     def expired(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
@@ -466,7 +467,7 @@ class Trainer:
         while self.step < c.steps and not stop.is_set() and not budget.expired():
             losses.append(self.diffusion_step_once(next(batches)))
             self.step += 1
-            budget.after_step(self.step, c, self.log)
+            budget.after_step(self.step, self.log)
             if self.step % c.log_every == 0:
                 g = f" token {np.mean(self.grounding_losses):.3f}" if self.grounding_losses else ""
                 self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f}{g} "

@@ -374,7 +374,7 @@ class EditTrainer:
         while self.step < c.steps and not stop.is_set() and not budget.expired():
             losses.append(self.step_once(next(batches)))
             self.step += 1
-            budget.after_step(self.step, c, self.log)
+            budget.after_step(self.step, self.log)
             if self.step % c.log_every == 0:
                 self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f} "
                          f"({(time.time() - t0) / len(losses):.2f} s/step)")
