@@ -76,6 +76,25 @@ def test_kind_weights_draw_the_weak_kinds_more_often():
     assert drawn["move"] > 2 * max(n for k, n in drawn.items() if k != "move")
 
 
+def test_hard_refs_draw_more_names_that_need_size_or_position():
+    """hard_refs oversamples instructions like "the big orange circle" next to a small orange
+    one (the editor's weak spot at step 21900); still exact edits, adds untouched."""
+    from collections import Counter
+
+    def share(hard_refs):
+        rng = random.Random(6)
+        cases = [edits.sample_case(rng, "recolor", hard_refs=hard_refs) for _ in range(300)]
+        for case in cases[:40]:  # the named object is still the only one the name fits
+            assert edits.select(case.ref, case.before.objects) == [
+                o for o in case.before.objects if o not in case.kept]
+        return sum(c.ref.contextual for c in cases) / len(cases)
+
+    assert share(0.0) < 0.45 and share(0.5) > 0.55
+    rng = random.Random(7)
+    kinds = Counter(edits.sample_case(rng, "add", hard_refs=1.0).kind for _ in range(20))
+    assert kinds == {"add": 20}
+
+
 def test_objects_are_named_by_size_or_position_only_when_needed():
     red_l = world.Obj("red", "circle", "small", 12, 32)
     red_r = world.Obj("red", "circle", "small", 50, 32)
@@ -118,6 +137,9 @@ def test_move_targets_take_the_usual_shift_and_leave_the_eval_cases_as_they_were
     # The seeded evaluation set is the one the figures so far were measured on.
     first = [c.instruction for c in edits.eval_cases("move", 15, 0)[:2]]
     assert first == ["move the green square up", "shift the pink circle to the left"]
+    # ... also after hard_refs (a draw only when it is above 0) came in.
+    first = [c.instruction for c in edits.eval_cases("recolor", 15, 0)[:2]]
+    assert first == ["recolor the blue circle orange", "make the pink object at the bottom purple"]
 
 
 # ---- the trainer ---------------------------------------------------------------------------------

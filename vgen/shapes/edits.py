@@ -102,6 +102,11 @@ class Ref:
     size: str | None = None
     position: str | None = None
 
+    @property
+    def contextual(self) -> bool:
+        """Needs the size or a position: a look-alike of the object is in the scene."""
+        return self.size is not None or self.position is not None
+
 
 @dataclass(frozen=True)
 class Expect:
@@ -377,27 +382,31 @@ _BUILDERS = {"recolor": _recolor, "add": _add, "remove": _remove, "move": _move,
 
 
 def sample_case(rng: random.Random, kind: str | None = None,
-                kind_weights: dict[str, float] | None = None) -> EditCase:
+                kind_weights: dict[str, float] | None = None, hard_refs: float = 0.0) -> EditCase:
     """A fresh edit of ``kind`` on a fresh scene; with no ``kind``, one drawn in proportion to
-    ``kind_weights`` (missing kinds weigh 1; None: uniformly)."""
+    ``kind_weights`` (missing kinds weigh 1; None: uniformly). ``hard_refs``: how often an edit
+    that names an object is redrawn until the name needs the object's size or position
+    (``Ref.contextual``; about 30 % are so by chance). 0 draws nothing extra from ``rng``, so
+    the evaluation's seeded cases stay as they were."""
     if kind is None:
         kind = (rng.choices(KINDS, [kind_weights.get(k, 1.0) for k in KINDS])[0]
                 if kind_weights else rng.choice(KINDS))
     if kind not in _BUILDERS:
         raise ValueError(f"unknown edit kind {kind!r}; known: {', '.join(KINDS)}")
+    hard = hard_refs > 0 and kind != "add" and rng.random() < hard_refs
     lo, hi = {"remove": (2, 4), "add": (1, 3)}.get(kind, (1, 4))
     while True:
         scene = world.sample_scene(rng, n_objects=rng.randint(lo, hi))
         case = _BUILDERS[kind](rng, scene)
-        if case is not None:
+        if case is not None and (not hard or case.ref.contextual):
             return case
 
 
 def sample_batch(rng: random.Random, n: int, kind_weights: dict[str, float] | None = None,
-                 ) -> tuple[np.ndarray, list[str], np.ndarray]:
+                 hard_refs: float = 0.0) -> tuple[np.ndarray, list[str], np.ndarray]:
     """``n`` fresh training triples: before images (n, 64, 64, 3) uint8, instructions, after
-    images; the kinds drawn as :func:`sample_case` does."""
-    cases = [sample_case(rng, kind_weights=kind_weights) for _ in range(n)]
+    images; the kinds and references drawn as :func:`sample_case` does."""
+    cases = [sample_case(rng, kind_weights=kind_weights, hard_refs=hard_refs) for _ in range(n)]
     before = np.stack([world.render_array(c.before) for c in cases])
     after = np.stack([world.render_array(c.after) for c in cases])
     return before, [c.instruction for c in cases], after
