@@ -94,6 +94,21 @@ def test_hard_refs_draw_more_names_that_need_size_or_position():
     kinds = Counter(edits.sample_case(rng, "add", hard_refs=1.0).kind for _ in range(20))
     assert kinds == {"add": 20}
 
+def test_placed_adds_name_more_places_and_leave_the_eval_adds_as_they_were():
+    """The editor at step 29984 ignored place words in adds ("... at the bottom"); training
+    draws more of them (placed_adds) while the seeded eval adds keep the default share."""
+
+    def placed(share):
+        rng = random.Random(8)
+        cases = [edits.sample_case(rng, "add", placed_adds=share) for _ in range(200)]
+        for case in cases[:40]:  # still exact: the after-scene passes its own check
+            assert edits.check_edit(case, analyzer.detect(world.render_array(case.after)))[0]
+        return sum(c.changed.place is not None for c in cases) / len(cases)
+
+    assert placed(edits.PLACED_ADDS) < 0.7 and placed(0.85) > 0.75
+    first = [c.instruction for c in edits.eval_cases("add", 15, 0)[:2]]
+    assert first == ["place a small pink square on the left", "draw a big cyan square on the left"]
+
 
 def test_objects_are_named_by_size_or_position_only_when_needed():
     red_l = world.Obj("red", "circle", "small", 12, 32)

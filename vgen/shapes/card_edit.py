@@ -13,8 +13,8 @@ from ..catalog import EMBEDDED_EDIT_MODEL
 from .card import _size_mb, inference_front_matter, objective_text
 
 # The learning-rate schedules before the current run's (each run's config keeps only its own).
-EDIT_LR_HISTORY = ("cosine decays from step 10000 to 11200, from 11200 to 16500 and from 16587 to 21900, "
-                   "each followed by a warm restart")
+EDIT_LR_HISTORY = ("cosine decays from step 10000 to 11200, from 11200 to 16500, from 16587 to 21900 "
+                   "and from 21900 to 29984, each followed by a warm restart")
 
 EXAMPLES = {
     "recolor": "make the red circle blue",
@@ -51,11 +51,15 @@ def _kind_mix(cfg: dict) -> str:
     more = ", ".join(f"{k} {w:g}×" for k, w in weights.items())
     return ("the six kinds equally often up to step 12638, then move 2×, add 1.5×, remove 1.5× as "
             "often as the others up to step 16587, then move 3×, add 1.5×, remove 1.5× up to step "
-            f"21900, then {more}; from step 17696 a move's target shifts the object "
+            "21900, then recolor 2.5×, add 2.5×, move 1.5×, resize 1.5× up to step 29984, then "
+            f"{more}; from step 17696 a move's target shifts the object "
             f"{edits.MOVE_SHIFT:g} px where that fits (before: a random 8 px or more)"
             + (f"; from step 22246 {cfg['hard_refs']:.0%} of the edits that name an object are "
                "drawn so that the name needs the object's size or position (a look-alike is in "
-               "the scene; about 30 % are so by chance)" if cfg.get("hard_refs") else ""))
+               "the scene; about 30 % are so by chance)" if cfg.get("hard_refs") else "")
+            + (f"; from step 29984 {cfg['placed_adds']:.0%} of the adds name a place (before, "
+               f"as in the eval: {edits.PLACED_ADDS:.0%})"
+               if cfg.get("placed_adds", edits.PLACED_ADDS) != edits.PLACED_ADDS else ""))
 
 
 def write_card(folder: str | Path) -> Path:

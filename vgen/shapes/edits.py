@@ -359,12 +359,15 @@ def _move(rng: random.Random, scene: Scene) -> EditCase | None:
                            moved=(target.cx, target.cy, direction)), ref)
 
 
-def _add(rng: random.Random, scene: Scene) -> EditCase | None:
+PLACED_ADDS = 0.6  # the share of adds that say where ("... on the left"); the eval's share
+
+
+def _add(rng: random.Random, scene: Scene, placed: float = PLACED_ADDS) -> EditCase | None:
     if len(scene.objects) >= world.MAX_OBJECTS:
         return None
     color, shape = rng.choice(world.combos())
     size = rng.choice(tuple(SIZES))
-    place = rng.choice(tuple(PLACES)) if rng.random() < 0.6 else None
+    place = rng.choice(tuple(PLACES)) if rng.random() < placed else None
     new = _place(rng, color, shape, size, scene.objects, PLACES.get(place))
     if new is None:
         return None
@@ -382,12 +385,14 @@ _BUILDERS = {"recolor": _recolor, "add": _add, "remove": _remove, "move": _move,
 
 
 def sample_case(rng: random.Random, kind: str | None = None,
-                kind_weights: dict[str, float] | None = None, hard_refs: float = 0.0) -> EditCase:
+                kind_weights: dict[str, float] | None = None, hard_refs: float = 0.0,
+                placed_adds: float = PLACED_ADDS) -> EditCase:
     """A fresh edit of ``kind`` on a fresh scene; with no ``kind``, one drawn in proportion to
     ``kind_weights`` (missing kinds weigh 1; None: uniformly). ``hard_refs``: how often an edit
     that names an object is redrawn until the name needs the object's size or position
     (``Ref.contextual``; about 30 % are so by chance). 0 draws nothing extra from ``rng``, so
-    the evaluation's seeded cases stay as they were."""
+    the evaluation's seeded cases stay as they were. ``placed_adds``: the share of adds that
+    name a place; any value draws the same numbers, so only the eval's default keeps its cases."""
     if kind is None:
         kind = (rng.choices(KINDS, [kind_weights.get(k, 1.0) for k in KINDS])[0]
                 if kind_weights else rng.choice(KINDS))
@@ -397,16 +402,18 @@ def sample_case(rng: random.Random, kind: str | None = None,
     lo, hi = {"remove": (2, 4), "add": (1, 3)}.get(kind, (1, 4))
     while True:
         scene = world.sample_scene(rng, n_objects=rng.randint(lo, hi))
-        case = _BUILDERS[kind](rng, scene)
+        case = (_add(rng, scene, placed_adds) if kind == "add" else _BUILDERS[kind](rng, scene))
         if case is not None and (not hard or case.ref.contextual):
             return case
 
 
 def sample_batch(rng: random.Random, n: int, kind_weights: dict[str, float] | None = None,
-                 hard_refs: float = 0.0) -> tuple[np.ndarray, list[str], np.ndarray]:
+                 hard_refs: float = 0.0, placed_adds: float = PLACED_ADDS
+                 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """``n`` fresh training triples: before images (n, 64, 64, 3) uint8, instructions, after
-    images; the kinds and references drawn as :func:`sample_case` does."""
-    cases = [sample_case(rng, kind_weights=kind_weights, hard_refs=hard_refs) for _ in range(n)]
+    images; the kinds, references and places drawn as :func:`sample_case` does."""
+    cases = [sample_case(rng, kind_weights=kind_weights, hard_refs=hard_refs,
+                         placed_adds=placed_adds) for _ in range(n)]
     before = np.stack([world.render_array(c.before) for c in cases])
     after = np.stack([world.render_array(c.after) for c in cases])
     return before, [c.instruction for c in cases], after
