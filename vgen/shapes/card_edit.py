@@ -13,8 +13,9 @@ from ..catalog import EMBEDDED_EDIT_MODEL
 from .card import _size_mb, inference_front_matter, objective_text
 
 # The learning-rate schedules before the current run's (each run's config keeps only its own).
-EDIT_LR_HISTORY = ("cosine decays from step 10000 to 11200, from 11200 to 16500, from 16587 to 21900 "
-                   "and from 21900 to 29984, each followed by a warm restart")
+EDIT_LR_HISTORY = ("cosine decays from step 10000 to 11200, from 11200 to 16500, from 16587 to 21900, "
+                   "from 21900 to 29984 and from 29984 to 37821 (stopped before its scheduled end, 38231), "
+                   "each followed by a warm restart")
 
 EXAMPLES = {
     "recolor": "make the red circle blue",
