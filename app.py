@@ -110,11 +110,15 @@ if os.environ.get("SPACES_ZERO_GPU"):
 _ENGINE: Any = InProcessEngine()
 
 
+def _env_on(name: str) -> bool:
+    """A switch that is on unless set to 0/off/false/no."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def _use_engine_process() -> bool:
     """VGEN_ENGINE_PROCESS (default on; 0/off: jobs in the app's process). Off on ZeroGPU
     (jobs run in its GPU process) and where a child cannot inherit a socket (Windows)."""
-    wanted = os.environ.get("VGEN_ENGINE_PROCESS", "1").strip().lower() not in ("0", "off", "false", "no")
-    return wanted and not ZERO_GPU and os.name == "posix"
+    return _env_on("VGEN_ENGINE_PROCESS") and not ZERO_GPU and os.name == "posix"
 
 
 def _env_float(name: str) -> float | None:
@@ -135,7 +139,7 @@ DEFAULT_JOB_TIME_LIMIT_S = 300.0
 def _previews_on() -> bool:
     """Live previews in the Text to Image gallery (VGEN_PREVIEWS, default on; 0/off/false:
     none, e.g. for a deployment used through the API only)."""
-    return os.environ.get("VGEN_PREVIEWS", "1").strip().lower() not in ("0", "off", "false", "no")
+    return _env_on("VGEN_PREVIEWS")
 
 
 def _time_limit_s() -> float | None:
@@ -2446,8 +2450,8 @@ def launch_settings() -> dict:
 def main() -> None:
     global _ENGINE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if _use_engine_process():  # started first: it loads torch while Gradio starts
-        _ENGINE = EnginePool()
+    if _use_engine_process():  # started first: it loads the engine while Gradio starts
+        _ENGINE = EnginePool(warm_up=_env_on("VGEN_WARM_UP"))
         atexit.register(_ENGINE.close)
     demo = build_demo()
     demo.queue(**queue_settings())

@@ -6,6 +6,7 @@ that goes away) against an in-process server whose engine call is replaced by a 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import threading
@@ -234,6 +235,19 @@ def test_editor_layers_become_the_inpainting_mask(tmp_path):
     empty = dict(editor, layers=[])
     assert app.editor_image_and_mask(empty, "inpaint")[1] is None  # -> "needs a mask"
     assert app.editor_image_and_mask(None, "img2img") == (None, None)
+
+
+def test_the_web_server_starts_without_torch(tmp_path):
+    """Regression: listing the schedulers and compare axes imported diffusers and torch into the
+    server process (~5 s of its start, ~450 MB), though its engine runs in a worker process."""
+    import subprocess
+
+    code = ("import sys, app; app.build_demo(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "GRADIO_TEMP_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_ui_values_become_requests_with_none_for_defaults():

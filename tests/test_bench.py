@@ -82,6 +82,8 @@ def test_the_tiny_suite_runs_end_to_end_and_writes_the_json(tmp_path):
     assert data["matmul_peak_gflops"] > 0
     assert data["cold_start_s"] > 0 and isinstance(data["app_overhead_ms"], float)
     assert data["conditions"]["app"]["status_request_ms"] > 0  # the app's own round trip
+    # and the same with gradio_client's defaults (a new TLS context per HTTP call)
+    assert isinstance(data["conditions"]["app"]["app_overhead_default_client_ms"], float)
     for check in data["conditions"]["checks"]:
         # same weights, same pixels (the engine's channels-last VAE decoder may round one level apart)
         assert check["stock_vs_vgen_max_pixel_difference"] <= 1, check

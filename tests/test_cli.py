@@ -75,7 +75,8 @@ def test_train_smoke_saves_and_reloads_through_the_engine(tmp_path):
     from vgen.shapes.model import DECODER_NOISE_STD
 
     vae = AutoencoderKL.from_pretrained(out, subfolder="vae", torch_dtype=torch.float32)
-    std = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.std
+    with torch.no_grad():
+        std = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.std
     assert float(std.max()) == pytest.approx(DECODER_NOISE_STD, rel=0.01)  # pinned at export
     env = {"VGEN_MODEL_ROOTS": str(tmp_path / "models")}
     vgen("generate", "a red circle", "--model", out, "--steps", 2, "--seed", 1, "--out", tmp_path / "g.png", env_extra=env)

@@ -92,3 +92,36 @@ def test_feature_maps_are_made_where_the_generator_is_loaded(pool, tiny_env):
                                                  model=str(tiny_env["txt2img"])), JobControl())
     assert fm.layers and fm.views()  # the app makes its PCA and channel views from these
     assert pool.loaded_models() == [str(tiny_env["txt2img"].resolve())]
+
+
+# ---- warm-up ----------------------------------------------------------------------------------
+
+def test_the_first_worker_loads_the_default_model_before_any_job(tiny_env):
+    """EnginePool(warm_up=True), what the app starts: the default model is loaded by the time
+    the first job arrives, even when that job loads nothing (it fails its checks)."""
+    bad = _request(tiny_env, steps=0)
+    for warm, expected in ((False, []), (True, [str(tiny_env["txt2img"].resolve())])):
+        pool = EnginePool(warm_up=warm)
+        try:
+            with pytest.raises(InvalidRequestError):
+                pool.run("generate", bad, JobControl())
+            assert pool.loaded_models() == expected
+        finally:
+            pool.close()
+
+
+def test_warm_up_leaves_a_hub_default_model_to_its_first_job(tiny_env, monkeypatch, caplog):
+    """No download at start: a Hub model is fetched when a job asks, with its progress shown;
+    and a default model that cannot load is the first job's error to report, not the worker's."""
+    from vgen import pipelines
+    from vgen.worker import warm_up
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("VGEN_DEFAULT_MODEL", "someone/a-model")
+    with caplog.at_level("INFO", logger="vgen.worker"):
+        warm_up()
+    assert "on the Hub" in caplog.text and pipelines.model_cache().loaded() == []
+    monkeypatch.setenv("VGEN_DEFAULT_MODEL", str(tiny_env["root"] / "no-such-model"))
+    with caplog.at_level("INFO", logger="vgen.worker"):
+        warm_up()
+    assert "warm-up skipped" in caplog.text and pipelines.model_cache().loaded() == []

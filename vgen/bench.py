@@ -26,10 +26,11 @@ saved in Hub layout and loaded through ``vgen.hub`` (``VGEN_TAESD``/``VGEN_TAESD
 unless those variables already name real weights.
 
 Also measured: ``app_overhead_ms`` (the same request through the launched ``app.py`` with
-``gradio_client`` minus a direct engine call, medians; beside it ``status_request_ms``, the same
-app, queue and client for ``/status``, which does no engine work: the part of the overhead that is
-Gradio's and the client's own) and ``cold_start_s`` (from starting ``python app.py`` to the first
-image received, embedded model).
+``gradio_client`` minus a direct engine call, medians; the client reuses one TLS context, as the
+README's API section shows; ``app_overhead_default_client_ms`` is the same with gradio_client's
+defaults; beside them ``status_request_ms``, the same app, queue and client for ``/status``,
+which does no engine work: the part of the overhead that is Gradio's and the client's own) and
+``cold_start_s`` (from starting ``python app.py`` to the first image received, embedded model).
 
 JSON: ``runs`` (one record per model and variant: ``model``, ``variant``, ``size``, ``steps``,
 ``seconds_per_image``, ``text_seconds``, ``unet_seconds``, ``decode_seconds``, ``peak_rss_mb``,
@@ -563,14 +564,35 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
 # ---- the app --------------------------------------------------------------------------------
 
 def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) another process has used so far (Linux /proc)."""
+    """CPU seconds (user + system) another process and its children have used so far: the app's
+    own and its engine workers' (``vgen/worker.py``), live or exited (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    # utime, stime, and cutime, cstime: children already waited for
+    total = sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread or the child ended meanwhile
+            continue
+        for child in children:
+            try:
+                total += process_cpu_s(int(child))
+            except OSError:
+                pass
+    return total
 
 
 def bench_app(steps: int | None, repeats: int, work: Path, log: Callable[[str], None]) -> dict:
-    """Cold start and per-request overhead of the app, embedded model (``vgen-shapes``)."""
+    """Cold start and per-request overhead of the app, embedded model (``vgen-shapes``).
+
+    Two ``gradio_client`` clients take turns with the direct engine call: one as the README's API
+    section builds it, with one TLS context reused for all its HTTP calls (``ssl_verify=``), and
+    one with gradio_client's defaults, which make each HTTP call (3-4 per request) load the CA
+    bundle into a new TLS context even for a plain-HTTP URL (httpx builds one per client;
+    encode/httpx#3627): ~21 ms of client CPU each here. ``app_overhead_ms`` is the first;
+    ``app_overhead_default_client_ms`` the second."""
+    import httpx
     from gradio_client import Client
 
     from .generate import generate
@@ -585,47 +607,65 @@ def bench_app(steps: int | None, repeats: int, work: Path, log: Callable[[str], 
     cache = ModelCache(max_models=1)
     direct_req = GenerateRequest(prompt="", model="vgen-shapes", steps=steps, seed=SEED)
     with launched_app(env, work) as app:
-        client = Client(app.url, verbose=False, download_files=str(work / "downloads"))
-        client.predict(PROMPTS[0], **kw)
+        clients = {"reused_tls": Client(app.url, verbose=False, download_files=str(work / "downloads"),
+                                        ssl_verify=httpx.create_ssl_context()),
+                   "default_client": Client(app.url, verbose=False, download_files=str(work / "downloads-d"))}
+        clients["reused_tls"].predict(PROMPTS[0], **kw)
         cold = time.perf_counter() - app.started
         cold_cpu = process_cpu_s(app.pid)
         log(f"app: cold start (process start to first image, embedded model) {cold:.1f} s "
             f"({cold_cpu:.1f} CPU s in the app process)")
+        clients["default_client"].predict(PROMPTS[0], **kw)
         generate(replace(direct_req, prompt=PROMPTS[0]), cache=cache)  # warm the direct path too
-        # Wall time, and CPU time of both processes (the app's and this one, where the client
-        # runs), which the machine's other load does not inflate.
-        app_s, direct_s, app_cpu, direct_cpu = [], [], [], []
-        for r in range(max(repeats, 5)):
+        # Wall time, and CPU time of both processes (the app's and this one, where the clients
+        # run), which the machine's other load does not inflate.
+        app_s = {name: [] for name in clients}
+        app_cpu = {name: [] for name in clients}
+        direct_s, direct_cpu = [], []
+        rounds = max(3 * repeats, 9)  # this VM's run-to-run spread is ~±100 ms per request
+        for r in range(rounds):
             prompt = PROMPTS[1 + r % (len(PROMPTS) - 1)]
-            t0, c0, a0 = time.perf_counter(), time.process_time(), process_cpu_s(app.pid)
-            client.predict(prompt, **kw)
-            app_s.append(time.perf_counter() - t0)
-            app_cpu.append(time.process_time() - c0 + process_cpu_s(app.pid) - a0)
+            for name, client in clients.items():
+                t0, c0, a0 = time.perf_counter(), time.process_time(), process_cpu_s(app.pid)
+                client.predict(prompt, **kw)
+                app_s[name].append(time.perf_counter() - t0)
+                app_cpu[name].append(time.process_time() - c0 + process_cpu_s(app.pid) - a0)
             t0, c0 = time.perf_counter(), time.process_time()
             generate(replace(direct_req, prompt=prompt), cache=cache)
             direct_s.append(time.perf_counter() - t0)
             direct_cpu.append(time.process_time() - c0)
-        # The floor: the same app, queue and client for a request that does no engine work.
-        floor_s = []
-        for _ in range(max(repeats, 5) * 2):
-            t0 = time.perf_counter()
-            client.predict(api_name="/status")
-            floor_s.append(time.perf_counter() - t0)
-        client.close()
-    overhead = (_median(app_s) - _median(direct_s)) * 1000
-    overhead_cpu = (_median(app_cpu) - _median(direct_cpu)) * 1000
-    floor = _median(floor_s) * 1000
-    log(f"app: {_median(app_s) * 1000:.0f} ms per request through gradio_client, "
-        f"{_median(direct_s) * 1000:.0f} ms direct: overhead {overhead:.0f} ms "
-        f"({overhead_cpu:.0f} ms of CPU time); a request without engine work (/status) takes "
-        f"{floor:.0f} ms")
-    return {"cold_start_s": round(cold, 2), "app_overhead_ms": round(overhead, 1),
-            "app_request_ms": round(_median(app_s) * 1000, 1),
-            "direct_request_ms": round(_median(direct_s) * 1000, 1),
-            "status_request_ms": round(floor, 1),
-            "cpu": {"cold_start_cpu_s": round(cold_cpu, 2), "app_overhead_cpu_ms": round(overhead_cpu, 1),
-                    "app_request_cpu_ms": round(_median(app_cpu) * 1000, 1),
-                    "direct_request_cpu_ms": round(_median(direct_cpu) * 1000, 1)}}
+        # The floor: the same app, queue and clients for a request that does no engine work.
+        floor_s = {name: [] for name in clients}
+        for _ in range(rounds):
+            for name, client in clients.items():
+                t0 = time.perf_counter()
+                client.predict(api_name="/status")
+                floor_s[name].append(time.perf_counter() - t0)
+        for client in clients.values():
+            client.close()
+    direct, direct_c = _median(direct_s) * 1000, _median(direct_cpu) * 1000
+    ms = {name: {"request": _median(app_s[name]) * 1000, "overhead": _median(app_s[name]) * 1000 - direct,
+                 "overhead_cpu": _median(app_cpu[name]) * 1000 - direct_c,
+                 "request_cpu": _median(app_cpu[name]) * 1000, "status": _median(floor_s[name]) * 1000}
+          for name in clients}
+    for name, label in (("reused_tls", "client reusing its TLS context"), ("default_client", "default client")):
+        m = ms[name]
+        log(f"app ({label}): {m['request']:.0f} ms per request through gradio_client, {direct:.0f} ms "
+            f"direct: overhead {m['overhead']:.0f} ms ({m['overhead_cpu']:.0f} ms of CPU time); a request "
+            f"without engine work (/status) takes {m['status']:.0f} ms")
+    r, d = ms["reused_tls"], ms["default_client"]
+    return {"cold_start_s": round(cold, 2), "app_overhead_ms": round(r["overhead"], 1),
+            "app_request_ms": round(r["request"], 1),
+            "direct_request_ms": round(direct, 1),
+            "status_request_ms": round(r["status"], 1),
+            "app_overhead_default_client_ms": round(d["overhead"], 1),
+            "app_request_default_client_ms": round(d["request"], 1),
+            "status_request_default_client_ms": round(d["status"], 1),
+            "cpu": {"cold_start_cpu_s": round(cold_cpu, 2), "app_overhead_cpu_ms": round(r["overhead_cpu"], 1),
+                    "app_request_cpu_ms": round(r["request_cpu"], 1),
+                    "direct_request_cpu_ms": round(direct_c, 1),
+                    "app_overhead_default_client_cpu_ms": round(d["overhead_cpu"], 1),
+                    "app_request_default_client_cpu_ms": round(d["request_cpu"], 1)}}
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -657,7 +697,9 @@ def _table(result: dict) -> str:
                      f"{r['unet_gflops'] / peak:6.0%}")
     lines.append(f"matmul peak {peak:.1f} GFLOP/s (wall) / {result['cpu_time']['matmul_peak_gflops_per_cpu_second']:.1f} "
                  "per CPU second; app overhead "
-                 + (f"{result['app_overhead_ms']:.0f} ms" if result["app_overhead_ms"] is not None else "not measured")
+                 + (f"{result['app_overhead_ms']:.0f} ms (gradio_client's defaults: "
+                    f"{result['conditions']['app']['app_overhead_default_client_ms']:.0f} ms)"
+                    if result["app_overhead_ms"] is not None else "not measured")
                  + "; cold start "
                  + (f"{result['cold_start_s']:.1f} s" if result["cold_start_s"] is not None else "not measured"))
     for c in result["cpu_time"]["runs"]:

@@ -32,12 +32,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import CancelledError, InvalidRequestError
 from .jobs import JobControl, TimeLimitError
-from .pipelines import ModelCache, model_cache
 from .requests import EditRequest, GenerateRequest, GenerationResult, Limits, _env_int, check_inputs
+
+if TYPE_CHECKING:  # torch loads with the engine: the app's server lists the axes without it
+    from .pipelines import ModelCache
 
 MAX_CELLS_ENV = "VGEN_MAX_COMPARE_CELLS"
 DEFAULT_MAX_CELLS = 16
@@ -592,6 +594,7 @@ def compare(req: CompareRequest, control: JobControl | None = None,
     ``on_cell(cell, done, total)`` is called after each cell."""
     from .attention import AttentionCapture, with_step_observers
     from .catalog import default_model, defaults_for, model_defaults
+    from .pipelines import model_cache
     from .runner import prepare, run
 
     t_start = time.perf_counter()

@@ -3,31 +3,23 @@ writes in its ``parameters`` text (so files from both tools read the same)."""
 
 from __future__ import annotations
 
-import diffusers
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-    UniPCMultistepScheduler,
-)
-
-# key: (class, extra config, A1111 sampler name)
-SCHEDULERS: dict[str, tuple[type, dict, str]] = {
-    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}, "DPM++ 2M"),
+# key: (diffusers class name, extra config, A1111 sampler name). Names, not classes: the app's
+# server process lists and checks these without importing diffusers (and torch), which would add
+# ~5 s to its start; only the engine builds schedulers.
+SCHEDULERS: dict[str, tuple[str, dict, str]] = {
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}, "DPM++ 2M"),
     "dpm++2m-karras": (
-        DPMSolverMultistepScheduler,
+        "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
         "DPM++ 2M Karras",
     ),
     # The stochastic DPM-Solver++ (Lu et al. 2022): fresh noise each step, like Euler a.
-    "dpm++2m-sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}, "DPM++ 2M SDE"),
-    "euler": (EulerDiscreteScheduler, {}, "Euler"),
-    "euler-a": (EulerAncestralDiscreteScheduler, {}, "Euler a"),
-    "ddim": (DDIMScheduler, {}, "DDIM"),
-    "unipc": (UniPCMultistepScheduler, {}, "UniPC"),
-    "lcm": (LCMScheduler, {}, "LCM"),
+    "dpm++2m-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "DPM++ 2M SDE"),
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "lcm": ("LCMScheduler", {}, "LCM"),
 }
 
 
@@ -38,21 +30,23 @@ A1111_NAMES = {"PNDMScheduler": "PLMS", "LMSDiscreteScheduler": "LMS", "HeunDisc
 def make_scheduler(base_config, key: str | None):
     """A fresh scheduler (schedulers hold per-run state, so never share one between jobs):
     the model's own when ``key`` is None, else the named one built from the model's config."""
+    import diffusers
+
     if key is None:
         return getattr(diffusers, base_config["_class_name"]).from_config(base_config)
     cls, extra, _ = SCHEDULERS[key]
-    return cls.from_config(base_config, **extra)
+    return getattr(diffusers, cls).from_config(base_config, **extra)
 
 
 def sampler_name(scheduler) -> str:
     """The A1111 name of a scheduler instance (its class name when A1111 has none)."""
-    cfg = scheduler.config
+    cfg, own = scheduler.config, type(scheduler).__name__
     for cls, extra, name in SCHEDULERS.values():
-        if type(scheduler) is cls and all(cfg.get(k) == v for k, v in extra.items()):
-            if cls is DPMSolverMultistepScheduler and not extra.get("use_karras_sigmas") and cfg.get("use_karras_sigmas"):
+        if own == cls and all(cfg.get(k) == v for k, v in extra.items()):
+            if cls == "DPMSolverMultistepScheduler" and not extra.get("use_karras_sigmas") and cfg.get("use_karras_sigmas"):
                 continue
             return name
-    return A1111_NAMES.get(type(scheduler).__name__, type(scheduler).__name__)
+    return A1111_NAMES.get(own, own)
 
 
 def key_for_sampler(name: str) -> str | None:

@@ -12,11 +12,15 @@ app's own progress events cost more (see ``app.PROGRESS_EVERY_S``). What a worke
 gives: a crash of native code (or the kernel's OOM killer) ends a job with a clear error
 instead of taking the web server down.
 
+The app's first worker warms up (``warm_up``) while Gradio starts: it loads the engine and the
+default model and runs one step, so the first image does not wait for them.
+
 Protocol (tuples, plain pickle, over a socket pair wrapped in ``multiprocessing.connection.Connection``):
 app -> worker ``("job", kind, request, time_limit_s, previews)`` and ``("cancel",)``;
 worker -> app ``("step", i, n)``, ``("download", progress)``, ``("preview", i, n, image)``,
 ``("text", i, text)`` (prompt expansion), then ``("done", result, known_words, loaded_models)`` or ``("error", exception,
-loaded_models)``. One job at a time per worker; the app keeps one worker per concurrent job.
+loaded_models)``; after a warm-up, ``("warm", loaded_models)`` before the first job's messages. One
+job at a time per worker; the app keeps one worker per concurrent job.
 """
 
 from __future__ import annotations
@@ -109,18 +113,19 @@ class InProcessEngine:
 
 
 class EngineProcess:
-    """One worker process (``python -m vgen.worker``), started at once; ``run`` is called by one
-    thread at a time (``EnginePool`` hands each job its own worker)."""
+    """One worker process (``python -m vgen.worker``), started at once, warming up first with
+    ``warm_up``; ``run`` is called by one thread at a time (``EnginePool`` hands each job its
+    own worker)."""
 
-    def __init__(self):
+    def __init__(self, warm_up: bool = False):
         ours, theirs = socket.socketpair()
         # vgen importable whatever the working directory: app.py's folder is on the app's path,
         # not on that of a "python -m" child.
         env = os.environ.copy()
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "vgen.worker", str(theirs.fileno())],
-                                     pass_fds=(theirs.fileno(),), env=env)
+        args = [sys.executable, "-m", "vgen.worker", str(theirs.fileno())] + (["--warm-up"] if warm_up else [])
+        self.proc = subprocess.Popen(args, pass_fds=(theirs.fileno(),), env=env)
         theirs.close()
         self.conn = Connection(ours.detach())
         self.loaded: list[str] = []
@@ -149,6 +154,9 @@ class EngineProcess:
                 raise EngineCrashedError(
                     f"the engine process stopped unexpectedly (exit code {self.proc.poll()}); "
                     "a new one takes the next job")
+            if msg[0] == "warm":  # sent once, before this worker's first job
+                self.loaded = msg[1]
+                continue
             if msg[0] in ("done", "error"):
                 self.loaded = msg[-1]
                 if msg[0] == "error":
@@ -175,11 +183,13 @@ class EngineProcess:
 
 class EnginePool:
     """Worker processes for the app's jobs: an idle one per job, a new one when all are busy
-    (Gradio's concurrency limit bounds how many run at once); a worker that died is replaced."""
+    (Gradio's concurrency limit bounds how many run at once); a worker that died is replaced.
+    With ``warm_up`` the ``prestart`` workers warm up (``warm_up``); workers started later for a
+    job do not, as that job may want another model."""
 
-    def __init__(self, prestart: int = 1):
+    def __init__(self, prestart: int = 1, warm_up: bool = False):
         self._lock = threading.Lock()
-        self._idle: list[EngineProcess] = [EngineProcess() for _ in range(prestart)]
+        self._idle: list[EngineProcess] = [EngineProcess(warm_up) for _ in range(prestart)]
         self._all: list[EngineProcess] = list(self._idle)
 
     def run(self, kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
@@ -242,9 +252,35 @@ def _loaded_models() -> list[str]:
     return model_cache().loaded() + (expand.lm_cache().loaded() if expand is not None else [])
 
 
-def serve(conn: Connection) -> None:
-    """The worker's loop: jobs one at a time in this (main) thread; a reader thread takes the
-    app's messages, so a cancel reaches the running job's control at once."""
+def warm_up() -> None:
+    """Import the engine, load the default text-to-image model and run one denoising step at the
+    smallest size, so that the first job finds them done (its first step is slower too: oneDNN
+    and diffusers set themselves up on the first call). Only a local default model (the embedded
+    one, a folder): a Hub model is fetched when a job asks for it, with its download shown. Best
+    effort: a failure is logged, and the first job that needs the model reports it."""
+    from .catalog import default_model
+    from .hub import parse_reference
+    from .requests import GenerateRequest
+
+    try:
+        ref = parse_reference(default_model())
+        if not ref.is_local:
+            logger.info("warm-up: the default model %s is on the Hub; it loads with its first job", ref)
+            return
+        from .generate import generate
+
+        side = 64  # the smallest size a request may ask for (Limits.min_side): one step is cheap
+        generate(GenerateRequest(prompt="", model=str(ref), steps=1, width=side, height=side, seed=0))
+        logger.info("warm-up: %s loaded", ref)
+    except Exception as e:  # noqa: BLE001 - the first job that needs the model reports it
+        logger.warning("warm-up skipped: %s: %s", type(e).__name__, e)
+
+
+def serve(conn: Connection, warm: bool = False) -> None:
+    """The worker's loop: jobs one at a time in this (main) thread, after ``warm_up`` when
+    ``warm``; a reader thread takes the app's messages, so a cancel reaches the running job's
+    control at once (a job that arrives during the warm-up waits for it: it would need the
+    same imports and, mostly, the same model)."""
     jobs: queue.Queue = queue.Queue()
     current: dict[str, JobControl] = {}
     send_lock = threading.Lock()
@@ -275,6 +311,9 @@ def serve(conn: Connection) -> None:
             jobs.put((kind, request, current["job"]))
 
     threading.Thread(target=read, name="vgen-worker-reader", daemon=True).start()
+    if warm:
+        warm_up()
+        send(("warm", _loaded_models()))
     while (job := jobs.get()) is not None:
         kind, request, control = job
         try:
@@ -286,6 +325,6 @@ def serve(conn: Connection) -> None:
             send(("error", _sendable(e), _loaded_models()))
 
 
-if __name__ == "__main__":  # python -m vgen.worker FD: started by EngineProcess
+if __name__ == "__main__":  # python -m vgen.worker FD [--warm-up]: started by EngineProcess
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(Connection(int(sys.argv[1])))
+    serve(Connection(int(sys.argv[1])), warm="--warm-up" in sys.argv[2:])
