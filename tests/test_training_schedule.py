@@ -114,6 +114,17 @@ def test_time_budget_sets_the_last_step_from_the_measured_pace(monkeypatch):
     # 3 s spent; 60 - 3 - 10 (reserve) = 47 s left at 0.5 s a step: 94 more steps
     assert cfg.steps == 506 + 94 and "ends at step 600" in logs[-1]
     assert not budget.expired()
+    # Regression (session 9: fitted once, the run ended 461 steps before its cosine's end): the
+    # pace is fitted again every `refit` steps. Here the steps slow to 1 s after the probe.
+    slow_cfg = SimpleNamespace(steps=50)
+    slow = train.TimeBudget(1.0, step=500, cfg=slow_cfg, skip=2, probe=4, reserve_s=10.0, refit=4)
+    for step in range(501, 511):  # 0.5 s a step up to 506, then 1 s
+        now[0] += 0.5 if step <= 506 else 1.0
+        slow.after_step(step, logs.append)
+    # started at 1003: the deadline is 1063. At step 506: 0.5 s/step and 47 s left, step 600; at
+    # step 510: 8 timed steps in 6 s (0.75 s/step), 1063 - 10 - 1010 = 43 s left: 57 more
+    assert "ends at step 600" in logs[-2]
+    assert slow_cfg.steps == 510 + 57 and "ends at step 567" in logs[-1]
     now[0] = 1060.0
     assert budget.expired()
     off = train.TimeBudget(None, step=0, cfg=cfg)  # no budget: nothing changes
