@@ -14,8 +14,9 @@ from .card import _size_mb, inference_front_matter, objective_text
 
 # The learning-rate schedules before the current run's (each run's config keeps only its own).
 EDIT_LR_HISTORY = ("cosine decays from step 10000 to 11200, from 11200 to 16500, from 16587 to 21900, "
-                   "from 21900 to 29984 and from 29984 to 37821 (stopped before its scheduled end, 38231), "
-                   "each followed by a warm restart")
+                   "from 21900 to 29984, from 29984 to 37821 (stopped before its scheduled end, 38231) "
+                   "and from 37821 to 46440 (stopped before its scheduled end, 46901), each followed by "
+                   "a warm restart")
 
 EXAMPLES = {
     "recolor": "make the red circle blue",
@@ -53,6 +54,7 @@ def _kind_mix(cfg: dict) -> str:
     return ("the six kinds equally often up to step 12638, then move 2×, add 1.5×, remove 1.5× as "
             "often as the others up to step 16587, then move 3×, add 1.5×, remove 1.5× up to step "
             "21900, then recolor 2.5×, add 2.5×, move 1.5×, resize 1.5× up to step 29984, then "
+            "recolor 2.5×, add 3×, move 1.5×, resize 1.5× up to step 46440, then "
             f"{more}; from step 17696 a move's target shifts the object "
             f"{edits.MOVE_SHIFT:g} px where that fits (before: a random 8 px or more)"
             + (f"; from step 22246 {cfg['hard_refs']:.0%} of the edits that name an object are "
