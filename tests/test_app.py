@@ -239,7 +239,7 @@ def test_editor_layers_become_the_inpainting_mask(tmp_path):
 
 def test_the_web_server_starts_without_torch(tmp_path):
     """Regression: listing the schedulers and compare axes imported diffusers and torch into the
-    server process (~5 s of its start, ~450 MB), though its engine runs in a worker process."""
+    server process (~4 s of its start, ~480 MB), though its engine runs in a worker process."""
     import subprocess
 
     code = ("import sys, app; app.build_demo(); "
