@@ -61,3 +61,8 @@ class CancelledError(VgenError):
 
 class BusyError(VgenError, RuntimeError):
     """The server is at capacity; try again shortly."""
+
+
+class SessionBusyError(BusyError):
+    """This browser session (or API client) already has as many jobs queued or running as one
+    session may have (``VGEN_SESSION_JOBS``); wait for one to finish."""
