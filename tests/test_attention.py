@@ -17,17 +17,18 @@ from PIL import Image
 from vgen import pipelines
 from vgen.attention import (
     AttentionCapture,
+    CaptureProcessor,
     generate_with_maps,
     inspect_generation,
-    otsu_threshold,
     prompt_tokens,
-    _CaptureProcessor,
 )
-from vgen.denoising import filmstrip, predicted_x0
+from vgen.attention_maps import otsu_threshold
+from vgen.denoising import predicted_x0
 from vgen.edit import edit
 from vgen.errors import CancelledError, InvalidRequestError
 from vgen.generate import generate
 from vgen.jobs import JobControl
+from vgen.viz import filmstrip
 from vgen.requests import EditRequest, GenerateRequest
 
 CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "vgen-shapes"
@@ -142,7 +143,7 @@ def test_processors_are_restored_after_success_error_and_cancel(tiny_env):
 
     def look(pipe, i, t, kw):  # during the run the cross-attention layers are wrapped
         procs = pipe.unet.attn_processors
-        seen.append(all(isinstance(p, _CaptureProcessor) == n.endswith("attn2.processor") for n, p in procs.items()))
+        seen.append(all(isinstance(p, CaptureProcessor) == n.endswith("attn2.processor") for n, p in procs.items()))
 
     req = GenerateRequest(prompt=PROMPT, steps=3, seed=1)
     generate_with_maps(req, control=JobControl(on_step=look))

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from vgen import decoders
-from vgen.bench import save_tiny_autoencoder, save_tiny_sd
+from vgen.bench_models import save_tiny_autoencoder, save_tiny_sd
 from vgen.generate import generate
 from vgen.jobs import JobControl
 from vgen.metadata import parse_parameters, request_from_parameters

@@ -16,11 +16,11 @@ from PIL import Image
 from vgen.compare import (
     Axis,
     CompareRequest,
-    compare,
     expand,
     parse_axis,
     split_values,
 )
+from vgen.compare_run import compare
 from vgen.compare_grid import (
     attention_words,
     cells_zip,

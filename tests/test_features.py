@@ -17,7 +17,7 @@ from vgen import backbones, pipelines
 from vgen.backbones import BackboneUnavailableError, VGG16_STAGES
 from vgen.errors import InvalidRequestError
 from vgen.features import extract, unet_features, vae_features, vgg16_features
-from vgen.viz import channel_grid, pca_rgb, strongest_channels
+from vgen.features import channel_grid, pca_rgb, strongest_channels
 
 TIMM_CONFIG = {
     "architecture": "vgg16",

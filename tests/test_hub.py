@@ -16,7 +16,7 @@ from huggingface_hub import HfApi
 from huggingface_hub import errors as hf_errors
 from safetensors.torch import save as save_safetensors
 
-from vgen import hub
+from vgen import hub, hub_errors, hub_files
 from vgen.errors import (
     CancelledError,
     GatedModelError,
@@ -258,12 +258,12 @@ def test_fp16_only_component_forces_fp16_variant():
     paths = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
              "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
              "vae/diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors"]
-    assert hub._variant_candidates(paths, prefer_fp16=False) == ["fp16"]
-    assert hub._select_files(paths, "fp16") == [
+    assert hub_files.variant_candidates(paths, prefer_fp16=False) == ["fp16"]
+    assert hub_files.select_files(paths, "fp16") == [
         "model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
         "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"]
     plain = [p for p in paths if "fp16" not in p]
-    assert hub._variant_candidates(plain, prefer_fp16=True) == [None]
+    assert hub_files.variant_candidates(plain, prefer_fp16=True) == [None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ def test_unknown_revision_maps_to_revision_not_found(local_hub_env, repos, monke
 )
 def test_error_mapping(error, expected, needles):
     secret = "hf_SuperSecretTokenValue"
-    mapped = hub._map_hub_error(error, parse_reference("org/name@rev1"), endpoint="https://hub.test",
+    mapped = hub_errors.map_hub_error(error, parse_reference("org/name@rev1"), endpoint="https://hub.test",
                                 cache_dir="/cache", token=secret)
     assert isinstance(mapped, expected)
     for needle in needles:
@@ -458,7 +458,7 @@ def test_error_mapping(error, expected, needles):
 
 
 def test_endpoint_credentials_stay_out_of_messages():
-    mapped = hub._map_hub_error(httpx2.ConnectError("x"), parse_reference("org/name"),
+    mapped = hub_errors.map_hub_error(httpx2.ConnectError("x"), parse_reference("org/name"),
                                 endpoint="https://user:pw@mirror.test:8443", cache_dir="/c")
     assert "pw" not in str(mapped) and "https://mirror.test:8443" in str(mapped)
 

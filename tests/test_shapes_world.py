@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 
+from vgen.errors import CaptionParseError
 from vgen.shapes import analyzer, captions, world
 
 
@@ -78,7 +79,7 @@ def test_objects_inside_and_apart():
 @pytest.mark.parametrize("bad", ["", "a red", "two red circle", "a red circle and", "five red circles",
                                  "a red circle to the left of two blue squares"])
 def test_parse_rejects_text_outside_the_grammar(bad):
-    with pytest.raises(captions.ParseError):
+    with pytest.raises(CaptionParseError):
         captions.parse(bad)
 
 

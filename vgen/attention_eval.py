@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .attention import DEFAULT_THRESHOLD, generate_with_maps, otsu_threshold
+from .attention import generate_with_maps
+from .attention_maps import DEFAULT_THRESHOLD, otsu_threshold
 from .shapes import world
 from .shapes.analyzer import detect
-from .shapes.captions import Group, _group_phrase, _join
+from .shapes.captions import Group, group_phrase, join_group_phrases
 
 DEFAULT_N = 100
 TARGET_POINTING = 0.9
@@ -47,8 +48,8 @@ def prompt_set(n: int = DEFAULT_N, seed: int = 0) -> list[tuple[str, list[tuple[
             pairs = list(zip(rng.sample(list(world.COLORS), m), rng.sample(list(world.SHAPES), m)))
             if not any(p in world.HELD_OUT for p in pairs):
                 break
-        phrases = [_group_phrase(rng, Group(1, c, s, rng.choice([None, None, "small", "large"]))) for c, s in pairs]
-        out.append((_join(rng, phrases), pairs))
+        phrases = [group_phrase(rng, Group(1, c, s, rng.choice([None, None, "small", "large"]))) for c, s in pairs]
+        out.append((join_group_phrases(rng, phrases), pairs))
     return out
 
 

@@ -13,26 +13,20 @@ torchvision ``features.*`` state dicts load too).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import hub
-from .errors import ModelError
+from . import config, hub
+from .errors import BackboneUnavailableError, ModelError
 
 VGG16_WEIGHTS = "timm/vgg16.tv_in1k"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision vgg16().features: each stage's last ReLU (before its max-pool).
 VGG16_STAGES = {"conv1_2": 3, "conv2_2": 8, "conv3_3": 15, "conv4_3": 22, "conv5_3": 29}
-
-
-class BackboneUnavailableError(ModelError):
-    """A backbone's weights could not be fetched or loaded (the generator's own feature views
-    do not need them)."""
 
 
 @dataclass
@@ -52,7 +46,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def vgg16_weights_ref() -> str:
-    return os.environ.get("VGEN_VGG16_WEIGHTS", "").strip() or VGG16_WEIGHTS
+    return config.vgg16_weights_setting() or VGG16_WEIGHTS
 
 
 def _norm_stats(folder: Path) -> tuple[tuple, tuple]:

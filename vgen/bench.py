@@ -47,19 +47,29 @@ import copy
 import json
 import os
 import platform
-import statistics
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
+from . import config
+from .bench_measure import (
+    RssSampler,
+    Sample,
+    ablations,
+    capture_inputs,
+    count_unet_flops,
+    matmul_peak,
+    median,
+    pixels_equal,
+    source_image,
+    timed,
+)
+from .bench_models import model_folder, save_tiny_autoencoder
 from .errors import InvalidRequestError
-from .speed import PhaseTimer, PhaseTimes
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # Prompts in the shapes vocabulary (the architectures' stand-in tokenizer reads the same words).
@@ -111,310 +121,37 @@ SUITES: dict[str, tuple[Case, ...]] = {
 APP_STEPS = {"tiny": 2, "quick": None, "full": None}  # steps of the app-overhead request
 
 
-# ---- models ---------------------------------------------------------------------------------
-
-def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
-    """A tiny Stable-Diffusion-shaped text-to-image pipeline (64x64) whose VAE has SD's latent
-    space by config (4 levels, 4 latent channels, scaling factor 0.18215), so the tiny
-    autoencoder applies to it; random weights, Hub layout."""
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .archs import _stand_in_tokenizer
-    from .shapes.train import fix_tokenizer_class
-
-    torch.manual_seed(seed)
-    tok = _stand_in_tokenizer()
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=2, norm_num_groups=8)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64, scaling_factor=0.18215)
-    sched = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                             beta_end=0.012, timestep_spacing="trailing")
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    fix_tokenizer_class(Path(folder))
-    return Path(folder)
-
-
-def save_tiny_autoencoder(folder: Path, tiny: bool = False, seed: int = 0) -> Path:
-    """An ``AutoencoderTiny`` with random weights in Hub layout: TAESD's published architecture
-    (diffusers' defaults are TAESD's config.json), or with ``tiny`` a 8-channel one for tests."""
-    from diffusers import AutoencoderTiny
-
-    torch.manual_seed(seed)
-    kw = dict(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-              num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4) if tiny else {}
-    AutoencoderTiny(**kw).save_pretrained(folder, safe_serialization=True)
-    return Path(folder)
-
-
-def _model_folder(case: Case, root: Path, log: Callable[[str], None]) -> str:
-    """The model reference of ``case``, building (or reusing) its folder under ``root``."""
-    if case.key == "vgen-shapes":
-        return "vgen-shapes"
-    folder = root / case.key
-    if not (folder / "model_index.json").is_file():
-        t0 = time.perf_counter()
-        from .archs import save_arch
-
-        if case.key == "tiny-sd":
-            save_tiny_sd(folder)
-        elif case.key.startswith("tiny-"):
-            save_arch(case.key.removeprefix("tiny-"), folder, tiny=True)
-        else:
-            save_arch(case.key, folder)
-        log(f"built {case.model} with random weights in {time.perf_counter() - t0:.0f} s")
-    return str(folder)
-
-
-# ---- measuring ------------------------------------------------------------------------------
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> tuple[float, float]:
-    """Best (wall, CPU-time) GFLOP/s of an n x n matrix product: what this machine's BLAS
-    reaches in ``dtype`` with the current thread settings."""
-    g = torch.Generator("cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device, dtype)
-    b = torch.randn(n, n, generator=g).to(device, dtype)
-    flops = 2 * n ** 3
-    best_wall = best_cpu = float("inf")
-    with torch.inference_mode():
-        torch.mm(a, b)
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            torch.mm(a, b)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best_wall = min(best_wall, time.perf_counter() - t0)
-            best_cpu = min(best_cpu, max(time.process_time() - c0, 1e-9))
-    return flops / best_wall / 1e9, flops / best_cpu / 1e9
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError, AttributeError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # a high-water mark
-
-
-class RssSampler:
-    """Samples this process's RSS every ``period`` s and keeps the peak per active label."""
-
-    def __init__(self, period: float = 0.01):
-        self.period = period
-        self.label: str | None = None
-        self.peaks: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vgen-bench-rss", daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            label = self.label
-            if label is not None:
-                self.peaks[label] = max(self.peaks.get(label, 0.0), _rss_mb())
-
-    @contextlib.contextmanager
-    def measuring(self, label: str):
-        self.label = label
-        self.peaks[label] = max(self.peaks.get(label, 0.0), _rss_mb())
-        try:
-            yield
-        finally:
-            self.peaks[label] = max(self.peaks[label], _rss_mb())
-            self.label = None
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _sdpa_cpu_mapping() -> dict:
-    """FlopCounterMode has no formula for CPU flash attention; it is the same count as SDPA's."""
-    from torch.utils.flop_counter import flop_registry
-
-    aten = torch.ops.aten
-    cpu = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    ref = flop_registry.get(aten._scaled_dot_product_flash_attention)
-    ref = getattr(ref, "__wrapped__", ref)  # FlopCounterMode wraps custom formulas itself
-    return {cpu: ref} if cpu is not None and ref is not None and cpu not in flop_registry else {}
-
-
-@contextlib.contextmanager
-def count_unet_flops(unet: torch.nn.Module, out: dict):
-    """Counts the FLOPs of ``unet``'s forward calls made inside; ``out["per_sample"]`` is set
-    on exit (FLOPs of one latent through the UNet once)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False, custom_mapping=_sdpa_cpu_mapping())
-    state = {"flops": 0, "samples": 0, "before": 0}
-
-    def pre(mod, args, kwargs):
-        state["before"] = counter.get_total_flops()
-        x = args[0] if args else kwargs.get("sample")
-        state["samples"] += int(x.shape[0])
-
-    def post(mod, args, kwargs, output):
-        state["flops"] += counter.get_total_flops() - state["before"]
-
-    handles = [unet.register_forward_pre_hook(pre, with_kwargs=True),
-               unet.register_forward_hook(post, with_kwargs=True)]
-    try:
-        with counter:
-            yield
-    finally:
-        for h in handles:
-            h.remove()
-        out["per_sample"] = state["flops"] / max(state["samples"], 1)
-
-
-@dataclass
-class Sample:
-    wall: float
-    cpu: float
-    times: PhaseTimes
-    image: Any
-
-
-def _timed(parts, device, call: Callable[[], Any]) -> Sample:
-    """Run ``call`` with the phases of ``parts`` (an object with text_encoder/unet/vae) timed."""
-    with PhaseTimer(parts, device) as pt:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        image = call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return Sample(wall, cpu, pt.times, image)
-
-
-def _median(values) -> float:
-    return float(statistics.median(values))
-
-
-def _source_image(size: int):
-    from PIL import Image, ImageDraw
-
-    im = Image.new("RGB", (size, size), "white")
-    ImageDraw.Draw(im).ellipse([size // 4, size // 4, 3 * size // 4, 3 * size // 4], fill="red")
-    return im
-
-
-def _pixels_equal(a, b) -> float:
-    import numpy as np
-
-    return float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
-
-
-@contextlib.contextmanager
-def capture_inputs(modules: dict[str, torch.nn.Module], out: dict):
-    """Record the (args, kwargs) of each module's first forward call made inside."""
-    handles = []
-    for name, m in modules.items():
-        def pre(mod, args, kwargs, name=name):
-            out.setdefault(name, (args, kwargs))
-        handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _channels_last(x):
-    return x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
-
-
-def _cpu_seconds(fn: Callable[[], Any]) -> float:
-    c0 = time.process_time()
-    fn()
-    return time.process_time() - c0
-
-
-def ablations(modules: dict[str, torch.nn.Module], inputs: dict, repeats: int, compile_modules: tuple[str, ...],
-              used_by_vgen: set[str], log: Callable[[str], None]) -> dict:
-    """Layout and compilation, measured on the model's own modules and inputs (CPU seconds,
-    medians, interleaved): the module as loaded (contiguous) against channels-last (what the
-    engine uses for decoders on a CPU), and ``torch.compile`` (inductor, not used by the engine)
-    for ``compile_modules``, with the CPU time of its first, compiling call. A module the engine
-    already keeps in channels-last is measured on a contiguous copy."""
-    from torch.utils._pytree import tree_map
-
-    out = {}
-    with torch.inference_mode():
-        for name, m in modules.items():
-            if name not in inputs:
-                continue
-            used = name in used_by_vgen
-            if not all(p.is_contiguous() for p in m.parameters()):
-                m = copy.deepcopy(m).to(memory_format=torch.contiguous_format)
-            args, kwargs = inputs[name]
-            cl_args, cl_kwargs = tree_map(_channels_last, args), tree_map(_channels_last, kwargs)
-            base, cl = [], []
-            m(*args, **kwargs)
-            for _ in range(repeats):
-                base.append(_cpu_seconds(lambda: m(*args, **kwargs)))
-                m.to(memory_format=torch.channels_last)
-                try:
-                    cl.append(_cpu_seconds(lambda: m(*cl_args, **cl_kwargs)))
-                finally:
-                    m.to(memory_format=torch.contiguous_format)
-            out[f"channels_last/{name}"] = {"cpu_seconds": round(_median(base), 4),
-                                            "with_cpu_seconds": round(_median(cl), 4),
-                                            "speedup": round(_median(base) / _median(cl), 3),
-                                            "used_by_vgen": used}
-            log(f"  ablation channels-last {name}: {_median(base):.3f} -> {_median(cl):.3f} CPU s")
-            if name in compile_modules:
-                try:
-                    compiled = torch.compile(m)
-                    first = _cpu_seconds(lambda: compiled(*args, **kwargs))
-                    comp = [_cpu_seconds(lambda: compiled(*args, **kwargs)) for _ in range(repeats)]
-                except Exception as e:  # no compiler, unsupported op, ...: say so
-                    out[f"torch_compile/{name}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-                    continue
-                out[f"torch_compile/{name}"] = {"cpu_seconds": round(_median(base), 4),
-                                                "with_cpu_seconds": round(_median(comp), 4),
-                                                "speedup": round(_median(base) / _median(comp), 3),
-                                                "first_call_cpu_seconds": round(first, 1),
-                                                "used_by_vgen": False}
-                log(f"  ablation torch.compile {name}: {_median(base):.3f} -> {_median(comp):.3f} CPU s "
-                    f"after a first call of {first:.0f} CPU s")
-    return out
-
-
 def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, float], rss: RssSampler,
                log: Callable[[str], None], ablate: bool = False) -> dict:
     """Runs, CPU-time records, speedup measurements and checks of one model."""
+    run = _setup_case(case, root, log)  # 1-2
+    flops, inputs, watched = _warm_up(run, log, ablate)  # 3
+    samples, max_diff = _timed_runs(run, repeats, rss, log)  # 4
+    speedups = _speedups(run, samples, repeats)  # 5
+    runs, cpu = _records(run, samples, flops.get("per_sample", 0.0), peak_gflops, rss)  # 6
+    check = {"model": case.model, "unet_gflop_per_sample": round(flops.get("per_sample", 0.0) / 1e9, 2),
+             "stock_vs_vgen_max_pixel_difference": max_diff,
+             "vgen_fast": "run" if "vgen-fast" in run.variants else f"not run: {run.fast_note}"}
+    if ablate:
+        # vgen.decoders keeps both decoders in channels-last on a CPU, the UNet as it is.
+        used = {"vae_decoder", "tiny_decoder"} if run.device.type == "cpu" else set()
+        speedups["ablations"] = ablations(watched, inputs, repeats, ("tiny_decoder",), used, log)
+    run.cache.clear()
+    return {"runs": runs, "cpu": cpu, "speedups": {case.model: speedups}, "check": check}
+
+
+def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNamespace:
+    """Steps 1-2 of :func:`bench_case`: the model loaded, the stock pipeline beside it, the
+    variants to time and ``call(variant, prompt)``, which runs one of them once."""
     from . import decoders
     from .catalog import model_defaults
     from .edit import edit
     from .generate import generate
-    from .pipelines import ModelCache, task_view
+    from .pipelines import ModelCache
     from .requests import EditRequest, GenerateRequest
 
     # 1. Load through the engine; the stock pipeline shares its components (from_pipe).
-    ref = _model_folder(case, root, log)
+    ref = model_folder(case, root, log)
     cache = ModelCache(max_models=1)
     model = cache.get(ref)
     device = model.device
@@ -427,7 +164,7 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
     stock_vae = copy.deepcopy(model.pipe.vae)
     stock = type(model.pipe).from_pipe(model.pipe, vae=stock_vae)
     stock.set_progress_bar_config(disable=True)
-    source = _source_image(size) if case.task == "instruct" else None
+    source = source_image(size) if case.task == "instruct" else None
     base = (EditRequest(prompt="", model=ref, mode="instruct", image=source, steps=steps, guidance=guidance,
                         image_guidance=d.image_guidance, seed=SEED, width=size, height=size)
             if case.task == "instruct" else
@@ -457,231 +194,141 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
                 kw.update(image=source, image_guidance_scale=base.image_guidance)
             else:
                 kw.update(height=size, width=size)
-            return _timed(stock_parts, device, lambda: stock(**kw).images[0])
+            return timed(stock_parts, device, lambda: stock(**kw).images[0])
         req = replace(base, prompt=prompt, decoder="fast" if variant == "vgen-fast" else "full")
         p = parts if variant != "vgen-fast" else SimpleNamespace(**{**vars(parts), "vae": tiny})
-        return _timed(p, device, lambda: engine(req, cache=cache).images[0])
+        return timed(p, device, lambda: engine(req, cache=cache).images[0])
 
-    # 3. Warm-up, one run of each; the stock one also counts the UNet's FLOPs (and, for the
-    #    ablations, records the inputs of the UNet and of the decoders as stock runs them).
-    log(f"{case.model}: {size}x{size}, {steps} steps, guidance {guidance:g}: warm-up")
+    return SimpleNamespace(case=case, cache=cache, model=model, device=device, size=size, steps=steps,
+                           guidance=guidance, stock_vae=stock_vae, variants=variants, tiny=tiny,
+                           fast_note=fast_note, call=call)
+
+
+def _warm_up(run: SimpleNamespace, log: Callable[[str], None], ablate: bool) -> tuple[dict, dict, dict]:
+    """Step 3: warm-up, one run of each variant; the stock one also counts the UNet's FLOPs
+    (and, for the ablations, records the inputs of the UNet and of the decoders as stock runs
+    them). Returns (flops, inputs, the watched modules)."""
+    log(f"{run.case.model}: {run.size}x{run.size}, {run.steps} steps, guidance {run.guidance:g}: warm-up")
     flops: dict = {}
     inputs: dict = {}
-    watched = {"unet": model.pipe.unet, "vae_decoder": stock_vae.decoder}
-    if tiny is not None:
-        watched["tiny_decoder"] = tiny.decoder
+    watched = {"unet": run.model.pipe.unet, "vae_decoder": run.stock_vae.decoder}
+    if run.tiny is not None:
+        watched["tiny_decoder"] = run.tiny.decoder
     with capture_inputs(watched, inputs) if ablate else contextlib.nullcontext():
-        with count_unet_flops(model.pipe.unet, flops):
-            call("stock", PROMPTS[0])
-        for v in variants[1:]:
-            call(v, PROMPTS[0])
+        with count_unet_flops(run.model.pipe.unet, flops):
+            run.call("stock", PROMPTS[0])
+        for v in run.variants[1:]:
+            run.call(v, PROMPTS[0])
+    return flops, inputs, watched
 
-    # 4. Timed runs, interleaved, each repetition with a new prompt.
-    samples: dict[str, list[Sample]] = {v: [] for v in variants}
+
+def _fresh_prompt(r: int, v: str) -> str:
+    """A prompt no earlier run used (the engine would reuse its text embeddings): stock and
+    vgen share one per repetition (their pixels are compared), vgen-fast has its own."""
+    return f"{PROMPTS[1 + r % (len(PROMPTS) - 1)]} {r}{'f' if v == 'vgen-fast' else ''}"
+
+
+def _timed_runs(run: SimpleNamespace, repeats: int, rss: RssSampler,
+                log: Callable[[str], None]) -> tuple[dict[str, list[Sample]], float]:
+    """Step 4: timed runs, interleaved, each repetition with a new prompt. Returns the samples
+    per variant and the largest pixel difference between stock and vgen."""
+    samples: dict[str, list[Sample]] = {v: [] for v in run.variants}
     max_diff = 0.0
-    def fresh(r: int, v: str) -> str:
-        """A prompt no earlier run used (the engine would reuse its text embeddings): stock and
-        vgen share one per repetition (their pixels are compared), vgen-fast has its own."""
-        return f"{PROMPTS[1 + r % (len(PROMPTS) - 1)]} {r}{'f' if v == 'vgen-fast' else ''}"
-
     for r in range(repeats):
         images = {}
-        for v in variants:
-            with rss.measuring(f"{case.key}/{v}"):
-                s = call(v, fresh(r, v))
+        for v in run.variants:
+            with rss.measuring(f"{run.case.key}/{v}"):
+                s = run.call(v, _fresh_prompt(r, v))
             samples[v].append(s)
             images[v] = s.image
             log(f"  {v:9s} run {r + 1}/{repeats}: {s.wall:7.2f} s (text {s.times.text_s:.2f}, "
                 f"unet {s.times.unet_s:.2f}, decode {s.times.decode_s:.2f}; cpu {s.cpu:.2f} s)")
-        max_diff = max(max_diff, _pixels_equal(images["stock"], images["vgen"]))
+        max_diff = max(max_diff, pixels_equal(images["stock"], images["vgen"]))
+    return samples, max_diff
 
-    # 5. Text-embedding reuse: the engine again with the last prompt (now cached).
+
+def _speedups(run: SimpleNamespace, samples: dict[str, list[Sample]], repeats: int) -> dict:
+    """Step 5: text-embedding reuse (the engine again with the last prompt, now cached) and
+    the classifier-free-guidance batch."""
+    from .pipelines import task_view
+
     speedups = {}
-    reuse_variant = variants[-1]
-    if case.task == "txt2img":
+    reuse_variant = run.variants[-1]
+    if run.case.task == "txt2img":
         from .speed import reuses_embeddings
 
-        view = task_view(model, "txt2img")
+        view = task_view(run.model, "txt2img")
         if reuses_embeddings(view):
-            again = [call(reuse_variant, fresh(repeats - 1, reuse_variant)) for _ in range(repeats)]
+            again = [run.call(reuse_variant, _fresh_prompt(repeats - 1, reuse_variant)) for _ in range(repeats)]
             new = samples[reuse_variant]
             speedups["text_embedding_reuse"] = {
                 "variant": reuse_variant,
-                "new_prompt_seconds": round(_median([s.wall for s in new]), 4),
-                "repeated_prompt_seconds": round(_median([s.wall for s in again]), 4),
-                "text_seconds_saved": round(_median([s.times.text_s for s in new])
-                                            - _median([s.times.text_s for s in again]), 4),
-                "text_cpu_seconds_saved": round(_median([s.times.text_cpu_s for s in new])
-                                                - _median([s.times.text_cpu_s for s in again]), 4),
-                "cpu_seconds_saved": round(_median([s.cpu for s in new]) - _median([s.cpu for s in again]), 4),
+                "new_prompt_seconds": round(median([s.wall for s in new]), 4),
+                "repeated_prompt_seconds": round(median([s.wall for s in again]), 4),
+                "text_seconds_saved": round(median([s.times.text_s for s in new])
+                                            - median([s.times.text_s for s in again]), 4),
+                "text_cpu_seconds_saved": round(median([s.times.text_cpu_s for s in new])
+                                                - median([s.times.text_cpu_s for s in again]), 4),
+                "cpu_seconds_saved": round(median([s.cpu for s in new]) - median([s.cpu for s in again]), 4),
             }
     first = samples["stock"][0].times
     speedups["cfg_batch"] = {
-        "guidance": guidance,
+        "guidance": run.guidance,
         "unet_samples_per_call": first.unet_samples / max(first.unet_calls, 1),
         "note": ("diffusers' own pipelines skip the classifier-free-guidance batch when guidance "
                  "<= 1 (do_classifier_free_guidance); the engine relies on that"),
     }
+    return speedups
 
-    # 6. Records.
-    per_sample = flops.get("per_sample", 0.0)
+
+def _records(run: SimpleNamespace, samples: dict[str, list[Sample]], per_sample: float,
+             peak_gflops: tuple[float, float], rss: RssSampler) -> tuple[list[dict], list[dict]]:
+    """Step 6: the wall-time and CPU-time records of each variant."""
     runs, cpu = [], []
-    for v in variants:
+    for v in run.variants:
         ss = samples[v]
         unet_flops = [per_sample * s.times.unet_samples for s in ss]
         runs.append({
-            "model": case.model, "variant": v, "size": f"{size}x{size}", "steps": steps,
-            "seconds_per_image": round(_median([s.wall for s in ss]), 4),
-            "text_seconds": round(_median([s.times.text_s for s in ss]), 4),
-            "unet_seconds": round(_median([s.times.unet_s for s in ss]), 4),
-            "decode_seconds": round(_median([s.times.decode_s for s in ss]), 4),
-            "peak_rss_mb": round(rss.peaks.get(f"{case.key}/{v}", 0.0), 1),
-            "unet_gflops": round(_median([f / s.times.unet_s / 1e9 for f, s in zip(unet_flops, ss)
-                                          if s.times.unet_s > 0] or [0.0]), 2),
+            "model": run.case.model, "variant": v, "size": f"{run.size}x{run.size}", "steps": run.steps,
+            "seconds_per_image": round(median([s.wall for s in ss]), 4),
+            "text_seconds": round(median([s.times.text_s for s in ss]), 4),
+            "unet_seconds": round(median([s.times.unet_s for s in ss]), 4),
+            "decode_seconds": round(median([s.times.decode_s for s in ss]), 4),
+            "peak_rss_mb": round(rss.peaks.get(f"{run.case.key}/{v}", 0.0), 1),
+            "unet_gflops": round(median([f / s.times.unet_s / 1e9 for f, s in zip(unet_flops, ss)
+                                         if s.times.unet_s > 0] or [0.0]), 2),
         })
-        unet_cpu_gflops = _median([f / s.times.unet_cpu_s / 1e9 for f, s in zip(unet_flops, ss)
-                                   if s.times.unet_cpu_s > 0] or [0.0])
+        unet_cpu_gflops = median([f / s.times.unet_cpu_s / 1e9 for f, s in zip(unet_flops, ss)
+                                  if s.times.unet_cpu_s > 0] or [0.0])
         cpu.append({
-            "model": case.model, "variant": v,
-            "cpu_seconds_per_image": round(_median([s.cpu for s in ss]), 4),
-            "text_cpu_seconds": round(_median([s.times.text_cpu_s for s in ss]), 4),
-            "unet_cpu_seconds": round(_median([s.times.unet_cpu_s for s in ss]), 4),
-            "decode_cpu_seconds": round(_median([s.times.decode_cpu_s for s in ss]), 4),
+            "model": run.case.model, "variant": v,
+            "cpu_seconds_per_image": round(median([s.cpu for s in ss]), 4),
+            "text_cpu_seconds": round(median([s.times.text_cpu_s for s in ss]), 4),
+            "unet_cpu_seconds": round(median([s.times.unet_cpu_s for s in ss]), 4),
+            "decode_cpu_seconds": round(median([s.times.decode_cpu_s for s in ss]), 4),
             "unet_gflops_per_cpu_second": round(unet_cpu_gflops, 2),
             "unet_share_of_matmul_peak": round(unet_cpu_gflops / peak_gflops[1], 3) if peak_gflops[1] else None,
         })
-    check = {"model": case.model, "unet_gflop_per_sample": round(per_sample / 1e9, 2),
-             "stock_vs_vgen_max_pixel_difference": max_diff,
-             "vgen_fast": "run" if "vgen-fast" in variants else f"not run: {fast_note}"}
-    if ablate:
-        # vgen.decoders keeps both decoders in channels-last on a CPU, the UNet as it is.
-        used = {"vae_decoder", "tiny_decoder"} if device.type == "cpu" else set()
-        speedups["ablations"] = ablations(watched, inputs, repeats, ("tiny_decoder",), used, log)
-    cache.clear()
-    return {"runs": runs, "cpu": cpu, "speedups": {case.model: speedups}, "check": check}
-
-
-# ---- the app --------------------------------------------------------------------------------
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) another process and its children have used so far: the app's
-    own and its engine workers' (``vgen/worker.py``), live or exited (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime, stime, and cutime, cstime: children already waited for
-    total = sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:  # the thread or the child ended meanwhile
-            continue
-        for child in children:
-            try:
-                total += process_cpu_s(int(child))
-            except OSError:
-                pass
-    return total
-
-
-def bench_app(steps: int | None, repeats: int, work: Path, log: Callable[[str], None]) -> dict:
-    """Cold start and per-request overhead of the app, embedded model (``vgen-shapes``).
-
-    Two ``gradio_client`` clients take turns with the direct engine call: one as the README's API
-    section builds it, with one TLS context reused for all its HTTP calls (``ssl_verify=``), and
-    one with gradio_client's defaults, which make each HTTP call (3-4 per request) load the CA
-    bundle into a new TLS context even for a plain-HTTP URL (httpx builds one per client;
-    encode/httpx#3627): ~21 ms of client CPU each here. ``app_overhead_ms`` is the first;
-    ``app_overhead_default_client_ms`` the second."""
-    import httpx
-    from gradio_client import Client
-
-    from .generate import generate
-    from .launch import launched_app
-    from .pipelines import ModelCache
-    from .requests import GenerateRequest
-
-    env = {"VGEN_DEFAULT_MODEL": "vgen-shapes", "HF_HUB_OFFLINE": "1"}
-    kw = dict(model="", seed=SEED, randomize_seed=False, api_name="/generate")
-    if steps is not None:
-        kw["steps"] = steps
-    cache = ModelCache(max_models=1)
-    direct_req = GenerateRequest(prompt="", model="vgen-shapes", steps=steps, seed=SEED)
-    with launched_app(env, work) as app:
-        clients = {"reused_tls": Client(app.url, verbose=False, download_files=str(work / "downloads"),
-                                        ssl_verify=httpx.create_ssl_context()),
-                   "default_client": Client(app.url, verbose=False, download_files=str(work / "downloads-d"))}
-        clients["reused_tls"].predict(PROMPTS[0], **kw)
-        cold = time.perf_counter() - app.started
-        cold_cpu = process_cpu_s(app.pid)
-        log(f"app: cold start (process start to first image, embedded model) {cold:.1f} s "
-            f"({cold_cpu:.1f} CPU s in the app process)")
-        clients["default_client"].predict(PROMPTS[0], **kw)
-        generate(replace(direct_req, prompt=PROMPTS[0]), cache=cache)  # warm the direct path too
-        # Wall time, and CPU time of both processes (the app's and this one, where the clients
-        # run), which the machine's other load does not inflate.
-        app_s = {name: [] for name in clients}
-        app_cpu = {name: [] for name in clients}
-        direct_s, direct_cpu = [], []
-        rounds = max(3 * repeats, 9)  # this VM's run-to-run spread is ~±100 ms per request
-        for r in range(rounds):
-            prompt = PROMPTS[1 + r % (len(PROMPTS) - 1)]
-            for name, client in clients.items():
-                t0, c0, a0 = time.perf_counter(), time.process_time(), process_cpu_s(app.pid)
-                client.predict(prompt, **kw)
-                app_s[name].append(time.perf_counter() - t0)
-                app_cpu[name].append(time.process_time() - c0 + process_cpu_s(app.pid) - a0)
-            t0, c0 = time.perf_counter(), time.process_time()
-            generate(replace(direct_req, prompt=prompt), cache=cache)
-            direct_s.append(time.perf_counter() - t0)
-            direct_cpu.append(time.process_time() - c0)
-        # The floor: the same app, queue and clients for a request that does no engine work.
-        floor_s = {name: [] for name in clients}
-        for _ in range(rounds):
-            for name, client in clients.items():
-                t0 = time.perf_counter()
-                client.predict(api_name="/status")
-                floor_s[name].append(time.perf_counter() - t0)
-        for client in clients.values():
-            client.close()
-    direct, direct_c = _median(direct_s) * 1000, _median(direct_cpu) * 1000
-    ms = {name: {"request": _median(app_s[name]) * 1000, "overhead": _median(app_s[name]) * 1000 - direct,
-                 "overhead_cpu": _median(app_cpu[name]) * 1000 - direct_c,
-                 "request_cpu": _median(app_cpu[name]) * 1000, "status": _median(floor_s[name]) * 1000}
-          for name in clients}
-    for name, label in (("reused_tls", "client reusing its TLS context"), ("default_client", "default client")):
-        m = ms[name]
-        log(f"app ({label}): {m['request']:.0f} ms per request through gradio_client, {direct:.0f} ms "
-            f"direct: overhead {m['overhead']:.0f} ms ({m['overhead_cpu']:.0f} ms of CPU time); a request "
-            f"without engine work (/status) takes {m['status']:.0f} ms")
-    r, d = ms["reused_tls"], ms["default_client"]
-    return {"cold_start_s": round(cold, 2), "app_overhead_ms": round(r["overhead"], 1),
-            "app_request_ms": round(r["request"], 1),
-            "direct_request_ms": round(direct, 1),
-            "status_request_ms": round(r["status"], 1),
-            "app_overhead_default_client_ms": round(d["overhead"], 1),
-            "app_request_default_client_ms": round(d["request"], 1),
-            "status_request_default_client_ms": round(d["status"], 1),
-            "cpu": {"cold_start_cpu_s": round(cold_cpu, 2), "app_overhead_cpu_ms": round(r["overhead_cpu"], 1),
-                    "app_request_cpu_ms": round(r["request_cpu"], 1),
-                    "direct_request_cpu_ms": round(direct_c, 1),
-                    "app_overhead_default_client_cpu_ms": round(d["overhead_cpu"], 1),
-                    "app_request_default_client_cpu_ms": round(d["request_cpu"], 1)}}
+    return runs, cpu
 
 
 # ---- the command ----------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def _environ(**values: str):
-    old = {k: os.environ.get(k) for k in values}
+    """Set ``values`` in this process's environment (the engine and the launched app read them)
+    and restore what was there on exit."""
+    saved = dict(os.environ)
     os.environ.update(values)
     try:
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
+        for k in values:
+            if k in saved:
+                os.environ[k] = saved[k]
             else:
-                os.environ[k] = v
+                os.environ.pop(k, None)
 
 
 def _table(result: dict) -> str:
@@ -715,6 +362,7 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
     """Run ``suite`` and return the result (see the module docstring for its layout).
     ``max_steps`` caps the steps of the published architectures (a shorter full suite on a CPU:
     their per-image figures are then for that many steps); the embedded model keeps its default."""
+    from .bench_app import bench_app
     from .pipelines import pick_device, pick_dtype
 
     if suite not in SUITES:
@@ -735,11 +383,11 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
     device = pick_device()
     dtype = pick_dtype(device)
     # The TAESD stand-ins (random weights, published architecture) unless real ones are named.
-    env = {"VGEN_MODEL_ROOTS": os.pathsep.join(filter(None, [os.environ.get("VGEN_MODEL_ROOTS"), str(root)]))}
+    env = {"VGEN_MODEL_ROOTS": os.pathsep.join(filter(None, [config.model_roots_text(), str(root)]))}
     taesd_source = {}
     for var, name in (("VGEN_TAESD", "taesd"), ("VGEN_TAESDXL", "taesdxl")):
-        if os.environ.get(var, "").strip():
-            taesd_source[var] = os.environ[var]
+        if config.tiny_decoder_setting(var):
+            taesd_source[var] = config.tiny_decoder_setting(var)
             continue
         folder = root / (name + ("-tiny" if suite == "tiny" else ""))
         if not (folder / "config.json").is_file():
@@ -776,7 +424,7 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
         "speedups": speedups,
         "conditions": {
             "suite": suite, "repeats": repeats, "max_steps": max_steps, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": config.omp_num_threads(),
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "weights": "random at the published architectures "

@@ -8,10 +8,10 @@ Space).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import config
 from .requests import ModelDefaults
 
 logger = logging.getLogger(__name__)
@@ -57,13 +57,13 @@ def default_model(task: str = "txt2img") -> str:
     if task == "instruct":
         from .hub import CHECKPOINTS_DIR
 
-        chosen = os.environ.get("VGEN_DEFAULT_EDIT_MODEL", "").strip()
+        chosen = config.default_edit_model_setting()
         if chosen:
             return chosen
         if (CHECKPOINTS_DIR / EMBEDDED_EDIT_MODEL / "model_index.json").exists():
             return EMBEDDED_EDIT_MODEL
         return "timbrooks/instruct-pix2pix"
-    return os.environ.get("VGEN_DEFAULT_MODEL", "").strip() or EMBEDDED_MODEL
+    return config.default_model_setting() or EMBEDDED_MODEL
 
 
 def entry_for(ref: str) -> CatalogEntry | None:

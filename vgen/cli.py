@@ -175,8 +175,9 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def cmd_attention(a: argparse.Namespace) -> int:
     """image.png, maps.npz, one overlay per token, grid.png (and path.png with --path)."""
-    from .attention import inspect_generation, safe_name
-    from .denoising import filmstrip
+    from .attention import inspect_generation
+    from .attention_maps import safe_name
+    from .viz import filmstrip
     from .images import load_image
     from .metadata import save_png
     from .requests import EditRequest, GenerateRequest
@@ -294,7 +295,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """One prompt and seed across an x (and y) axis of settings: grid PNG, optional ZIP."""
-    from .compare import CompareRequest, compare, parse_axis
+    from .compare import CompareRequest, parse_axis
+    from .compare_run import compare
     from .compare_grid import save_grid, save_zip, summary_text
     from .requests import GenerateRequest
 
@@ -321,10 +323,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return bench_main(a)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m vgen", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-
+def _add_generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="text to image")
     g.add_argument("prompt", nargs="?")
     g.add_argument("--prompts-file", default=None, help="one prompt a line")
@@ -333,11 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(g)
     g.add_argument("--expand", action="store_true",
                    help="expand the prompt with a language model first (see `expand`)")
-    from .expand_cli import add_expand_parser, add_lm_options
+    from .expand_cli import add_lm_options
 
     add_lm_options(g)
     g.set_defaults(func=cmd_generate)
 
+
+def _add_edit_parser(sub) -> None:
     e = sub.add_parser("edit", help="edit an image")
     e.add_argument("image")
     e.add_argument("instruction")
@@ -350,10 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(e)
     e.set_defaults(func=cmd_edit)
 
+
+def _add_info_parser(sub) -> None:
     i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     i.add_argument("file")
     i.set_defaults(func=cmd_info)
 
+
+def _add_attention_parser(sub) -> None:
     at = sub.add_parser("attention", help="generate (or edit) and write per-token cross-attention maps")
     at.add_argument("prompt")
     at.add_argument("--out", required=True, help="DIR: image.png, maps.npz, overlay-*.png, grid.png")
@@ -367,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(at)
     at.set_defaults(func=cmd_attention)
 
+
+def _add_features_parser(sub) -> None:
     f = sub.add_parser("features", help="feature maps of an image (PCA view and strongest channels)")
     f.add_argument("image")
     f.add_argument("--backbone", default="vgg16", choices=("vgg16", "unet", "vae"))
@@ -380,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--top", type=int, default=16, help="channels in each grid")
     f.set_defaults(func=cmd_features)
 
+
+def _add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="train an embedded model")
     t.add_argument("what", help="shapes | lm (the prompt-expansion language model) | edit "
                    "(the instruction editor)")
@@ -406,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the measured pace reaches, so the --decay-start cosine ends on time")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval_parser(sub) -> None:
     v = sub.add_parser("eval", help="score a model: shapes benchmark, or attention localization")
     v.add_argument("what", help="shapes | attention | edit | lm (prompt expansion)")
     v.add_argument("--model", default=None)
@@ -425,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lm: expanded/full prompt pairs drawn by the image model (--model) and scored (40)")
     v.set_defaults(func=cmd_eval)
 
-    add_expand_parser(sub)
 
+def _add_compare_parser(sub) -> None:
     c = sub.add_parser("compare", help="one prompt and seed across models/settings: a labelled grid")
     c.add_argument("prompt", nargs="?", default="", help="base prompt (optional with --x prompt=A|B)")
     c.add_argument("--x", required=True, metavar="PARAM=V1,V2,...",
@@ -446,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: VGEN_DEFAULT_LM or the embedded vgen-shapes-lm)")
     c.set_defaults(func=cmd_compare)
 
+
+def _add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="time generation: stock diffusers vs the vgen engine and its fast decoder")
     b.add_argument("--suite", default="quick", choices=("tiny", "quick", "full"),
                    help="tiny: test configs, seconds; quick: SD-Turbo 512 + the embedded model; "
@@ -464,6 +477,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ablations", action="store_true", help="also measure, per module, the channels-last "
                    "layout against the contiguous one, and torch.compile of the tiny decoder (slow to compile)")
     b.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m vgen", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_generate_parser(sub)
+    _add_edit_parser(sub)
+    _add_info_parser(sub)
+    _add_attention_parser(sub)
+    _add_features_parser(sub)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    from .expand_cli import add_expand_parser
+
+    add_expand_parser(sub)
+    _add_compare_parser(sub)
+    _add_bench_parser(sub)
     return ap
 
 

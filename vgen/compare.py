@@ -4,7 +4,7 @@ An X/Y plot in the manner of AUTOMATIC1111's "X/Y/Z plot" script: a :class:`Comp
 is a base :class:`~vgen.requests.GenerateRequest` plus one or two :class:`Axis` (a parameter
 and a list of values). :func:`expand` turns it into a grid of ordinary requests that differ
 only in the axes' parameters and share one seed, so only the thing under test changes;
-:func:`compare` runs them and returns a :class:`CompareResult` (per cell: the request as run,
+:func:`vgen.compare_run.compare` runs them and returns a :class:`CompareResult` (per cell: the request as run,
 the image with its ``parameters`` text, the seconds it took, and, for the embedded shapes
 model, the shapes analyzer's strict pass/fail with per-column and per-row pass rates: the
 same rule ``python -m vgen eval shapes`` scores by).
@@ -25,23 +25,24 @@ model prompt expansion on/off, :mod:`vgen.expand`: an ``on`` cell's prompt is fi
 the language model with the cell's seed, exactly as ``python -m vgen generate PROMPT --expand
 --seed S`` does, and the image records how its prompt was made). The number of cells is
 capped by ``VGEN_MAX_COMPARE_CELLS`` (default 16).
+
+This module holds what a comparison is and what it returns (axes, :class:`CompareRequest`,
+:func:`expand`, :class:`CompareResult`), torch-free: the web server builds requests and renders
+results that come back pickled from the engine's worker. Running one is
+:func:`vgen.compare_run.compare`.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
-from .errors import CancelledError, InvalidRequestError
-from .jobs import JobControl, TimeLimitError
-from .requests import EditRequest, GenerateRequest, GenerationResult, Limits, _env_int, check_inputs
+from . import config
+from .errors import InvalidRequestError
+from .requests import EditRequest, GenerateRequest, GenerationResult, Limits, check_inputs
 
-if TYPE_CHECKING:  # torch loads with the engine: the app's server lists the axes without it
-    from .pipelines import ModelCache
-
-MAX_CELLS_ENV = "VGEN_MAX_COMPARE_CELLS"
+MAX_CELLS_ENV = config.MAX_COMPARE_CELLS_ENV  # named in messages
 DEFAULT_MAX_CELLS = 16
 PARAMETERS = ("model", "guidance", "steps", "scheduler", "size", "negative_prompt", "prompt",
               "expand")
@@ -56,7 +57,7 @@ _FALSE = {"off", "false", "no", "0"}
 
 def max_cells() -> int:
     """The cell cap (``VGEN_MAX_COMPARE_CELLS``, default 16): every cell is a full generation."""
-    n = _env_int(MAX_CELLS_ENV, DEFAULT_MAX_CELLS)
+    n = config.max_compare_cells(DEFAULT_MAX_CELLS)
     if n < 1:
         raise InvalidRequestError(f"{MAX_CELLS_ENV} must be at least 1, got {n}")
     return n
@@ -335,11 +336,11 @@ def expand(req: CompareRequest, limits: Limits | None = None) -> tuple[tuple[Gen
     base has none). Every cell is validated before anything runs (bounds as for a single
     request, each model reference, the cell cap), so a bad value in the last cell fails at once
     with a message naming it. A cell on an ``expand=on`` value is listed with its prompt as
-    typed: :func:`compare` has the language model rewrite it first."""
-    return tuple(tuple(cell for cell, _ in row) for row in _grid(req, limits))
+    typed: :func:`vgen.compare_run.compare` has the language model rewrite it first."""
+    return tuple(tuple(cell for cell, _ in row) for row in expand_grid(req, limits))
 
 
-def _grid(req: CompareRequest, limits: Limits | None = None):
+def expand_grid(req: CompareRequest, limits: Limits | None = None):
     """:func:`expand`'s grid with, per cell, whether its prompt is to be expanded."""
     from .catalog import default_model, defaults_for
     from .errors import InvalidModelReferenceError
@@ -387,7 +388,7 @@ def _grid(req: CompareRequest, limits: Limits | None = None):
     return tuple(rows)
 
 
-def _expand_request(cell: GenerateRequest, lm: str | None):
+def expand_request(cell: GenerateRequest, lm: str | None):
     from .expand import DEFAULT_TEMPERATURE, ExpandRequest
 
     # As `python -m vgen generate --expand`: the image's seed is the expansion's seed.
@@ -398,7 +399,7 @@ def _check_expansion(cell: GenerateRequest, lm: str | None, limits: Limits) -> N
     from .expand import check_expand_request
     from .hub import parse_reference
 
-    checked = check_expand_request(_expand_request(cell, lm), limits)
+    checked = check_expand_request(expand_request(cell, lm), limits)
     parse_reference(checked.lm)
 
 
@@ -508,237 +509,3 @@ class CompareResult:
             "load_seconds": round(self.load_s, 3),
             "text_encodings": self.encodings,
         }
-
-
-# ---- scoring ------------------------------------------------------------------------------
-
-def is_shapes_model(ref: str) -> bool:
-    """Whether ``ref`` names the embedded shapes model (``checkpoints/vgen-shapes``), whose
-    world the shapes analyzer can check exactly."""
-    from .catalog import EMBEDDED_MODEL
-    from .hub import parse_reference
-
-    try:
-        mine, embedded = parse_reference(ref), parse_reference(EMBEDDED_MODEL)
-    except Exception:  # the embedded model is missing, or ref is not local
-        return False
-    return mine.is_local and mine.local_path == embedded.local_path
-
-
-def score_cell(image, request: GenerateRequest) -> CellScore | None:
-    """The analyzer's strict pass/fail when the cell's model is the shapes model and its prompt
-    is a sentence of the shapes grammar; None otherwise (nothing to check against)."""
-    from .shapes.analyzer import score
-    from .shapes.captions import ParseError, parse
-
-    if not is_shapes_model(request.model or ""):
-        return None
-    try:
-        description = parse(request.prompt)
-    except ParseError:
-        return None
-    s = score(image, description)
-    return CellScore(s.passed, s.reason)
-
-
-# ---- running ------------------------------------------------------------------------------
-
-def _reuses_embeddings(view) -> bool:
-    """Stable Diffusion (1.x/2.x) pipelines: their ``__call__`` encodes with exactly
-    ``encode_prompt(prompt, device, n, cfg, negative_prompt)``, so calling it first and passing
-    the tensors gives identical pixels (tests/test_compare.py checks it)."""
-    from diffusers import StableDiffusionPipeline
-
-    return isinstance(view, StableDiffusionPipeline) and hasattr(view, "encode_prompt")
-
-
-def _encode(view, model, req: GenerateRequest) -> dict:
-    """``prompt_embeds`` and ``negative_prompt_embeds`` of ``req``'s prompts, encoded as the
-    pipeline's own call does (negative always encoded, so cells of any guidance can share it)."""
-    import torch
-
-    with model.lock, torch.inference_mode():
-        pe, ne = view.encode_prompt(
-            prompt=req.prompt, device=view._execution_device, num_images_per_prompt=1,
-            do_classifier_free_guidance=True, negative_prompt=req.negative_prompt or None)
-    return {"prompt_embeds": pe, "negative_prompt_embeds": ne}
-
-
-def _plan(grid: tuple[tuple[GenerateRequest, ...], ...]) -> list[tuple[int, int]]:
-    """Run order: cells grouped by model (in order of first appearance), then by prompt and
-    negative prompt, so a model is loaded and a prompt encoded once."""
-    from .catalog import default_model
-
-    order = [(r, c) for r in range(len(grid)) for c in range(len(grid[r]))]
-    first: dict[Any, int] = {}
-    for i, (r, c) in enumerate(order):
-        cell = grid[r][c]
-        first.setdefault(("m", (cell.model or "").strip() or default_model()), i)
-        first.setdefault(("p", (cell.model or "").strip() or default_model(),
-                          cell.prompt, cell.negative_prompt), i)
-
-    def key(rc):
-        cell = grid[rc[0]][rc[1]]
-        ref = (cell.model or "").strip() or default_model()
-        return (first[("m", ref)], first[("p", ref, cell.prompt, cell.negative_prompt)])
-
-    return sorted(order, key=key)  # stable: grid order within a group
-
-
-def compare(req: CompareRequest, control: JobControl | None = None,
-            cache: ModelCache | None = None, limits: Limits | None = None,
-            on_cell: Callable[[Cell, int, int], None] | None = None) -> CompareResult:
-    """Run every cell of ``req``; returns the grid. ``control``: progress is reported over the
-    whole grid (step ``k`` of the sum of all cells' steps), Stop cancels the grid within one
-    denoising step, and the time limit bounds the grid's own work (loading not counted).
-    ``on_cell(cell, done, total)`` is called after each cell."""
-    from .attention import AttentionCapture, with_step_observers
-    from .catalog import default_model, defaults_for, model_defaults
-    from .pipelines import model_cache
-    from .runner import prepare, run
-
-    t_start = time.perf_counter()
-    limits = limits or Limits.from_env()
-    control = control or JobControl()
-    cache = cache or model_cache()
-    # 1. Expand and validate every cell before any work; one seed for all.
-    flagged = _grid(req, limits)
-    seed = flagged[0][0][0].seed
-    req = replace(req, base=replace(req.base, seed=seed))
-    clock = _Clock(control)
-    # 2. Cells of an expand=on value: the language model writes their prompt first (once per
-    #    distinct prompt; the seed is the grid's), so the rest of the run sees ordinary requests.
-    grid, extra_s, load_s = _expand_prompts(flagged, req.lm, control, clock, limits)
-    plan = _plan(grid)
-
-    # A model's default steps: the catalog's until it is loaded, then its own (an uncatalogued
-    # model's card can recommend them: catalog.card_defaults), and the grid's total follows.
-    default_steps: dict[str, int] = {}
-
-    def planned_steps(cell: GenerateRequest) -> int:
-        ref = (cell.model or "").strip() or default_model()
-        if cell.steps is not None:
-            return cell.steps
-        return default_steps.get(ref) or defaults_for(ref).steps
-
-    total_steps = sum(planned_steps(grid[r][c]) for r, c in plan)
-    done_steps, encodings = 0, 0
-    embeddings: dict[tuple, dict] = {}
-    out: dict[tuple[int, int], Cell] = {}
-    loaded: set[str] = set()
-    for n, (r, c) in enumerate(plan):
-        cell = grid[r][c]
-        ref = (cell.model or "").strip() or default_model()
-        # 3. Cancel between cells too (a cancelled grid never starts its next cell).
-        if control.cancel.is_set():
-            raise CancelledError(f"the comparison was cancelled after {n} of {len(plan)} cells")
-        # 4. Load each model once (timed apart: loading is not a cell's work).
-        if ref not in loaded:
-            t0 = time.perf_counter()
-            default_steps[ref] = model_defaults(cache.get(ref, progress=control.download)).steps
-            load_s += time.perf_counter() - t0
-            loaded.add(ref)
-            total_steps = done_steps + sum(planned_steps(grid[i][j]) for i, j in plan[n:])
-        # 5. A per-cell control: grid-wide progress, shared cancel, the grid's remaining time.
-        offset = done_steps
-
-        def progress(step: int, total: int, offset=offset) -> None:
-            if control.progress is not None:
-                control.progress(min(offset + step, total_steps), total_steps)
-
-        cell_control = replace(control, progress=progress,
-                               time_limit_s=clock.remaining(f"after {n} of {len(plan)} cells"))
-        capture = AttentionCapture(cell.prompt, 1) if req.attention else None
-        if capture is not None:
-            cell_control = with_step_observers(cell_control, capture)
-        t0 = time.perf_counter()
-        try:
-            # 6. The cell as a single request would run; the prompt encoded once per group.
-            cell_req, model, view = prepare(cell, cell_control, cache, limits)
-            kwargs = {"width": cell_req.width, "height": cell_req.height}
-            shared = False
-            if _reuses_embeddings(view):
-                key = (model.ref, str(model.device), cell_req.prompt, cell_req.negative_prompt)
-                shared = key in embeddings
-                if not shared:
-                    embeddings[key] = _encode(view, model, cell_req)
-                    encodings += 1
-                kwargs.update(embeddings[key])
-            else:
-                encodings += 1
-            result = run(cell_req, model, view, kwargs, cell_control, capture)
-        except TimeLimitError:
-            raise clock.timeout(f"after {n} of {len(plan)} cells") from None
-        except CancelledError:
-            raise CancelledError(
-                f"the comparison was cancelled after {n} of {len(plan)} cells") from None
-        seconds = time.perf_counter() - t0 + extra_s.pop((r, c), 0.0)
-        clock.work_s += time.perf_counter() - t0
-        done_steps += planned_steps(cell)
-        image = result.images[0]
-        maps = capture.result(image.size) if capture is not None else None
-        # 7. Score against the prompt when the shapes analyzer can.
-        out[(r, c)] = Cell(r, c, result.request, image, seconds, result,
-                           score_cell(image, result.request), maps, shared)
-        if on_cell is not None:
-            on_cell(out[(r, c)], n + 1, len(plan))
-    cells = tuple(tuple(out[(r, c)] for c in range(len(grid[r]))) for r in range(len(grid)))
-    return CompareResult(req, cells, time.perf_counter() - t_start, load_s, encodings)
-
-
-@dataclass
-class _Clock:
-    """The grid's time limit: the work of all cells (and expansions) so far, against
-    ``control.time_limit_s``; each step gets what is left (the engine restarts a control's
-    clock when it holds the model, so loading is never counted)."""
-
-    control: JobControl
-    work_s: float = 0.0
-
-    def remaining(self, where: str) -> float | None:
-        if self.control.time_limit_s is None:
-            return None
-        left = self.control.time_limit_s - self.work_s
-        if left <= 0:
-            raise self.timeout(where)
-        return left
-
-    def timeout(self, where: str) -> TimeLimitError:
-        return TimeLimitError(
-            f"the comparison ran past its time limit of {self.control.time_limit_s:.0f} s "
-            f"{where}; use fewer values, fewer steps or a smaller size")
-
-
-def _expand_prompts(flagged, lm: str | None, control: JobControl, clock: _Clock, limits: Limits):
-    """The grid with every ``expand=on`` cell's prompt written by the language model (and its
-    ``expansion`` record, as ``generate --expand`` makes); the seconds each expansion took, on
-    the first cell that used it; and the seconds spent loading the language model."""
-    grid = [[cell for cell, _ in row] for row in flagged]
-    wanted = [(r, c) for r, row in enumerate(flagged) for c, (_, on) in enumerate(row) if on]
-    if not wanted:
-        return tuple(tuple(row) for row in grid), {}, 0.0
-    from .expand import expand as expand_prompt
-
-    done: dict[tuple, Any] = {}
-    extra_s: dict[tuple[int, int], float] = {}
-    load_s = 0.0
-    for i, (r, c) in enumerate(wanted):
-        cell = grid[r][c]
-        if control.cancel.is_set():
-            raise CancelledError("the comparison was cancelled while expanding prompts")
-        key = (cell.prompt, cell.seed)
-        if key not in done:
-            step_control = replace(control, progress=None,
-                                   time_limit_s=clock.remaining("while expanding prompts"))
-            t0 = time.perf_counter()
-            try:
-                done[key] = expand_prompt(_expand_request(cell, lm), step_control, limits=limits)
-            except TimeLimitError:
-                raise clock.timeout("while expanding prompts") from None
-            wall = time.perf_counter() - t0
-            clock.work_s += done[key].seconds
-            load_s += max(0.0, wall - done[key].seconds)  # loading the language model
-            extra_s[(r, c)] = done[key].seconds
-        result = done[key]
-        grid[r][c] = replace(cell, prompt=result.variants[0], expansion=result.expansion(0))
-    return tuple(tuple(row) for row in grid), extra_s, load_s

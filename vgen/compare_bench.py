@@ -12,7 +12,7 @@ default guidance. Two measurements, alternated ``--repeats`` times (the machine 
 * **CLI, end to end**: wall time of ``python -m vgen compare ... --out grid.png --zip
   cells.zip`` against ``python -m vgen generate --prompts-file nine.txt --out-dir DIR`` in
   fresh processes (start-up and model loading included in both, as a user sees them);
-* **engine, warm**: in this process, the model already loaded, ``vgen.compare.compare`` plus
+* **engine, warm**: in this process, the model already loaded, ``vgen.compare_run.compare`` plus
   writing the grid PNG and the ZIP against ``vgen.batch.generate_file``.
 
 Each is timed as wall clock and as CPU time (``getrusage`` of the child process for the CLI,
@@ -69,6 +69,40 @@ class _Timer:
         return False
 
 
+def _timed_rounds(repeats: int, req, base, work: Path, prompts_file: Path, grid_args: list[str],
+                  common: list[str], env: dict) -> tuple[list, list, list, list]:
+    """(wall, CPU) seconds per repeat of: the CLI grid, the CLI batch, the engine grid and the
+    engine batch, grid and batch taking turns at going first."""
+    from .batch import generate_file
+    from .compare_grid import save_grid, save_zip
+    from .compare_run import compare
+
+    cli_grid, cli_batch, eng_grid, eng_batch = [], [], [], []
+    for i in range(repeats):
+        order = ("grid", "batch") if i % 2 == 0 else ("batch", "grid")
+        for which in order:
+            if which == "grid":
+                cli_grid.append(_cli(["compare", *grid_args,
+                                      "--out", str(work / f"grid-{i}.png"),
+                                      "--zip", str(work / f"cells-{i}.zip")], env))
+                with _Timer() as t:
+                    result = compare(req)
+                    save_grid(result, work / f"grid-engine-{i}.png")
+                    save_zip(result, work / f"cells-engine-{i}.zip")
+                eng_grid.append((t.wall, t.cpu))
+            else:
+                cli_batch.append(_cli(["generate", "--prompts-file", str(prompts_file),
+                                       "--out-dir", str(work / f"batch-{i}"), *common], env))
+                with _Timer() as t:
+                    generate_file(prompts_file, work / f"batch-engine-{i}", base)
+                eng_batch.append((t.wall, t.cpu))
+        print(f"repeat {i + 1}/{repeats} (wall / CPU s): CLI grid {cli_grid[-1][0]:.1f} / "
+              f"{cli_grid[-1][1]:.1f}, batch {cli_batch[-1][0]:.1f} / {cli_batch[-1][1]:.1f}; "
+              f"engine grid {eng_grid[-1][0]:.1f} / {eng_grid[-1][1]:.1f}, batch "
+              f"{eng_batch[-1][0]:.1f} / {eng_batch[-1][1]:.1f}", flush=True)
+    return cli_grid, cli_batch, eng_grid, eng_batch
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vgen.compare_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="default: the default model (vgen-shapes)")
@@ -79,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .batch import generate_file
     from .catalog import default_model, model_defaults
-    from .compare import Axis, CompareRequest, compare
-    from .compare_grid import save_grid, save_zip
+    from .compare import Axis, CompareRequest
+    from .compare_run import compare
     from .pipelines import model_cache
     from .requests import GenerateRequest
 
@@ -113,29 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         batch_default = [np.asarray(Image.open(work / "warm-batch" / f"{i:04d}.png")) for i in range(3)]
         same = all(np.array_equal(np.asarray(warm.cells[row][c].image), batch_default[c]) for c in range(3))
 
-    cli_grid, cli_batch, eng_grid, eng_batch = [], [], [], []
-    for i in range(a.repeats):
-        order = ("grid", "batch") if i % 2 == 0 else ("batch", "grid")
-        for which in order:
-            if which == "grid":
-                cli_grid.append(_cli(["compare", "--x", x, "--y", y, *common,
-                                      "--out", str(work / f"grid-{i}.png"),
-                                      "--zip", str(work / f"cells-{i}.zip")], env))
-                with _Timer() as t:
-                    result = compare(req)
-                    save_grid(result, work / f"grid-engine-{i}.png")
-                    save_zip(result, work / f"cells-engine-{i}.zip")
-                eng_grid.append((t.wall, t.cpu))
-            else:
-                cli_batch.append(_cli(["generate", "--prompts-file", str(prompts_file),
-                                       "--out-dir", str(work / f"batch-{i}"), *common], env))
-                with _Timer() as t:
-                    generate_file(prompts_file, work / f"batch-engine-{i}", base)
-                eng_batch.append((t.wall, t.cpu))
-        print(f"repeat {i + 1}/{a.repeats} (wall / CPU s): CLI grid {cli_grid[-1][0]:.1f} / "
-              f"{cli_grid[-1][1]:.1f}, batch {cli_batch[-1][0]:.1f} / {cli_batch[-1][1]:.1f}; "
-              f"engine grid {eng_grid[-1][0]:.1f} / {eng_grid[-1][1]:.1f}, batch "
-              f"{eng_batch[-1][0]:.1f} / {eng_batch[-1][1]:.1f}", flush=True)
+    # The timed rounds, alternating which goes first.
+    cli_grid, cli_batch, eng_grid, eng_batch = _timed_rounds(a.repeats, req, base, work, prompts_file,
+                                                             ["--x", x, "--y", y, *common], common, env)
 
     def ratio(g, b, k):
         return statistics.median(gi[k] / bi[k] for gi, bi in zip(g, b))

@@ -156,3 +156,140 @@ def server_port() -> int:
 def gradio_temp_dir() -> str:
     """GRADIO_TEMP_DIR, when set (Gradio's own upload/cache folder otherwise)."""
     return raw("GRADIO_TEMP_DIR")
+
+
+# ---- the engine -----------------------------------------------------------------------------
+# Defaults that live with the code using them (the embedded model's name, Hub ids) stay there:
+# these return "" / None when a variable is unset, and the caller falls back.
+
+
+def integer(name: str, default: int) -> int:
+    """An integer setting (a request bound, a cell cap): ``default`` when unset or blank; a
+    value that is not an integer raises InvalidRequestError naming it (falling back would
+    silently change a limit the operator set)."""
+    from .errors import InvalidRequestError
+
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        return int(text)
+    except ValueError as e:
+        raise InvalidRequestError(f"environment variable {name}={text!r} must be an integer") from e
+
+
+def default_model_setting() -> str:
+    """VGEN_DEFAULT_MODEL: the text-to-image model of a request without one ("": the embedded
+    model, ``vgen.catalog.default_model``)."""
+    return raw("VGEN_DEFAULT_MODEL")
+
+
+def default_edit_model_setting() -> str:
+    """VGEN_DEFAULT_EDIT_MODEL: the instruct editor of a request without one ("": the embedded
+    editor when present, else the Hub's InstructPix2Pix)."""
+    return raw("VGEN_DEFAULT_EDIT_MODEL")
+
+
+def default_lm_setting() -> str:
+    """VGEN_DEFAULT_LM: the prompt-expansion language model ("": the embedded one)."""
+    return raw("VGEN_DEFAULT_LM")
+
+
+def lm_cache_size() -> int:
+    """VGEN_LM_CACHE_SIZE: language models kept loaded (1; at least 1). Not an integer:
+    InvalidRequestError."""
+    return max(1, integer("VGEN_LM_CACHE_SIZE", 1))
+
+
+def model_cache_size() -> int:
+    """VGEN_MODEL_CACHE_SIZE: image pipelines kept loaded (2). Not an integer: ValueError, as
+    ``int()`` has always raised here."""
+    return int(raw("VGEN_MODEL_CACHE_SIZE", "2"))
+
+
+def device_setting() -> str:
+    """VGEN_DEVICE: a torch device name overriding cuda/cpu ("": automatic)."""
+    return raw("VGEN_DEVICE")
+
+
+def dtype_setting() -> str:
+    """VGEN_DTYPE: float32/float16/bfloat16 (or fp32/fp16/bf16) overriding the device's
+    default ("": automatic)."""
+    return raw("VGEN_DTYPE")
+
+
+def model_roots_text() -> str:
+    """VGEN_MODEL_ROOTS as set (``os.pathsep``-separated folders local models may come from;
+    "" when unset), for a caller that extends it for a child process."""
+    return os.environ.get("VGEN_MODEL_ROOTS", "")
+
+
+def model_roots() -> list[str]:
+    """VGEN_MODEL_ROOTS split: the extra folders local models may be loaded from."""
+    return [e.strip() for e in model_roots_text().split(os.pathsep) if e.strip()]
+
+
+def max_input_pixels(default: int) -> int:
+    """VGEN_MAX_INPUT_PIXELS: pixels of an input image, checked before decoding (``default``).
+    Not an integer: ValueError (a bad value must not lift the limit)."""
+    return int(raw("VGEN_MAX_INPUT_PIXELS") or default)
+
+
+def vgg16_weights_setting() -> str:
+    """VGEN_VGG16_WEIGHTS: the Features tab's VGG16 weights (Hub id or folder; "": timm's)."""
+    return raw("VGEN_VGG16_WEIGHTS")
+
+
+def tiny_decoder_setting(variable: str) -> str:
+    """VGEN_TAESD / VGEN_TAESDXL (``variable``): the fast decoder's tiny autoencoder for SD or
+    SDXL latents ("": madebyollin's, ``vgen.decoders.TINY_DECODERS``)."""
+    return raw(variable)
+
+
+def omp_num_threads() -> str | None:
+    """OMP_NUM_THREADS as set (None when unset), for the bench's record of its conditions."""
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+# ---- huggingface_hub's variables, re-read at call time (huggingface_hub.constants is frozen at
+# import); the caller falls back to huggingface_hub.constants when these say "unset".
+
+
+def hf_offline() -> bool | None:
+    """HF_HUB_OFFLINE, else TRANSFORMERS_OFFLINE (the first one set): whether it is 1/on/yes/
+    true; None when neither is set."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(name)
+        if value:
+            return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return None
+
+
+def hf_endpoint() -> str:
+    """HF_ENDPOINT without a trailing slash ("" when unset)."""
+    return (os.environ.get("HF_ENDPOINT") or "").rstrip("/")
+
+
+def hf_cache_dir() -> str:
+    """HF_HUB_CACHE (or the older HUGGINGFACE_HUB_CACHE), else HF_HOME/hub, with ``~`` and
+    variables expanded ("" when none is set)."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return os.path.expandvars(os.path.expanduser(os.environ[name]))
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expandvars(os.path.expanduser(os.environ["HF_HOME"])), "hub")
+    return ""
+
+
+def hf_tokens() -> list[str]:
+    """HF_TOKEN and HUGGING_FACE_HUB_TOKEN, those set: secrets to scrub from messages."""
+    return [t for t in (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")) if t]
+
+
+MAX_COMPARE_CELLS_ENV = "VGEN_MAX_COMPARE_CELLS"
+
+
+def max_compare_cells(default: int) -> int:
+    """VGEN_MAX_COMPARE_CELLS: cells one comparison may have (``default``); not an integer:
+    InvalidRequestError (``vgen.compare.max_cells`` also refuses one under 1)."""
+    return integer(MAX_COMPARE_CELLS_ENV, default)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,8 @@ from typing import Any, Callable
 
 import torch
 
-from . import hub
-from .errors import ModelError, VgenError
+from . import config, hub
+from .errors import FastDecoderUnavailableError, ModelError, VgenError
 
 TINY_DECODERS = {  # latent space -> (default Hub repo, environment variable overriding it)
     "sd": ("madebyollin/taesd", "VGEN_TAESD"),
@@ -53,10 +52,6 @@ PREVIEW_SHARE = 0.05  # previews may take at most this share of a job's time
 PREVIEW_AFTER_S = 2.0
 OWN_VAE_PREVIEW_MAX_PARAMS = 10_000_000  # a model's own VAE this small is cheap enough to preview
 FAILURE_RETRY_S = 300.0  # a failed tiny-decoder fetch is retried for previews after this long
-
-
-class FastDecoderUnavailableError(ModelError):
-    """The tiny autoencoder for fast decoding could not be fetched or loaded."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +88,7 @@ def latent_space(vae) -> str | None:
 
 def tiny_decoder_ref(space: str) -> str:
     repo, env = TINY_DECODERS[space]
-    return os.environ.get(env, "").strip() or repo
+    return config.tiny_decoder_setting(env) or repo
 
 
 def _params(module) -> int:

@@ -24,8 +24,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import viz
-
 
 def alpha_bar(scheduler, t) -> float:
     """``alphas_cumprod`` at (possibly fractional) timestep ``t``, interpolated in log-sigma
@@ -141,10 +139,3 @@ class DenoisingPath:
             images += [Image.fromarray(a) for a in x]
         n = self.num_images
         return [[images[s * n + i] for s in range(len(self.latents))] for i in range(n)]
-
-
-def filmstrip(frames: list[Image.Image], cell_size: int = 96, columns: int | None = None,
-              labels: list[str] | None = None) -> Image.Image:
-    """The frames side by side (one row unless ``columns``), labelled with their step numbers."""
-    labels = labels or [f"step {i + 1}" for i in range(len(frames))]
-    return viz.grid(list(frames), labels, columns=columns or len(frames), cell_size=cell_size)

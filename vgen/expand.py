@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
 import queue
 import random
 import re
@@ -39,6 +38,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from . import config
 from .errors import InvalidRequestError, UnsupportedModelError
 from .jobs import JobControl
 from .requests import Expansion, Limits
@@ -79,7 +79,7 @@ LM_CATALOG: tuple[LMEntry, ...] = (
 
 def default_lm() -> str:
     """``VGEN_DEFAULT_LM`` or the embedded shapes LM (works offline)."""
-    return os.environ.get("VGEN_DEFAULT_LM", "").strip() or EMBEDDED_LM
+    return config.default_lm_setting() or EMBEDDED_LM
 
 
 @dataclass(frozen=True)
@@ -218,14 +218,6 @@ def load_lm(resolved, device: torch.device, dtype: torch.dtype) -> LoadedLM:
     return LoadedLM(model, tokenizer, mode)
 
 
-def _env_cache_size() -> int:
-    raw = os.environ.get("VGEN_LM_CACHE_SIZE", "").strip()
-    try:
-        return max(1, int(raw)) if raw else 1
-    except ValueError:
-        raise InvalidRequestError(f"VGEN_LM_CACHE_SIZE={raw!r} must be an integer") from None
-
-
 _LM_CACHE: ModelCache | None = None
 _LM_CACHE_LOCK = threading.Lock()
 
@@ -237,7 +229,7 @@ def lm_cache() -> ModelCache:
     global _LM_CACHE
     with _LM_CACHE_LOCK:
         if _LM_CACHE is None:
-            _LM_CACHE = ModelCache(max_models=_env_cache_size(), loader=load_lm)
+            _LM_CACHE = ModelCache(max_models=config.lm_cache_size(), loader=load_lm)
         return _LM_CACHE
 
 

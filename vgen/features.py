@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -40,11 +41,11 @@ class FeatureMaps:
 
     def pca(self, name: str, size: tuple[int, int] | None = None) -> Image.Image:
         """PCA-to-RGB view of one layer (``size`` = (W, H); default: the input's size)."""
-        return viz.pca_rgb(self._layer(name), size or self.image.size)
+        return pca_rgb(self._layer(name), size or self.image.size)
 
     def channels(self, name: str, k: int = 16, cell_size: int = 96, columns: int | None = None) -> Image.Image:
         """Grid of the ``k`` strongest channels (largest mean |activation|) of one layer."""
-        return viz.channel_grid(self._layer(name), k, cell_size, columns)
+        return channel_grid(self._layer(name), k, cell_size, columns)
 
     def pca_grid(self, cell_size: int = 128) -> Image.Image:
         """The input and every layer's PCA view side by side, labelled with shapes."""
@@ -262,3 +263,52 @@ def extract(image: Image.Image, backbone: str = "vgg16", **kwargs) -> FeatureMap
     if backbone == "vae":
         return vae_features(image, **kwargs)
     raise InvalidRequestError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+
+
+# ---- views of a feature map (torch; moved from vgen.viz, which the web server imports) --------
+
+def pca_rgb(features: torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
+    """The first three principal components of a (C, h, w) feature map as R, G and B.
+
+    Exact PCA (eigenvectors of the C x C covariance, or SVD when there are fewer positions than
+    channels), each component's sign fixed so its largest loading is positive (the same input
+    always gives the same colors), and scaled to [0, 1] between its 1st and 99th percentile."""
+    f = features.detach().float().cpu()
+    if f.ndim != 3:
+        raise ValueError(f"features must be (C, h, w), got shape {tuple(f.shape)}")
+    c, h, w = f.shape
+    x = f.reshape(c, h * w).T  # (n, C)
+    x = x - x.mean(0, keepdim=True)
+    k = min(3, c, h * w)
+    if c <= h * w:
+        evals, evecs = torch.linalg.eigh(x.T @ x / max(1, h * w - 1))
+        comps = evecs[:, torch.argsort(evals, descending=True)[:k]]  # (C, k)
+    else:
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        comps = vh[:k].T
+    signs = torch.sign(comps.gather(0, comps.abs().argmax(0, keepdim=True)))
+    comps = comps * torch.where(signs == 0, torch.ones_like(signs), signs)
+    proj = (x @ comps).numpy()  # (n, k)
+    rgb = np.zeros((h * w, 3), dtype=np.float32)
+    for i in range(k):
+        lo, hi = np.percentile(proj[:, i], [1, 99])
+        rgb[:, i] = np.clip((proj[:, i] - lo) / max(hi - lo, 1e-8), 0, 1)
+    im = Image.fromarray((rgb.reshape(h, w, 3) * 255).round().astype(np.uint8))
+    return im.resize(size, Image.NEAREST) if size and im.size != tuple(size) else im
+
+
+def strongest_channels(features: torch.Tensor, k: int = 16) -> list[int]:
+    """Indices of the ``k`` channels with the largest mean absolute activation."""
+    f = features.detach().float()
+    energy = f.abs().flatten(1).mean(1)
+    return torch.argsort(energy, descending=True)[: min(k, f.shape[0])].tolist()
+
+
+def channel_grid(features: torch.Tensor, k: int = 16, cell_size: int = 96,
+                 columns: int | None = None) -> Image.Image:
+    """The ``k`` strongest channels of a (C, h, w) map, each min-max scaled and colored, labelled
+    with its channel index."""
+    f = features.detach().float().cpu()
+    idx = strongest_channels(f, k)
+    cells = [viz.heat_image(viz.normalise01(f[i].numpy())) for i in idx]
+    return viz.grid(cells, [f"ch {i}" for i in idx], columns=columns or min(len(idx), 8), cell_size=cell_size)

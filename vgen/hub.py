@@ -22,17 +22,12 @@ to do. Messages never contain the access token.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
-import importlib
 import logging
-import os
 import re
-import threading
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, NoReturn, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
+from typing import Callable, Iterable
 
 from huggingface_hub import (
     HfApi,
@@ -43,44 +38,32 @@ from huggingface_hub import (
     try_to_load_from_cache,
 )
 from huggingface_hub import errors as hf_errors
+from huggingface_hub.constants import DEFAULT_REVISION
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from huggingface_hub.utils import tqdm as hf_tqdm
 
-from vgen.errors import (
-    GatedModelError,
-    InvalidModelReferenceError,
-    ModelError,
-    ModelNotFoundError,
-    NetworkError,
-    OfflineError,
-    RevisionNotFoundError,
-    UnsafeWeightsError,
-    UnsupportedModelError,
-    VgenError,
+from . import config
+from .errors import InvalidModelReferenceError, OfflineError, UnsupportedModelError, VgenError
+from .hub_errors import display_endpoint, is_unreachable, raise_mapped
+from .hub_files import (
+    is_model_folder,
+    pipeline_allow_patterns,
+    refuse_pickle_only,
+    relative_files,
+    select_files,
+    variant_candidates,
 )
+from .hub_progress import DownloadProgress, ProgressTracker
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR: Path = Path(__file__).resolve().parent.parent / "checkpoints"
 """Where locally trained models live; always an allowed local root."""
 
-_DEFAULT_REVISION = "main"
-_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _BARE_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
 # Git refuses these in ref names; the Hub inherits that. The revision also becomes a path under the
 # cache's refs/ folder, so "..", a leading "/" and backslashes must never get through.
 _BAD_REVISION_CHARS = re.compile(r"[\s~^:?*\[\\\x00-\x1f\x7f]")
-# The weight files diffusers and transformers actually look for: the (optionally sharded) standard
-# names, optionally with the fp16 variant infix. Anything else (single-file checkpoints such as
-# "sd_xl_base_1.0.safetensors", non_ema/ema variants, adapters) is never needed to load a pipeline.
-_WEIGHT_FILE = re.compile(
-    r"(?:diffusion_pytorch_model|model)(?P<variant>\.fp16)?(?:-\d+-of-\d+)?\.safetensors"
-)
-_WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
-# README.md: the model card, whose ``inference: parameters:`` are the model's recommended settings
-# (vgen.catalog.card_defaults); at the top level only.
-_SUPPORT_PATTERNS = ("model_index.json", "*.json", "*.txt", "*.model", "*.tiktoken", "README.md")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,25 +102,6 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
-class DownloadProgress:
-    """Progress of one :func:`resolve` call that talks to the Hub.
-
-    Counts describe how complete the local snapshot is: ``bytes_done`` starts at the size of the
-    selected files already in the cache and grows as bytes arrive, so it ends at ``bytes_total``
-    (a second resolve of a cached model reports ``bytes_done == bytes_total`` from the first event).
-    ``files_done`` counts files finished (cached files finish at once). ``bytes_total`` is None when
-    the Hub did not report sizes. ``current_file`` is None when unknown: huggingface_hub downloads
-    files in parallel and does not say which file a chunk belongs to.
-    """
-
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int | None
-    current_file: str | None
-
-
-@dataclass(frozen=True)
 class ResolvedModel:
     """A model ready to load: ``path`` is a folder in diffusers/transformers layout."""
 
@@ -159,12 +123,10 @@ def allowed_local_roots() -> list[Path]:
     (symlinks, ``..``, ``~``; relative entries against the working directory).
     """
     roots = [CHECKPOINTS_DIR.resolve()]
-    for entry in os.environ.get("VGEN_MODEL_ROOTS", "").split(os.pathsep):
-        entry = entry.strip()
-        if entry:
-            root = Path(entry).expanduser().resolve()
-            if root not in roots:
-                roots.append(root)
+    for entry in config.model_roots():
+        root = Path(entry).expanduser().resolve()
+        if root not in roots:
+            roots.append(root)
     return roots
 
 
@@ -306,367 +268,21 @@ def _coerce(reference: str | ModelRef) -> ModelRef:
 
 
 # --------------------------------------------------------------------------------------------------
-# Which files a pipeline needs
+# Environment (vgen.config re-reads it at call time: huggingface_hub.constants is frozen at import)
 # --------------------------------------------------------------------------------------------------
-
-
-def pipeline_allow_patterns(variant: str | None = None) -> list[str]:
-    """``allow_patterns`` (fnmatch, as ``snapshot_download`` uses them) for what a pipeline loads.
-
-    Configs (``*.json``: ``model_index.json``, component ``config.json``, index files), tokenizer
-    files (``*.txt``, ``*.model``, ``*.tiktoken``, ``tokenizer.json``), the model card
-    (``README.md``) and the standard safetensors weight names diffusers and transformers look
-    for (``diffusion_pytorch_model*.safetensors``, ``model*.safetensors``, sharded or not). With ``variant="fp16"`` only the ``.fp16`` weight files
-    match; with no variant only the non-variant ones. Pickle weights, ONNX/Flax/TF files and Python
-    code never match.
-
-    fnmatch's ``*`` also crosses ``/``, so these patterns cannot limit depth; :func:`resolve` applies
-    a stricter per-file selection on top (one folder level, per-component fp16 fallback).
-    """
-    if variant not in (None, "fp16"):
-        raise ValueError(f"Unknown weight variant {variant!r}; vgen supports None or 'fp16'.")
-    infix = ".fp16" if variant else ""
-    weights = []
-    for stem in _WEIGHT_STEMS:
-        for prefix in ("", "*/"):
-            weights.append(f"{prefix}{stem}{infix}.safetensors")
-            weights.append(f"{prefix}{stem}{infix}-*-of-*.safetensors")
-    return [*_SUPPORT_PATTERNS, *weights]
-
-
-def _weight_variant(path: str) -> str | None | bool:
-    """``None``/``"fp16"`` for a loadable safetensors weight file, ``False`` for any other file."""
-    match = _WEIGHT_FILE.fullmatch(PurePosixPath(path).name)
-    if match is None:
-        return False
-    return "fp16" if match.group("variant") else None
-
-
-def _loadable_weights(paths: Sequence[str]) -> dict[str, dict[str | None, list[str]]]:
-    """Loadable weight files by component folder, then by variant (None or "fp16").
-
-    Only files at most one folder deep count, and top-level weights of a pipeline repo do not: a
-    ``model_index.json`` repo loads its weights from component folders.
-    """
-    is_pipeline = "model_index.json" in paths
-    weights: dict[str, dict[str | None, list[str]]] = {}
-    for path in paths:
-        parts = PurePosixPath(path).parts
-        variant = _weight_variant(path)
-        if variant is False or len(parts) > 2 or (is_pipeline and len(parts) == 1):
-            continue
-        weights.setdefault(str(PurePosixPath(path).parent), {}).setdefault(variant, []).append(path)
-    return weights
-
-
-def _variant_candidates(paths: Sequence[str], prefer_fp16: bool) -> list[str | None]:
-    """Variants that could load this file set, best first.
-
-    fp16 is an option only if fp16 weight files exist; it becomes the only option when some
-    component has fp16 weights but no full-precision ones (loading it needs ``variant="fp16"``).
-    """
-    components = _loadable_weights(paths).values()
-    if not any("fp16" in by_variant for by_variant in components):
-        return [None]
-    if any(None not in by_variant for by_variant in components):
-        return ["fp16"]
-    return ["fp16", None] if prefer_fp16 else [None, "fp16"]
-
-
-def _select_files(paths: Sequence[str], variant: str | None) -> list[str]:
-    """The exact files to fetch from a repo listing for ``variant``.
-
-    Support files (configs, tokenizer files) at most one folder deep, plus per component folder the
-    chosen variant's weights if it has them, else the other variant's, as diffusers itself does.
-    Top-level ``.safetensors`` of a pipeline repo (single-file checkpoints of several GB), other
-    variants (non_ema, ...) and anything else are left out.
-    """
-    selected = [
-        path
-        for path in paths
-        if len(PurePosixPath(path).parts) <= 2
-        and _weight_variant(path) is False
-        and any(fnmatch.fnmatchcase(path, pattern) for pattern in _SUPPORT_PATTERNS)
-    ]
-    for by_variant in _loadable_weights(paths).values():
-        selected += by_variant.get(variant) or next(iter(by_variant.values()))
-    return sorted(selected)
-
-
-def _refuse_pickle_only(paths: Sequence[str], where: str) -> None:
-    if _loadable_weights(paths):
-        return
-    pickles = sorted(path for path in paths if path.endswith(_PICKLE_SUFFIXES))
-    if pickles:
-        shown = ", ".join(pickles[:3]) + (", ..." if len(pickles) > 3 else "")
-        raise UnsafeWeightsError(
-            f"{where} only has pickle weights ({shown}); vgen only loads .safetensors weights, because "
-            "loading a pickle file can run arbitrary code. Use a repo or revision that ships "
-            ".safetensors weights (or convert the weights yourself from a trusted copy)."
-        )
-
-
-def _is_model_folder(path: Path) -> bool:
-    return (path / "model_index.json").is_file() or (path / "config.json").is_file()
-
-
-def _relative_files(folder: Path) -> list[str]:
-    """Files at the top level and one folder down, as posix paths relative to ``folder``."""
-    files = []
-    for entry in folder.iterdir():
-        if entry.is_file():
-            files.append(entry.name)
-        elif entry.is_dir():
-            files += [f"{entry.name}/{child.name}" for child in entry.iterdir() if child.is_file()]
-    return files
-
-
-# --------------------------------------------------------------------------------------------------
-# Environment (re-read at call time: huggingface_hub.constants is frozen at import)
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_true(value: str) -> bool:
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _offline_mode() -> bool:
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        value = os.environ.get(name)
-        if value:
-            return _is_true(value)
-    return bool(constants.HF_HUB_OFFLINE)
+    offline = config.hf_offline()
+    return bool(constants.HF_HUB_OFFLINE) if offline is None else offline
 
 
 def _endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or constants.ENDPOINT
+    return config.hf_endpoint() or constants.ENDPOINT
 
 
 def _cache_dir() -> str:
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(name):
-            return os.path.expandvars(os.path.expanduser(os.environ[name]))
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expandvars(os.path.expanduser(os.environ["HF_HOME"])), "hub")
-    return constants.HF_HUB_CACHE
-
-
-def _display_endpoint(endpoint: str) -> str:
-    """The endpoint without any user:password@ part, fit for messages."""
-    parts = urlsplit(endpoint)
-    if parts.username is None and parts.password is None:
-        return endpoint
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=host))
-
-
-# --------------------------------------------------------------------------------------------------
-# Error mapping
-# --------------------------------------------------------------------------------------------------
-
-
-def _transport_error_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """(transport, timeout, connect) exception classes of the HTTP clients huggingface_hub may use."""
-    transport, timeout, connect = [], [], []
-    for module_name in ("httpx2", "httpx"):  # huggingface_hub 2.x uses httpx2; 1.x used httpx
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        transport.append(module.TransportError)
-        timeout.append(module.TimeoutException)
-        connect.append(module.ConnectError)
-    return tuple(transport), tuple(timeout), tuple(connect)
-
-
-_TRANSPORT, _TIMEOUT, _CONNECT = _transport_error_types()
-
-
-def _causes(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the Hub cannot be reached" (so the local cache may stand in)."""
-    for cause in _causes(exc):
-        if isinstance(cause, (*_TRANSPORT, hf_errors.OfflineModeIsEnabled, hf_errors.RevisionResolutionError)):
-            return True
-        if isinstance(cause, hf_errors.HfHubHTTPError) and cause.response is not None:
-            if cause.response.status_code >= 500 or cause.response.status_code == 429:
-                return True
-    return False
-
-
-def _unreachable_error(ref: ModelRef, exc: BaseException, endpoint: str, cache_dir: str) -> ModelError:
-    """Error for "the Hub could not be used and the model is not cached"."""
-    where = _display_endpoint(endpoint)
-    not_cached = f"{ref} is not in the local cache (HF_HUB_CACHE={cache_dir})"
-    for cause in _causes(exc):
-        if isinstance(cause, hf_errors.OfflineModeIsEnabled):
-            return OfflineError(
-                f"{not_cached} and the Hub is offline (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE "
-                "and run once with network access to download it."
-            )
-        if isinstance(cause, _TIMEOUT):
-            return NetworkError(
-                f"The Hub at {where} did not answer in time while fetching {ref}, and {not_cached}. "
-                "Check the network (or HF_ENDPOINT) and try again."
-            )
-        if isinstance(cause, _CONNECT):
-            return OfflineError(
-                f"{not_cached} and the Hub at {where} cannot be reached (connection failed); "
-                "connect to the network (or fix HF_ENDPOINT) and try again."
-            )
-        if isinstance(cause, hf_errors.HfHubHTTPError) and cause.response is not None:
-            return NetworkError(
-                f"The Hub at {where} answered HTTP {cause.response.status_code} while fetching {ref}, "
-                f"and {not_cached}. Try again later."
-            )
-    if isinstance(exc, hf_errors.LocalEntryNotFoundError):
-        return OfflineError(f"{not_cached} and the Hub at {where} could not be used; try again with network access.")
-    return NetworkError(f"Could not reach the Hub at {where} while fetching {ref}, and {not_cached}.")
-
-
-def _scrub(text: str, token: str | None) -> str:
-    for secret in (token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")):
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _map_hub_error(
-    exc: BaseException, ref: ModelRef, *, endpoint: str, cache_dir: str, token: str | None = None
-) -> BaseException:
-    """Translate a huggingface_hub / network exception into the vgen error a user can act on."""
-    if isinstance(exc, VgenError):
-        return exc  # ours already (e.g. CancelledError raised by a progress callback)
-    where = _display_endpoint(endpoint)
-    page = f"{where}/{ref.repo_id}"
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return GatedModelError(
-            f"{ref.repo_id} is gated: open {page} while logged in, accept its terms, then set HF_TOKEN "
-            "(or pass token=) to an access token of that account."
-        )
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        # Some mirrors (olah) also answer this way for an unknown revision of an existing repo.
-        maybe_revision = f", or it has no revision {ref.revision!r}" if ref.revision else ""
-        return ModelNotFoundError(
-            f"Repo {ref.repo_id} not found on the Hub at {where} (or it is private: set HF_TOKEN to a token "
-            f"with access{maybe_revision}). Check the spelling 'org/name'."
-        )
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
-        return RevisionNotFoundError(
-            f"Repo {ref.repo_id} has no revision {ref.revision or _DEFAULT_REVISION!r} on the Hub at {where}; "
-            "use an existing branch, tag or commit hash (see its 'Files and versions' tab)."
-        )
-    if isinstance(exc, hf_errors.DisabledRepoError):
-        return ModelNotFoundError(f"Repo {ref.repo_id} has been disabled on the Hub at {where}.")
-    if isinstance(exc, hf_errors.LocalEntryNotFoundError) or _is_unreachable(exc):
-        return _unreachable_error(ref, exc, endpoint, cache_dir)
-    if isinstance(exc, hf_errors.EntryNotFoundError):
-        return ModelError(f"A file of {ref} disappeared from the Hub during the download; try again.")
-    if isinstance(exc, hf_errors.HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else "?"
-        return ModelError(f"The Hub at {where} refused {ref} (HTTP {status}): {_scrub(str(exc), token)[:300]}")
-    if isinstance(exc, OSError):
-        return ModelError(
-            f"Could not store {ref} in the Hub cache (HF_HUB_CACHE={cache_dir}): {_scrub(str(exc), token)}"
-        )
-    return exc
-
-
-def _raise_mapped(exc: BaseException, ref: ModelRef, **context) -> NoReturn:
-    mapped = _map_hub_error(exc, ref, **context)
-    if mapped is exc:
-        raise exc
-    raise mapped from exc
-
-
-# --------------------------------------------------------------------------------------------------
-# Progress forwarding
-# --------------------------------------------------------------------------------------------------
-
-
-class _ProgressTracker:
-    """Sums the progress bars snapshot_download opens into :class:`DownloadProgress` events.
-
-    Callbacks run on download threads, serialized by a lock. If a callback raises (for instance
-    :class:`vgen.errors.CancelledError`), every later update raises the same exception, so all
-    download threads stop and the exception reaches the caller of :func:`resolve`.
-    """
-
-    def __init__(self, callback: Callable[[DownloadProgress], None], files_total: int,
-                 bytes_total: int | None, bytes_cached: int) -> None:
-        self._callback = callback
-        self._lock = threading.Lock()
-        self._files_total = files_total
-        self._bytes_total = bytes_total
-        self._files_done = 0
-        self._bytes_done = bytes_cached
-        self._error: BaseException | None = None
-
-    def _emit(self) -> None:
-        if self._error is not None:
-            raise self._error
-        event = DownloadProgress(self._files_done, self._files_total, self._bytes_done, self._bytes_total, None)
-        try:
-            self._callback(event)
-        except BaseException as exc:
-            self._error = exc
-            raise
-
-    def start(self) -> None:
-        with self._lock:
-            self._emit()
-
-    def add(self, *, files: int = 0, nbytes: int = 0) -> None:
-        with self._lock:
-            self._files_done = min(self._files_total, self._files_done + files)
-            self._bytes_done += nbytes
-            self._emit()
-
-    def finish(self) -> None:
-        with self._lock:
-            self._files_done = self._files_total
-            self._emit()
-
-    def bar_class(self) -> type:
-        """A tqdm class for ``snapshot_download(tqdm_class=...)`` that draws nothing and reports here.
-
-        snapshot_download opens three bars: per-file completion (unit "it"), bytes written (unit "B")
-        and network transfer bytes (name/desc "...transfer"/"Downloading bytes"; ignored, because
-        written bytes are what match file sizes).
-        """
-        tracker = self
-
-        class _ForwardingBar(hf_tqdm):
-            def __init__(self, *args, **kwargs):
-                name = str(kwargs.get("name") or "")
-                desc = str(kwargs.get("desc") or "")
-                if kwargs.get("unit", "it") != "B":
-                    role = "files"
-                elif name.endswith(".transfer") or desc.startswith("Downloading bytes"):
-                    role = None
-                else:
-                    role = "bytes"
-                kwargs["disable"] = True  # draw nothing; counting happens in update()
-                super().__init__(*args, **kwargs)
-                self._vgen_role = role
-
-            def update(self, n=1):
-                role = getattr(self, "_vgen_role", None)
-                if role == "files":
-                    tracker.add(files=int(n or 0))
-                elif role == "bytes":
-                    tracker.add(nbytes=int(n or 0))
-                return None
-
-        return _ForwardingBar
+    return config.hf_cache_dir() or constants.HF_HUB_CACHE
 
 
 # --------------------------------------------------------------------------------------------------
@@ -677,14 +293,14 @@ class _ProgressTracker:
 def _resolve_local(ref: ModelRef, prefer_fp16: bool) -> ResolvedModel:
     path = ref.local_path
     assert path is not None
-    if not _is_model_folder(path):
+    if not is_model_folder(path):
         raise UnsupportedModelError(
             f"{path} has no model_index.json (diffusers pipeline) or config.json (single model) at its top "
             "level, so it is not a model folder vgen can load."
         )
-    files = _relative_files(path)
-    _refuse_pickle_only(files, str(path))
-    return ResolvedModel(ref=ref, path=path, commit="local", variant=_variant_candidates(files, prefer_fp16)[0])
+    files = relative_files(path)
+    refuse_pickle_only(files, str(path))
+    return ResolvedModel(ref=ref, path=path, commit="local", variant=variant_candidates(files, prefer_fp16)[0])
 
 
 def _exact_patterns(paths: Iterable[str]) -> list[str]:
@@ -699,7 +315,7 @@ def _resolve_from_cache(ref: ModelRef, prefer_fp16: bool, cache_dir: str) -> Res
     snapshot folder is taken as it is if it holds a model.
     """
     assert ref.repo_id is not None
-    revision = ref.revision or _DEFAULT_REVISION
+    revision = ref.revision or DEFAULT_REVISION
     common = dict(repo_id=ref.repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
     try:
         paths = [f.path for f in get_cached_repo_tree(ref.repo_id, revision=revision, cache_dir=cache_dir)]
@@ -710,16 +326,16 @@ def _resolve_from_cache(ref: ModelRef, prefer_fp16: bool, cache_dir: str) -> Res
             folder = Path(snapshot_download(**common, allow_patterns=pipeline_allow_patterns(None)))
         except (hf_errors.LocalEntryNotFoundError, OSError, ValueError):
             return None
-        if not _is_model_folder(folder):
+        if not is_model_folder(folder):
             return None
-        variant = _variant_candidates(_relative_files(folder), prefer_fp16)[0]
+        variant = variant_candidates(relative_files(folder), prefer_fp16)[0]
         return ResolvedModel(ref=ref, path=folder, commit=folder.name, variant=variant)
-    for variant in _variant_candidates(paths, prefer_fp16):
+    for variant in variant_candidates(paths, prefer_fp16):
         try:
-            folder = Path(snapshot_download(**common, allow_patterns=_exact_patterns(_select_files(paths, variant))))
+            folder = Path(snapshot_download(**common, allow_patterns=_exact_patterns(select_files(paths, variant))))
         except (hf_errors.LocalEntryNotFoundError, OSError, ValueError):
             continue  # IncompleteSnapshotError is a LocalEntryNotFoundError
-        if _is_model_folder(folder):
+        if is_model_folder(folder):
             return ResolvedModel(ref=ref, path=folder, commit=folder.name, variant=variant)
     return None
 
@@ -760,27 +376,27 @@ def _resolve_hub(ref: ModelRef, prefer_fp16: bool, progress: Callable[[DownloadP
         # resolve_revision pins one commit for the listing and the download, and records
         # refs/<revision> in the cache so the snapshot is found again offline.
         revision = api.resolve_revision(
-            ref.repo_id, revision=ref.revision or _DEFAULT_REVISION, cache_dir=cache_dir, token=token
+            ref.repo_id, revision=ref.revision or DEFAULT_REVISION, cache_dir=cache_dir, token=token
         )
         files = _repo_files(api, ref.repo_id, revision.resolved, cache_dir)
     except Exception as exc:
-        if not isinstance(exc, VgenError) and _is_unreachable(exc):
+        if not isinstance(exc, VgenError) and is_unreachable(exc):
             cached = _resolve_from_cache(ref, prefer_fp16, cache_dir)
             if cached is not None:
-                logger.warning("Hub at %s unreachable; using cached %s@%s", _display_endpoint(endpoint),
+                logger.warning("Hub at %s unreachable; using cached %s@%s", display_endpoint(endpoint),
                                ref.repo_id, cached.commit)
                 return cached
-        _raise_mapped(exc, ref, endpoint=endpoint, cache_dir=cache_dir, token=token)
+        raise_mapped(exc, ref, endpoint=endpoint, cache_dir=cache_dir, token=token)
 
     paths = sorted(files)
-    _refuse_pickle_only(paths, f"Repo {ref}")
+    refuse_pickle_only(paths, f"Repo {ref}")
     if "model_index.json" not in files and "config.json" not in files:
         raise UnsupportedModelError(
             f"Repo {ref} has no model_index.json (diffusers pipeline) or config.json (single model) at its "
             "top level, so it is not a model vgen can load."
         )
-    variant = _variant_candidates(paths, prefer_fp16)[0]
-    selected = _select_files(paths, variant)
+    variant = variant_candidates(paths, prefer_fp16)[0]
+    selected = select_files(paths, variant)
 
     tqdm_class = None
     tracker = None
@@ -788,7 +404,7 @@ def _resolve_hub(ref: ModelRef, prefer_fp16: bool, progress: Callable[[DownloadP
         sizes = [files[path] for path in selected]
         bytes_total = None if any(size is None for size in sizes) else sum(sizes)  # type: ignore[arg-type]
         selected_sizes = {path: files[path] for path in selected}
-        tracker = _ProgressTracker(progress, len(selected), bytes_total,
+        tracker = ProgressTracker(progress, len(selected), bytes_total,
                                    _cached_bytes(ref.repo_id, revision.resolved, selected_sizes, cache_dir))
         tracker.start()
         tqdm_class = tracker.bar_class()
@@ -803,7 +419,7 @@ def _resolve_hub(ref: ModelRef, prefer_fp16: bool, progress: Callable[[DownloadP
             tqdm_class=tqdm_class,
         )
     except Exception as exc:
-        _raise_mapped(exc, ref, endpoint=endpoint, cache_dir=cache_dir, token=token)
+        raise_mapped(exc, ref, endpoint=endpoint, cache_dir=cache_dir, token=token)
     if tracker is not None:
         tracker.finish()
     path = Path(folder)
@@ -845,5 +461,5 @@ def is_cached(reference: str | ModelRef) -> bool:
     """
     ref = _coerce(reference)
     if ref.is_local:
-        return ref.local_path is not None and _is_model_folder(ref.local_path)
+        return ref.local_path is not None and is_model_folder(ref.local_path)
     return _resolve_from_cache(ref, False, _cache_dir()) is not None

@@ -8,13 +8,13 @@ decompression bomb never allocates); EXIF orientation is applied; modes are norm
 from __future__ import annotations
 
 import io
-import os
 import re
 import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import config
 from .errors import InvalidImageError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
@@ -22,7 +22,7 @@ DEFAULT_MAX_PIXELS = 16_000_000  # VGEN_MAX_INPUT_PIXELS
 
 
 def max_input_pixels() -> int:
-    return int(os.environ.get("VGEN_MAX_INPUT_PIXELS", DEFAULT_MAX_PIXELS))
+    return config.max_input_pixels(DEFAULT_MAX_PIXELS)
 
 
 def open_image(source, max_pixels: int | None = None) -> Image.Image:

@@ -17,11 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import CancelledError, VgenError
-
-
-class TimeLimitError(VgenError, TimeoutError):
-    """The job ran past the per-request time limit."""
+from .errors import CancelledError, TimeLimitError
 
 
 @dataclass
@@ -52,8 +48,8 @@ class JobControl:
         if self.time_limit_s is not None and time.monotonic() - self.started > self.time_limit_s:
             raise TimeLimitError(
                 f"the job ran past its time limit of {self.time_limit_s:.0f} s; "
-                "ask for fewer steps, fewer images or a smaller size"
-            )
+                "ask for fewer steps, fewer images or a smaller size",
+                limit_s=self.time_limit_s)
 
     def step_end_callback(self, total_hint: int, previewer: Callable | None = None):
         """A ``callback_on_step_end`` for diffusers pipelines. ``previewer`` (the engine's

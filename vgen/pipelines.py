@@ -9,7 +9,6 @@ fp16 when present, else CPU with fp32) and can be overridden with ``VGEN_DEVICE`
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -18,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import hub
+from . import config, hub
 from .catalog import default_model
 from .errors import ModelError, UnsupportedModelError
 
@@ -26,14 +25,14 @@ TASKS = ("txt2img", "img2img", "inpaint", "instruct")
 
 
 def pick_device() -> torch.device:
-    name = os.environ.get("VGEN_DEVICE", "").strip()
+    name = config.device_setting()
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:
-    name = os.environ.get("VGEN_DTYPE", "").strip()
+    name = config.dtype_setting()
     if name:
         try:
             return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
@@ -144,7 +143,7 @@ class ModelCache:
     diffusers pipeline by default; ``vgen.expand`` passes one that loads a causal LM."""
 
     def __init__(self, max_models: int | None = None, loader: Callable | None = None):
-        self.max_models = max_models or int(os.environ.get("VGEN_MODEL_CACHE_SIZE", "2"))
+        self.max_models = max_models or config.model_cache_size()
         self._loader = loader
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()

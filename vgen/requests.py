@@ -8,26 +8,16 @@ every caller, UI or not, gets the same bounds (``diffusers``' ``check_inputs`` s
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from PIL import Image
 
+from . import config
 from .errors import InvalidRequestError
 
 EDIT_MODES = ("img2img", "instruct", "inpaint")
 DECODERS = ("full", "fast")
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as e:
-        raise InvalidRequestError(f"environment variable {name}={raw!r} must be an integer") from e
 
 
 @dataclass(frozen=True)
@@ -47,9 +37,9 @@ class Limits:
         d = cls()
         return replace(
             d,
-            max_area=_env_int("VGEN_MAX_AREA", d.max_area),
-            max_steps=_env_int("VGEN_MAX_STEPS", d.max_steps),
-            max_images=_env_int("VGEN_MAX_IMAGES", d.max_images),
+            max_area=config.integer("VGEN_MAX_AREA", d.max_area),
+            max_steps=config.integer("VGEN_MAX_STEPS", d.max_steps),
+            max_images=config.integer("VGEN_MAX_IMAGES", d.max_images),
         )
 
 

@@ -1,7 +1,8 @@
 """Small image helpers shared by the look-inside views (attention maps, feature maps, the
-denoising filmstrip): a colormap, heat-map overlays, labelled grids, PCA-to-RGB.
+denoising filmstrip): a colormap, heat-map overlays, labelled grids, the filmstrip.
 
-Only numpy, torch and Pillow: no plotting library is needed to draw them.
+Only numpy and Pillow (no plotting library, and no torch: the web server renders with these);
+the views of torch feature maps (PCA-to-RGB, channel grids) are in ``vgen.features``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 # Anchors of a perceptually ordered dark-to-bright map (close to matplotlib's "inferno").
@@ -110,48 +110,9 @@ def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
     return max(1, round(w * s)), max(1, round(h * s))
 
 
-def pca_rgb(features: torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
-    """The first three principal components of a (C, h, w) feature map as R, G and B.
-
-    Exact PCA (eigenvectors of the C x C covariance, or SVD when there are fewer positions than
-    channels), each component's sign fixed so its largest loading is positive (the same input
-    always gives the same colors), and scaled to [0, 1] between its 1st and 99th percentile."""
-    f = features.detach().float().cpu()
-    if f.ndim != 3:
-        raise ValueError(f"features must be (C, h, w), got shape {tuple(f.shape)}")
-    c, h, w = f.shape
-    x = f.reshape(c, h * w).T  # (n, C)
-    x = x - x.mean(0, keepdim=True)
-    k = min(3, c, h * w)
-    if c <= h * w:
-        evals, evecs = torch.linalg.eigh(x.T @ x / max(1, h * w - 1))
-        comps = evecs[:, torch.argsort(evals, descending=True)[:k]]  # (C, k)
-    else:
-        _, _, vh = torch.linalg.svd(x, full_matrices=False)
-        comps = vh[:k].T
-    signs = torch.sign(comps.gather(0, comps.abs().argmax(0, keepdim=True)))
-    comps = comps * torch.where(signs == 0, torch.ones_like(signs), signs)
-    proj = (x @ comps).numpy()  # (n, k)
-    rgb = np.zeros((h * w, 3), dtype=np.float32)
-    for i in range(k):
-        lo, hi = np.percentile(proj[:, i], [1, 99])
-        rgb[:, i] = np.clip((proj[:, i] - lo) / max(hi - lo, 1e-8), 0, 1)
-    im = Image.fromarray((rgb.reshape(h, w, 3) * 255).round().astype(np.uint8))
-    return im.resize(size, Image.NEAREST) if size and im.size != tuple(size) else im
-
-
-def strongest_channels(features: torch.Tensor, k: int = 16) -> list[int]:
-    """Indices of the ``k`` channels with the largest mean absolute activation."""
-    f = features.detach().float()
-    energy = f.abs().flatten(1).mean(1)
-    return torch.argsort(energy, descending=True)[: min(k, f.shape[0])].tolist()
-
-
-def channel_grid(features: torch.Tensor, k: int = 16, cell_size: int = 96,
-                 columns: int | None = None) -> Image.Image:
-    """The ``k`` strongest channels of a (C, h, w) map, each min-max scaled and colored, labelled
-    with its channel index."""
-    f = features.detach().float().cpu()
-    idx = strongest_channels(f, k)
-    cells = [heat_image(normalise01(f[i].numpy())) for i in idx]
-    return grid(cells, [f"ch {i}" for i in idx], columns=columns or min(len(idx), 8), cell_size=cell_size)
+def filmstrip(frames: list[Image.Image], cell_size: int = 96, columns: int | None = None,
+              labels: list[str] | None = None) -> Image.Image:
+    """The frames side by side (one row unless ``columns``), labelled with their step numbers:
+    the denoising path (``vgen.denoising``; ``Inspection.path[i]``)."""
+    labels = labels or [f"step {i + 1}" for i in range(len(frames))]
+    return grid(list(frames), labels, columns=columns or len(frames), cell_size=cell_size)

@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .errors import VgenError
+from .errors import EngineCrashedError, VgenError
 from .jobs import JobControl
 
 logger = logging.getLogger("vgen.worker")
@@ -55,10 +55,6 @@ def _recv(conn: Connection) -> tuple:
     return pickle.loads(conn.recv_bytes())
 
 
-class EngineCrashedError(VgenError, RuntimeError):
-    """The engine's worker process stopped while it ran a job."""
-
-
 def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
     """The engine work of one app job: generate or edit (a GenerateRequest / EditRequest),
     ``inspect`` (Features tab: the generation or edit with its attention maps and denoising
@@ -72,7 +68,7 @@ def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
         out = inspect_generation(request, control=control, maps=True, path=True)
         return out, out.result.extras.get("known_words", [])
     if kind == "compare":
-        from .compare import compare
+        from .compare_run import compare
 
         return compare(request, control=control), []
     if kind == "features":  # Features tab: a FeaturesRequest, FeatureMaps
@@ -151,9 +147,10 @@ class EngineProcess:
                     self.proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
+                code = self.proc.poll()
                 raise EngineCrashedError(
-                    f"the engine process stopped unexpectedly (exit code {self.proc.poll()}); "
-                    "a new one takes the next job")
+                    f"the engine process stopped unexpectedly (exit code {code}); "
+                    "a new one takes the next job", exit_code=code)
             if msg[0] == "warm":  # sent once, before this worker's first job
                 self.loaded = msg[1]
                 continue
@@ -235,12 +232,18 @@ class EnginePool:
 
 # ---- the worker's side -------------------------------------------------------------------------
 
-def _sendable(e: BaseException) -> BaseException:
-    """The exception itself when it survives pickling, else a RuntimeError with its text."""
-    try:
-        pickle.loads(pickle.dumps(e))
+def portable_error(e: BaseException) -> BaseException:
+    """What the worker sends back for ``e``: the exception itself. Every vgen error pickles by
+    construction (``vgen.errors.VgenError.__reduce_ex__``); a foreign one (torch's, a C
+    extension's, one whose ``__init__`` needs keyword arguments) may not, or may pickle and
+    then fail to unpickle in the app, so only those are tried first and sent as a
+    RuntimeError with their text when they do not survive."""
+    if isinstance(e, VgenError):
         return e
-    except Exception:  # noqa: BLE001
+    try:
+        pickle.loads(pickle.dumps(e, protocol=pickle.HIGHEST_PROTOCOL))
+        return e
+    except Exception:  # noqa: BLE001 - any failure to round-trip means "send the text instead"
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
@@ -322,7 +325,7 @@ def serve(conn: Connection, warm: bool = False) -> None:
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the app
             if not isinstance(e, (VgenError, ValueError)):
                 logger.error("unexpected error in an engine job", exc_info=e)
-            send(("error", _sendable(e), _loaded_models()))
+            send(("error", portable_error(e), _loaded_models()))
 
 
 if __name__ == "__main__":  # python -m vgen.worker FD [--warm-up]: started by EngineProcess

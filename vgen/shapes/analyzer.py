@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .captions import Description, ParseError, parse, place_holds, relation_holds
+from ..errors import CaptionParseError
+from .captions import Description, parse, place_holds, relation_holds
 from .world import BACKGROUND, COLORS, IMAGE_SIZE, SIZES, Obj
 
 _NAMES = list(COLORS)
@@ -194,7 +195,7 @@ def score(image: Image.Image | np.ndarray, prompt: str | Description) -> Score:
     """Strictly score an image against a shapes-world prompt."""
     try:
         description = parse(prompt) if isinstance(prompt, str) else prompt
-    except ParseError as e:
+    except CaptionParseError as e:
         return Score(False, f"prompt outside the shapes grammar: {e}", ())
     detected = detect(image)
     ok, reason = check(description, detected)

@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from ..errors import CaptionParseError
 from .world import COLORS, IMAGE_SIZE, RELATION_MIN_OFFSET, SHAPES, Obj, Scene
 
 COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4}
@@ -102,7 +103,7 @@ def place_holds(o: Obj, place: str, tolerance: float = 0.0) -> bool:
     }[place]
 
 
-def _group_phrase(rng: random.Random, g: Group) -> str:
+def group_phrase(rng: random.Random, g: Group) -> str:
     if g.count == 1:
         word = rng.choice(["a", "a", "one"])
     else:
@@ -116,7 +117,7 @@ def _group_phrase(rng: random.Random, g: Group) -> str:
     return " ".join([word] + parts)
 
 
-def _join(rng: random.Random, phrases: list[str]) -> str:
+def join_group_phrases(rng: random.Random, phrases: list[str]) -> str:
     if len(phrases) == 1:
         return phrases[0]
     sep = rng.choice([", ", ", ", " and "]) if len(phrases) > 2 else " and "
@@ -152,24 +153,20 @@ def describe(rng: random.Random, scene: Scene, extra_prob: float = 0.5) -> str:
         if true_rels:
             size_a = a.size if rng.random() < 0.5 else None
             size_b = b.size if rng.random() < 0.5 else None
-            pa = _group_phrase(rng, Group(1, a.color, a.shape, size_a))
-            pb = _group_phrase(rng, Group(1, b.color, b.shape, size_b))
+            pa = group_phrase(rng, Group(1, a.color, a.shape, size_a))
+            pb = group_phrase(rng, Group(1, b.color, b.shape, size_b))
             return f"{prefix}{pa} {rng.choice(true_rels)} {pb}"
     if len(objs) == 1 and rng.random() < extra_prob:
         o = objs[0]
         true_places = [p for p, r in PLACES.items() if place_holds(o, r)]
         if true_places:
             size = o.size if rng.random() < 0.5 else None
-            return f"{prefix}{_group_phrase(rng, Group(1, o.color, o.shape, size))} {rng.choice(true_places)}"
-    phrases = [_group_phrase(rng, g) for g in groups_of(rng, scene)]
-    return prefix + _join(rng, phrases)
+            return f"{prefix}{group_phrase(rng, Group(1, o.color, o.shape, size))} {rng.choice(true_places)}"
+    phrases = [group_phrase(rng, g) for g in groups_of(rng, scene)]
+    return prefix + join_group_phrases(rng, phrases)
 
 
 # ---- caption -> description ----------------------------------------------------------------
-
-class ParseError(ValueError):
-    """The text is not a description the shapes grammar can write."""
-
 
 def tokenize(text: str) -> list[str]:
     """Lower-case words, with commas as their own token."""
@@ -186,30 +183,30 @@ def _strip_prefix(words: list[str]) -> list[str]:
 
 def _parse_group(words: list[str]) -> Group:
     if not words:
-        raise ParseError("empty object phrase")
+        raise CaptionParseError("empty object phrase")
     head, rest = words[0], words[1:]
     if head in ARTICLES:
         count = 1
     elif head in COUNT_WORDS:
         count = COUNT_WORDS[head]
     else:
-        raise ParseError(f"expected a count ('a', 'one', 'two', ...), got {head!r}")
+        raise CaptionParseError(f"expected a count ('a', 'one', 'two', ...), got {head!r}")
     size = None
     if rest and rest[0] in SIZE_WORDS:
         size, rest = SIZE_WORDS[rest[0]], rest[1:]
     if len(rest) != 2 or rest[0] not in COLORS:
-        raise ParseError(f"expected '[size] color shape' after {head!r}, got {' '.join(rest)!r}")
+        raise CaptionParseError(f"expected '[size] color shape' after {head!r}, got {' '.join(rest)!r}")
     color, noun = rest
     if count == 1 and noun in SHAPES:
         shape = noun
     elif count > 1 and noun in PLURALS.values():
         shape = noun[:-1]
     else:
-        raise ParseError(f"{noun!r} does not agree with count {count} (shapes: {', '.join(SHAPES)})")
+        raise CaptionParseError(f"{noun!r} does not agree with count {count} (shapes: {', '.join(SHAPES)})")
     return Group(count, color, shape, size)
 
 
-def _find_phrase(words: list[str], phrases: dict[str, str]) -> tuple[int, int, str] | None:
+def find_phrase(words: list[str], phrases: dict[str, str]) -> tuple[int, int, str] | None:
     for phrase, value in phrases.items():
         pw = phrase.split()
         for i in range(len(words) - len(pw) + 1):
@@ -219,25 +216,25 @@ def _find_phrase(words: list[str], phrases: dict[str, str]) -> tuple[int, int, s
 
 
 def parse(text: str) -> Description:
-    """Parse a caption of the grammar into what it claims; raise ParseError otherwise."""
+    """Parse a caption of the grammar into what it claims; raise CaptionParseError otherwise."""
     words = _strip_prefix(tokenize(text))
     if not words:
-        raise ParseError("empty description")
-    rel = _find_phrase(words, RELATIONS)
+        raise CaptionParseError("empty description")
+    rel = find_phrase(words, RELATIONS)
     if rel is not None:
         i, j, value = rel
         a, b = _parse_group(words[:i]), _parse_group(words[j:])
         if a.count != 1 or b.count != 1:
-            raise ParseError("a relation joins two single objects")
+            raise CaptionParseError("a relation joins two single objects")
         return Description((a, b), relation=value)
-    place = _find_phrase(words, PLACES)
+    place = find_phrase(words, PLACES)
     if place is not None:
         i, j, value = place
         if j != len(words):
-            raise ParseError("a place comes at the end of the description")
+            raise CaptionParseError("a place comes at the end of the description")
         g = _parse_group(words[:i])
         if g.count != 1:
-            raise ParseError("a place describes a single object")
+            raise CaptionParseError("a place describes a single object")
         return Description((g,), place=value)
     # Split on commas and "and" into object phrases.
     phrases: list[list[str]] = [[]]
@@ -248,10 +245,10 @@ def parse(text: str) -> Description:
         else:
             phrases[-1].append(w)
     if not phrases[-1]:
-        raise ParseError("the description ends in a separator")
+        raise CaptionParseError("the description ends in a separator")
     groups = tuple(_parse_group(p) for p in phrases)
     if sum(g.count for g in groups) > 4:
-        raise ParseError("the shapes world has at most 4 objects")
+        raise CaptionParseError("the shapes world has at most 4 objects")
     return Description(groups)
 
 

@@ -12,7 +12,7 @@ from ..catalog import EMBEDDED_MODEL, entry_for
 from . import world
 
 
-def _size_mb(folder: Path) -> float:
+def size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
@@ -125,7 +125,7 @@ Held out of training entirely (images and captions): {held}.
 - autoencoder: `AutoencoderKL`, channels {tuple(m['vae_channels'])}, 64×64 → {m['latent_channels']}×{64 // 2 ** (len(m['vae_channels']) - 1)}² latents
 - UNet: `UNet2DConditionModel`, channels {tuple(m['unet_channels'])}, cross-attention at every level
 - scheduler: DPM-Solver++ (2M), {m['prediction_type']}, {m['beta_schedule']} schedule
-- weights: safetensors, stored in fp16, {_size_mb(folder):.1f} MB in all
+- weights: safetensors, stored in fp16, {size_mb(folder):.1f} MB in all
 
 ## Training
 `python -m vgen train shapes` — autoencoder first ({meta['vae_step']} steps, L1 + tiny KL), then

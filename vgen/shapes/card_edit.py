@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import edits, world
 from ..catalog import EMBEDDED_EDIT_MODEL
-from .card import _size_mb, inference_front_matter, objective_text
+from .card import size_mb, inference_front_matter, objective_text
 
 # The learning-rate schedules before the current run's (each run's config keeps only its own).
 EDIT_LR_HISTORY = ("cosine decays from step 10000 to 11200, from 11200 to 16500, from 16587 to 21900, "
@@ -103,7 +103,7 @@ Fine-tuned from `{meta.get('init') or 'vgen-shapes'}`{init_step}, the embedded t
 its autoencoder (frozen), text encoder and UNet, the UNet's first convolution widened to 8 input
 channels (noisy latent + the encoded source image; the new channels started at zero, as in the
 paper), the tokenizer extended with the instruction words. Weights: safetensors, stored in fp16,
-{_size_mb(folder):.1f} MB in all.
+{size_mb(folder):.1f} MB in all.
 
 ## Training
 `python -m vgen train edit` — {meta['step']} steps of batch {meta['batch']}

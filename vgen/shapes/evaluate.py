@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import world
 from .analyzer import score
-from .captions import PLACES, RELATIONS, Group, _group_phrase, place_holds, relation_holds
+from .captions import PLACES, RELATIONS, Group, group_phrase, place_holds, relation_holds
 
 SEEN_CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "attribute_binding")
 CATEGORIES = SEEN_CATEGORIES + ("held_out",)
@@ -24,7 +24,7 @@ DEFAULT_N = 40
 
 
 def _phrase(rng: random.Random, o: world.Obj, with_size: bool) -> str:
-    return _group_phrase(rng, Group(1, o.color, o.shape, o.size if with_size else None))
+    return group_phrase(rng, Group(1, o.color, o.shape, o.size if with_size else None))
 
 
 def _scene_with(rng: random.Random, specs: list[tuple[str, str, str]]) -> world.Scene:
@@ -46,17 +46,17 @@ def prompt_for(category: str, rng: random.Random, k: int) -> str:
     sizes = tuple(world.SIZES)
     if category == "single_object":
         c, s = rng.choice(seen)
-        return _group_phrase(rng, Group(1, c, s, rng.choice(sizes)))
+        return group_phrase(rng, Group(1, c, s, rng.choice(sizes)))
     if category == "colors":
         color = list(world.COLORS)[k % len(world.COLORS)]
         shape = rng.choice([s for s in world.SHAPES if (color, s) not in world.HELD_OUT])
-        return _group_phrase(rng, Group(1, color, shape))
+        return group_phrase(rng, Group(1, color, shape))
     if category == "two_objects":
         (c1, s1), (c2, s2) = rng.sample(seen, 2)
-        return f"{_group_phrase(rng, Group(1, c1, s1))} and {_group_phrase(rng, Group(1, c2, s2))}"
+        return f"{group_phrase(rng, Group(1, c1, s1))} and {group_phrase(rng, Group(1, c2, s2))}"
     if category == "counting":
         c, s = rng.choice(seen)
-        return _group_phrase(rng, Group(2 + k % 3, c, s))
+        return group_phrase(rng, Group(2 + k % 3, c, s))
     if category == "position":
         if k % 3 == 2:  # a place for a single object
             while True:
@@ -64,7 +64,7 @@ def prompt_for(category: str, rng: random.Random, k: int) -> str:
                 scene = _scene_with(rng, [(c, s, rng.choice(sizes))])
                 places = [p for p, r in PLACES.items() if place_holds(scene.objects[0], r)]
                 if places:
-                    return f"{_group_phrase(rng, Group(1, c, s))} {rng.choice(places)}"
+                    return f"{group_phrase(rng, Group(1, c, s))} {rng.choice(places)}"
         while True:
             (c1, s1), (c2, s2) = rng.sample(seen, 2)
             scene = _scene_with(rng, [(c1, s1, rng.choice(sizes)), (c2, s2, rng.choice(sizes))])
@@ -79,14 +79,14 @@ def prompt_for(category: str, rng: random.Random, k: int) -> str:
         pairs = [(c, s) for c, s in zip(colors, shapes)]
         if any(p in world.HELD_OUT for p in pairs):
             return prompt_for(category, rng, k)
-        parts = [_group_phrase(rng, Group(1, c, s, rng.choice(sizes))) for c, s in pairs]
+        parts = [group_phrase(rng, Group(1, c, s, rng.choice(sizes))) for c, s in pairs]
         return ", ".join(parts[:-1]) + " and " + parts[-1]
     if category == "held_out":
         c, s = sorted(world.HELD_OUT)[k % len(world.HELD_OUT)]
         if k % 2:
             c2, s2 = rng.choice(seen)
-            return f"{_group_phrase(rng, Group(1, c, s))} and {_group_phrase(rng, Group(1, c2, s2))}"
-        return _group_phrase(rng, Group(1, c, s, rng.choice(sizes)))
+            return f"{group_phrase(rng, Group(1, c, s))} and {group_phrase(rng, Group(1, c2, s2))}"
+        return group_phrase(rng, Group(1, c, s, rng.choice(sizes)))
     raise ValueError(f"unknown category {category!r}; known: {', '.join(CATEGORIES)}")
 
 

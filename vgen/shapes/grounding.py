@@ -73,11 +73,11 @@ class record_cross_attention:
         self.unet, self.probs = unet, []
 
     def __enter__(self) -> list:
-        from ..attention import _CaptureProcessor
+        from ..attention import CaptureProcessor
 
         self.saved = self.unet.attn_processors
         self.unet.set_attn_processor({
-            name: _CaptureProcessor(p, "", self) if name.endswith("attn2.processor") else p
+            name: CaptureProcessor(p, "", self) if name.endswith("attn2.processor") else p
             for name, p in self.saved.items()
         })
         return self.probs

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from . import world
-from .card import _size_mb
+from .card import size_mb
 
 
 def _scores(report: dict) -> str:
@@ -88,7 +88,7 @@ print(tok.decode(out[0], skip_special_tokens=True))   # e.g. "two blue squares a
 - tokenizer: the shapes world's word-level vocabulary (`tokenizer.json`, {meta.get('vocab_size', 45)} tokens),
   `<bos>` prepended, no `<eos>` appended (a prompt is a prefix to continue); no chat template
 - model: GPT-2, {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads,
-  {meta.get('positions', 48)} positions, tied embeddings; safetensors, {_size_mb(folder):.1f} MB in all
+  {meta.get('positions', 48)} positions, tied embeddings; safetensors, {size_mb(folder):.1f} MB in all
 
 ## Training
 `python -m vgen train lm` — next-token loss on `<bos> caption <eos>` for {meta['step']} steps of

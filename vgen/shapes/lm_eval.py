@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from itertools import permutations
 from pathlib import Path
 
+from ..errors import CaptionParseError
 from . import captions, world
 from .captions import (
     ARTICLES,
@@ -35,7 +36,6 @@ from .captions import (
     SIZE_WORDS,
     Description,
     Group,
-    ParseError,
     parse,
     tokenize,
 )
@@ -109,8 +109,8 @@ def _facts_of(words: list[str]) -> Facts:
     free = tuple(w for w in words if w not in _VOCAB)
     relations = places = None
     # 1. A relation or place phrase, complete (anywhere) or cut short (at the end).
-    rel = captions._find_phrase(words, RELATIONS)
-    place = captions._find_phrase(words, PLACES)
+    rel = captions.find_phrase(words, RELATIONS)
+    place = captions.find_phrase(words, PLACES)
     parts: list[list[str]]
     if rel is not None:
         i, j, value = rel
@@ -171,10 +171,6 @@ def facts(text: str) -> list[Facts]:
     return [_facts_of(words)] + readings
 
 
-def _phrase_of(value: str, phrases: dict[str, str]) -> str:
-    return next(p for p, v in phrases.items() if v == value)
-
-
 def _holds(f: Facts, d: Description, expanded_words: list[str]) -> bool:
     if any(w not in expanded_words for w in f.free_words):
         return False
@@ -202,7 +198,7 @@ def kept(partial: str, expanded: str) -> bool:
     the user's words must all reappear, in order."""
     try:
         d = parse(expanded)
-    except ParseError:
+    except CaptionParseError:
         return _subsequence(tokenize(partial), tokenize(expanded))
     words = tokenize(expanded)
     return any(_holds(f, d, words) for f in facts(partial))
@@ -212,7 +208,7 @@ def valid(text: str) -> bool:
     try:
         parse(text)
         return True
-    except ParseError:
+    except CaptionParseError:
         return False
 
 
@@ -371,7 +367,7 @@ def _render(rows: list[dict], n_render: int, image_model: str, seed: int, log) -
 def _objects(text: str) -> int:
     try:
         return parse(text).n_objects
-    except ParseError:
+    except CaptionParseError:
         return 0
 
 

@@ -1,0 +1,119 @@
+"""The app's part of ``python -m vgen bench`` (``vgen.bench``): cold start and per-request
+overhead of the launched ``app.py`` against a direct engine call."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from .bench import PROMPTS, SEED
+from .bench_measure import median
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) another process and its children have used so far: the app's
+    own and its engine workers' (``vgen/worker.py``), live or exited (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime, stime, and cutime, cstime: children already waited for
+    total = sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread or the child ended meanwhile
+            continue
+        for child in children:
+            try:
+                total += process_cpu_s(int(child))
+            except OSError:
+                pass
+    return total
+
+
+def bench_app(steps: int | None, repeats: int, work: Path, log: Callable[[str], None]) -> dict:
+    """Cold start and per-request overhead of the app, embedded model (``vgen-shapes``).
+
+    Two ``gradio_client`` clients take turns with the direct engine call: one as the README's API
+    section builds it, with one TLS context reused for all its HTTP calls (``ssl_verify=``), and
+    one with gradio_client's defaults, which make each HTTP call (3-4 per request) load the CA
+    bundle into a new TLS context even for a plain-HTTP URL (httpx builds one per client;
+    encode/httpx#3627): ~21 ms of client CPU each here. ``app_overhead_ms`` is the first;
+    ``app_overhead_default_client_ms`` the second."""
+    import httpx
+    from gradio_client import Client
+
+    from .generate import generate
+    from .launch import launched_app
+    from .pipelines import ModelCache
+    from .requests import GenerateRequest
+
+    env = {"VGEN_DEFAULT_MODEL": "vgen-shapes", "HF_HUB_OFFLINE": "1"}
+    kw = dict(model="", seed=SEED, randomize_seed=False, api_name="/generate")
+    if steps is not None:
+        kw["steps"] = steps
+    cache = ModelCache(max_models=1)
+    direct_req = GenerateRequest(prompt="", model="vgen-shapes", steps=steps, seed=SEED)
+    with launched_app(env, work) as app:
+        clients = {"reused_tls": Client(app.url, verbose=False, download_files=str(work / "downloads"),
+                                        ssl_verify=httpx.create_ssl_context()),
+                   "default_client": Client(app.url, verbose=False, download_files=str(work / "downloads-d"))}
+        clients["reused_tls"].predict(PROMPTS[0], **kw)
+        cold = time.perf_counter() - app.started
+        cold_cpu = process_cpu_s(app.pid)
+        log(f"app: cold start (process start to first image, embedded model) {cold:.1f} s "
+            f"({cold_cpu:.1f} CPU s in the app process)")
+        clients["default_client"].predict(PROMPTS[0], **kw)
+        generate(replace(direct_req, prompt=PROMPTS[0]), cache=cache)  # warm the direct path too
+        # Wall time, and CPU time of both processes (the app's and this one, where the clients
+        # run), which the machine's other load does not inflate.
+        app_s = {name: [] for name in clients}
+        app_cpu = {name: [] for name in clients}
+        direct_s, direct_cpu = [], []
+        rounds = max(3 * repeats, 9)  # this VM's run-to-run spread is ~±100 ms per request
+        for r in range(rounds):
+            prompt = PROMPTS[1 + r % (len(PROMPTS) - 1)]
+            for name, client in clients.items():
+                t0, c0, a0 = time.perf_counter(), time.process_time(), process_cpu_s(app.pid)
+                client.predict(prompt, **kw)
+                app_s[name].append(time.perf_counter() - t0)
+                app_cpu[name].append(time.process_time() - c0 + process_cpu_s(app.pid) - a0)
+            t0, c0 = time.perf_counter(), time.process_time()
+            generate(replace(direct_req, prompt=prompt), cache=cache)
+            direct_s.append(time.perf_counter() - t0)
+            direct_cpu.append(time.process_time() - c0)
+        # The floor: the same app, queue and clients for a request that does no engine work.
+        floor_s = {name: [] for name in clients}
+        for _ in range(rounds):
+            for name, client in clients.items():
+                t0 = time.perf_counter()
+                client.predict(api_name="/status")
+                floor_s[name].append(time.perf_counter() - t0)
+        for client in clients.values():
+            client.close()
+    direct, direct_c = median(direct_s) * 1000, median(direct_cpu) * 1000
+    ms = {name: {"request": median(app_s[name]) * 1000, "overhead": median(app_s[name]) * 1000 - direct,
+                 "overhead_cpu": median(app_cpu[name]) * 1000 - direct_c,
+                 "request_cpu": median(app_cpu[name]) * 1000, "status": median(floor_s[name]) * 1000}
+          for name in clients}
+    for name, label in (("reused_tls", "client reusing its TLS context"), ("default_client", "default client")):
+        m = ms[name]
+        log(f"app ({label}): {m['request']:.0f} ms per request through gradio_client, {direct:.0f} ms "
+            f"direct: overhead {m['overhead']:.0f} ms ({m['overhead_cpu']:.0f} ms of CPU time); a request "
+            f"without engine work (/status) takes {m['status']:.0f} ms")
+    r, d = ms["reused_tls"], ms["default_client"]
+    return {"cold_start_s": round(cold, 2), "app_overhead_ms": round(r["overhead"], 1),
+            "app_request_ms": round(r["request"], 1),
+            "direct_request_ms": round(direct, 1),
+            "status_request_ms": round(r["status"], 1),
+            "app_overhead_default_client_ms": round(d["overhead"], 1),
+            "app_request_default_client_ms": round(d["request"], 1),
+            "status_request_default_client_ms": round(d["status"], 1),
+            "cpu": {"cold_start_cpu_s": round(cold_cpu, 2), "app_overhead_cpu_ms": round(r["overhead_cpu"], 1),
+                    "app_request_cpu_ms": round(r["request_cpu"], 1),
+                    "direct_request_cpu_ms": round(direct_c, 1),
+                    "app_overhead_default_client_cpu_ms": round(d["overhead_cpu"], 1),
+                    "app_request_default_client_cpu_ms": round(d["request_cpu"], 1)}}
+

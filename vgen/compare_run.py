@@ -1,0 +1,270 @@
+"""Running a comparison (``vgen.compare.CompareRequest``): every cell as a single request would
+run, minus repeated work (see :mod:`vgen.compare` for the steps), scored by the shapes analyzer
+where it applies. Loads the engine (torch) when called.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from .compare import Cell, CellScore, CompareRequest, CompareResult, expand_grid, expand_request
+from .errors import CancelledError, CaptionParseError
+from .jobs import JobControl, TimeLimitError
+from .requests import GenerateRequest, Limits
+
+if TYPE_CHECKING:
+    from .pipelines import ModelCache
+
+
+# ---- scoring ------------------------------------------------------------------------------
+
+def is_shapes_model(ref: str) -> bool:
+    """Whether ``ref`` names the embedded shapes model (``checkpoints/vgen-shapes``), whose
+    world the shapes analyzer can check exactly."""
+    from .catalog import EMBEDDED_MODEL
+    from .hub import parse_reference
+
+    try:
+        mine, embedded = parse_reference(ref), parse_reference(EMBEDDED_MODEL)
+    except Exception:  # the embedded model is missing, or ref is not local
+        return False
+    return mine.is_local and mine.local_path == embedded.local_path
+
+
+def score_cell(image, request: GenerateRequest) -> CellScore | None:
+    """The analyzer's strict pass/fail when the cell's model is the shapes model and its prompt
+    is a sentence of the shapes grammar; None otherwise (nothing to check against)."""
+    from .shapes.analyzer import score
+    from .shapes.captions import parse
+
+    if not is_shapes_model(request.model or ""):
+        return None
+    try:
+        description = parse(request.prompt)
+    except CaptionParseError:
+        return None
+    s = score(image, description)
+    return CellScore(s.passed, s.reason)
+
+
+# ---- running ------------------------------------------------------------------------------
+
+def _reuses_embeddings(view) -> bool:
+    """Stable Diffusion (1.x/2.x) pipelines: their ``__call__`` encodes with exactly
+    ``encode_prompt(prompt, device, n, cfg, negative_prompt)``, so calling it first and passing
+    the tensors gives identical pixels (tests/test_compare.py checks it)."""
+    from diffusers import StableDiffusionPipeline
+
+    return isinstance(view, StableDiffusionPipeline) and hasattr(view, "encode_prompt")
+
+
+def _encode(view, model, req: GenerateRequest) -> dict:
+    """``prompt_embeds`` and ``negative_prompt_embeds`` of ``req``'s prompts, encoded as the
+    pipeline's own call does (negative always encoded, so cells of any guidance can share it)."""
+    import torch
+
+    with model.lock, torch.inference_mode():
+        pe, ne = view.encode_prompt(
+            prompt=req.prompt, device=view._execution_device, num_images_per_prompt=1,
+            do_classifier_free_guidance=True, negative_prompt=req.negative_prompt or None)
+    return {"prompt_embeds": pe, "negative_prompt_embeds": ne}
+
+
+def _plan(grid: tuple[tuple[GenerateRequest, ...], ...]) -> list[tuple[int, int]]:
+    """Run order: cells grouped by model (in order of first appearance), then by prompt and
+    negative prompt, so a model is loaded and a prompt encoded once."""
+    from .catalog import default_model
+
+    order = [(r, c) for r in range(len(grid)) for c in range(len(grid[r]))]
+    first: dict[Any, int] = {}
+    for i, (r, c) in enumerate(order):
+        cell = grid[r][c]
+        first.setdefault(("m", (cell.model or "").strip() or default_model()), i)
+        first.setdefault(("p", (cell.model or "").strip() or default_model(),
+                          cell.prompt, cell.negative_prompt), i)
+
+    def key(rc):
+        cell = grid[rc[0]][rc[1]]
+        ref = (cell.model or "").strip() or default_model()
+        return (first[("m", ref)], first[("p", ref, cell.prompt, cell.negative_prompt)])
+
+    return sorted(order, key=key)  # stable: grid order within a group
+
+
+def compare(req: CompareRequest, control: JobControl | None = None,
+            cache: ModelCache | None = None, limits: Limits | None = None,
+            on_cell: Callable[[Cell, int, int], None] | None = None) -> CompareResult:
+    """Run every cell of ``req``; returns the grid. ``control``: progress is reported over the
+    whole grid (step ``k`` of the sum of all cells' steps), Stop cancels the grid within one
+    denoising step, and the time limit bounds the grid's own work (loading not counted).
+    ``on_cell(cell, done, total)`` is called after each cell."""
+    from .catalog import default_model, defaults_for, model_defaults
+    from .pipelines import model_cache
+
+    t_start = time.perf_counter()
+    limits = limits or Limits.from_env()
+    control = control or JobControl()
+    cache = cache or model_cache()
+    # 1. Expand and validate every cell before any work; one seed for all.
+    flagged = expand_grid(req, limits)
+    seed = flagged[0][0][0].seed
+    req = replace(req, base=replace(req.base, seed=seed))
+    clock = _Clock(control)
+    # 2. Cells of an expand=on value: the language model writes their prompt first (once per
+    #    distinct prompt; the seed is the grid's), so the rest of the run sees ordinary requests.
+    grid, extra_s, load_s = _expand_prompts(flagged, req.lm, control, clock, limits)
+    plan = _plan(grid)
+
+    # A model's default steps: the catalog's until it is loaded, then its own (an uncatalogued
+    # model's card can recommend them: catalog.card_defaults), and the grid's total follows.
+    default_steps: dict[str, int] = {}
+
+    def planned_steps(cell: GenerateRequest) -> int:
+        ref = (cell.model or "").strip() or default_model()
+        if cell.steps is not None:
+            return cell.steps
+        return default_steps.get(ref) or defaults_for(ref).steps
+
+    total_steps = sum(planned_steps(grid[r][c]) for r, c in plan)
+    done_steps = 0
+    shared = _Shared()
+    out: dict[tuple[int, int], Cell] = {}
+    for n, (r, c) in enumerate(plan):
+        cell = grid[r][c]
+        ref = (cell.model or "").strip() or default_model()
+        where = f"after {n} of {len(plan)} cells"
+        # 3. Cancel between cells too (a cancelled grid never starts its next cell).
+        if control.cancel.is_set():
+            raise CancelledError(f"the comparison was cancelled {where}")
+        # 4. Load each model once (timed apart: loading is not a cell's work).
+        if ref not in shared.loaded:
+            t0 = time.perf_counter()
+            default_steps[ref] = model_defaults(cache.get(ref, progress=control.download)).steps
+            load_s += time.perf_counter() - t0
+            shared.loaded.add(ref)
+            total_steps = done_steps + sum(planned_steps(grid[i][j]) for i, j in plan[n:])
+        # 5-7. The cell, with grid-wide progress from where the grid is.
+        out[(r, c)] = _run_cell(req, r, c, cell, control, cache, limits, clock, shared, where,
+                                offset=done_steps, total_steps=total_steps,
+                                extra_s=extra_s.pop((r, c), 0.0))
+        done_steps += planned_steps(cell)
+        if on_cell is not None:
+            on_cell(out[(r, c)], n + 1, len(plan))
+    cells = tuple(tuple(out[(r, c)] for c in range(len(grid[r]))) for r in range(len(grid)))
+    return CompareResult(req, cells, time.perf_counter() - t_start, load_s, shared.encodings)
+
+
+@dataclass
+class _Shared:
+    """What cells of one grid share: the models loaded so far, the text encodings by model,
+    device and prompts, and how many encodings were computed."""
+
+    loaded: set = field(default_factory=set)
+    embeddings: dict = field(default_factory=dict)
+    encodings: int = 0
+
+
+def _run_cell(req: CompareRequest, r: int, c: int, cell: GenerateRequest, control: JobControl,
+              cache: ModelCache, limits: Limits, clock: "_Clock", shared: _Shared, where: str, *,
+              offset: int, total_steps: int, extra_s: float) -> Cell:
+    """Steps 5-7 of :func:`compare` for one cell: its own control, the run (the prompt encoded
+    once per group), its score."""
+    from .attention import AttentionCapture, with_step_observers
+    from .runner import prepare, run
+
+    # 5. A per-cell control: grid-wide progress, shared cancel, the grid's remaining time.
+    def progress(step: int, total: int) -> None:
+        if control.progress is not None:
+            control.progress(min(offset + step, total_steps), total_steps)
+
+    cell_control = replace(control, progress=progress, time_limit_s=clock.remaining(where))
+    capture = AttentionCapture(cell.prompt, 1) if req.attention else None
+    if capture is not None:
+        cell_control = with_step_observers(cell_control, capture)
+    t0 = time.perf_counter()
+    try:
+        # 6. The cell as a single request would run; the prompt encoded once per group.
+        cell_req, model, view = prepare(cell, cell_control, cache, limits)
+        kwargs = {"width": cell_req.width, "height": cell_req.height}
+        reused = False
+        if _reuses_embeddings(view):
+            key = (model.ref, str(model.device), cell_req.prompt, cell_req.negative_prompt)
+            reused = key in shared.embeddings
+            if not reused:
+                shared.embeddings[key] = _encode(view, model, cell_req)
+                shared.encodings += 1
+            kwargs.update(shared.embeddings[key])
+        else:
+            shared.encodings += 1
+        result = run(cell_req, model, view, kwargs, cell_control, capture)
+    except TimeLimitError:
+        raise clock.timeout(where) from None
+    except CancelledError:
+        raise CancelledError(f"the comparison was cancelled {where}") from None
+    seconds = time.perf_counter() - t0 + extra_s
+    clock.work_s += time.perf_counter() - t0
+    image = result.images[0]
+    maps = capture.result(image.size) if capture is not None else None
+    # 7. Score against the prompt when the shapes analyzer can.
+    return Cell(r, c, result.request, image, seconds, result, score_cell(image, result.request), maps, reused)
+
+
+@dataclass
+class _Clock:
+    """The grid's time limit: the work of all cells (and expansions) so far, against
+    ``control.time_limit_s``; each step gets what is left (the engine restarts a control's
+    clock when it holds the model, so loading is never counted)."""
+
+    control: JobControl
+    work_s: float = 0.0
+
+    def remaining(self, where: str) -> float | None:
+        if self.control.time_limit_s is None:
+            return None
+        left = self.control.time_limit_s - self.work_s
+        if left <= 0:
+            raise self.timeout(where)
+        return left
+
+    def timeout(self, where: str) -> TimeLimitError:
+        return TimeLimitError(
+            f"the comparison ran past its time limit of {self.control.time_limit_s:.0f} s "
+            f"{where}; use fewer values, fewer steps or a smaller size",
+            limit_s=self.control.time_limit_s)
+
+
+def _expand_prompts(flagged, lm: str | None, control: JobControl, clock: _Clock, limits: Limits):
+    """The grid with every ``expand=on`` cell's prompt written by the language model (and its
+    ``expansion`` record, as ``generate --expand`` makes); the seconds each expansion took, on
+    the first cell that used it; and the seconds spent loading the language model."""
+    grid = [[cell for cell, _ in row] for row in flagged]
+    wanted = [(r, c) for r, row in enumerate(flagged) for c, (_, on) in enumerate(row) if on]
+    if not wanted:
+        return tuple(tuple(row) for row in grid), {}, 0.0
+    from .expand import expand as expand_prompt
+
+    done: dict[tuple, Any] = {}
+    extra_s: dict[tuple[int, int], float] = {}
+    load_s = 0.0
+    for i, (r, c) in enumerate(wanted):
+        cell = grid[r][c]
+        if control.cancel.is_set():
+            raise CancelledError("the comparison was cancelled while expanding prompts")
+        key = (cell.prompt, cell.seed)
+        if key not in done:
+            step_control = replace(control, progress=None,
+                                   time_limit_s=clock.remaining("while expanding prompts"))
+            t0 = time.perf_counter()
+            try:
+                done[key] = expand_prompt(expand_request(cell, lm), step_control, limits=limits)
+            except TimeLimitError:
+                raise clock.timeout("while expanding prompts") from None
+            wall = time.perf_counter() - t0
+            clock.work_s += done[key].seconds
+            load_s += max(0.0, wall - done[key].seconds)  # loading the language model
+            extra_s[(r, c)] = done[key].seconds
+        result = done[key]
+        grid[r][c] = replace(cell, prompt=result.variants[0], expansion=result.expansion(0))
+    return tuple(tuple(row) for row in grid), extra_s, load_s
