@@ -34,6 +34,9 @@ import pytest
 
 from vgen.launch import free_port, stop
 
+# Browser fixtures (browser, page, phone_page) for tests/test_browser*.py.
+pytest_plugins = ["browser_tools"]
+
 
 @dataclass
 class LocalHub:
@@ -180,8 +183,10 @@ def tiny_env(tiny_models, monkeypatch):
 #
 #   hardened_app   session fixture: ``python app.py`` on a loopback port with the tiny txt2img model
 #                  as the default, VGEN_MODEL_ROOTS = the tiny models' root, HF_TOKEN = a canary that
-#                  must never come back, VGEN_QUEUE_SIZE=2 (so "busy" is easy to reach), offline Hub.
-#                  Returns a HardenedApp (url, port, pid, log, token, models root).
+#                  must never come back, VGEN_QUEUE_SIZE=2 (so "busy" is easy to reach), offline Hub,
+#                  and the MCP server on (GRADIO_MCP_SERVER=True, VGEN_MCP=1: /gradio_api/mcp/, for
+#                  tests/test_mcp.py and the battery's MCP cases). Returns a HardenedApp (url, port,
+#                  pid, log, token, models root, queue size, mcp).
 # ==================================================================================================
 
 
@@ -194,6 +199,7 @@ class HardenedApp:
     token: str
     models_root: Path
     queue_size: int
+    mcp: bool = True  # the app serves its endpoints as MCP tools at url + "gradio_api/mcp/"
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -217,8 +223,11 @@ def hardened_app(tmp_path_factory, tiny_models):
         "HF_TOKEN": token,
         "VGEN_DEVICE": "cpu",
         "VGEN_QUEUE_SIZE": str(queue_size),
+        "GRADIO_MCP_SERVER": "True",  # Gradio's own switch; VGEN_MCP is the app's
+        "VGEN_MCP": "1",
     }
-    unset = ("VGEN_CONCURRENCY", "VGEN_JOB_TIME_LIMIT", "VGEN_MAX_FILE_SIZE", "VGEN_MAX_BODY_SIZE")
+    unset = ("VGEN_CONCURRENCY", "VGEN_JOB_TIME_LIMIT", "VGEN_MAX_FILE_SIZE", "VGEN_MAX_BODY_SIZE",
+             "VGEN_SESSION_JOBS")
     with launched_app(env, work, unset=unset) as app:
         yield HardenedApp(app.url, app.port, app.pid, app.log, token, tiny_models["root"], queue_size)
 

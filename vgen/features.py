@@ -23,8 +23,8 @@ from PIL import Image
 
 from . import viz
 from .errors import InvalidRequestError, UnsupportedModelError
+from .requests import BACKBONES, FeaturesRequest
 
-BACKBONES = ("vgg16", "unet", "vae")
 DEFAULT_TIMESTEP = 200
 
 
@@ -234,16 +234,6 @@ def vgg16_features(image: Image.Image, weights: str | None = None, size: int = 2
     return FeatureMaps("vgg16", out, im, bb.ref, {"revision": bb.revision})
 
 
-@dataclass(frozen=True)
-class FeaturesRequest:
-    """What the Features tab asks for (an app job: ``vgen.worker.run_job("features", ...)``)."""
-
-    image: Image.Image
-    backbone: str = "vgg16"
-    model: str | None = None  # unet / vae: the generator (None: the default model)
-    prompt: str = ""  # unet: the text it is conditioned on
-
-
 def extract_request(req: FeaturesRequest) -> FeatureMaps:
     """``extract`` with the arguments the request's backbone takes."""
     kwargs: dict = {}
@@ -252,6 +242,18 @@ def extract_request(req: FeaturesRequest) -> FeatureMaps:
     if req.backbone == "unet":
         kwargs["prompt"] = req.prompt
     return extract(req.image, req.backbone, **kwargs)
+
+
+def feature_views(req: FeaturesRequest, k: int = 16) -> list[tuple[Image.Image, str]]:
+    """The Features tab's gallery for ``req``: per layer its PCA view and ``k`` strongest
+    channels, captioned with the layer's shape. Rendered where the model ran, so only plain
+    images cross to the web server (which never imports torch)."""
+    fm = extract_request(req)
+    out = []
+    for name, v in fm.views(k).items():
+        shape = "×".join(str(d) for d in fm.layers[name].shape)
+        out += [(v["pca"], f"{name} · PCA · {shape}"), (v["channels"], f"{name} · top channels")]
+    return out
 
 
 def extract(image: Image.Image, backbone: str = "vgg16", **kwargs) -> FeatureMaps:

@@ -247,3 +247,16 @@ def _check_edit(req: EditRequest) -> None:
 
 def request_fields(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+BACKBONES = ("vgg16", "unet", "vae")  # what vgen.features reads feature maps from
+
+
+@dataclass(frozen=True)
+class FeaturesRequest:
+    """Feature maps of an image (``vgen.features``; an app job: ``vgen.worker.run_job``)."""
+
+    image: Image.Image
+    backbone: str = "vgg16"
+    model: str | None = None  # unet / vae: the generator (None: the default model)
+    prompt: str = ""  # unet: the text it is conditioned on

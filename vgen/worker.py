@@ -75,6 +75,10 @@ def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
         from .features import extract_request
 
         return extract_request(request), []
+    if kind == "feature_views":  # the app's Features tab: a FeaturesRequest, captioned images
+        from .features import feature_views
+
+        return feature_views(request), []
     if kind == "expand":  # prompt expansion: an ExpandRequest, streamed through control.text
         from .expand import expand
 

@@ -1,0 +1,133 @@
+"""Component builders the tabs share: the model pickers, result galleries, the decoder and
+scheduler choices, and the browser-side "0 = the model's default" adapter."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Sequence
+
+import gradio as gr
+
+from vgen.catalog import CATALOG, default_model, entry_for
+from vgen.errors import VgenError
+from vgen.requests import EDIT_MODES, Limits
+
+from .forms import DEFAULT_SCHEDULER
+from .inputs import StrictDropdown
+
+logger = logging.getLogger("vgen.ui")
+
+T2I_TASKS = ("txt2img",)
+EDIT_TASKS = EDIT_MODES
+
+EXAMPLE_PROMPTS = [
+    "a red circle to the left of a blue square",
+    "two yellow triangles and a green square",
+    "a large purple circle at the top",
+    "a small green triangle below an orange circle",
+]
+
+HUB_POINTER = (
+    "The built-in **vgen-shapes** model draws coloured shapes on a 64×64 canvas and knows "
+    "about 40 words (colours, shapes, sizes, counts, positions). For anything else pick a Hub "
+    "model in **Model**, e.g. `stabilityai/sd-turbo`, or type any diffusers repo id "
+    "(`org/name` or `org/name@revision`); it is downloaded on first use."
+)
+
+# Small images (the 64x64 shapes world) are shown enlarged and crisp; files keep native pixels.
+CSS = """
+.vgen-pixelated img, .vgen-pixelated canvas { image-rendering: pixelated; }
+.vgen-gallery .thumbnail-item img, .vgen-gallery .preview img { image-rendering: pixelated; }
+.vgen-gallery img { min-width: 192px; min-height: 192px; }
+"""
+
+
+def is_cached(ref: str) -> bool:
+    try:
+        from vgen import hub
+
+        return bool(hub.is_cached(ref))
+    except Exception:  # noqa: BLE001 - a mark in a label: never worth an error
+        return False
+
+
+def cache_mark(ref: str) -> str:
+    return " · ✓ cached" if is_cached(ref) else " · ⤓ downloads on first use"
+
+
+def model_choices(tasks: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(label, reference) pairs: the default model, then the curated models for ``tasks``;
+    each label says whether the model is already on this machine."""
+    default = default_model()
+    # An embedded model (a bare name: a folder under checkpoints/) cannot be downloaded: it is
+    # offered only when its folder is here (vgen-shapes-edit exists once trained).
+    refs = [default] + [e.ref for e in CATALOG if set(e.tasks) & set(tasks) and e.ref != default
+                        and ("/" in e.ref or is_cached(e.ref))]
+    choices = []
+    for ref in refs:
+        entry = entry_for(ref)
+        name = entry.label if entry is not None else ref
+        if ref == default:
+            name += " · default"
+        choices.append((name + cache_mark(ref), ref))
+    return choices
+
+
+def model_dropdown(tasks: tuple[str, ...], value: str | None = None) -> gr.Dropdown:
+    return StrictDropdown(
+        choices=model_choices(tasks), value=value or default_model(), allow_custom_value=True,
+        label="Model", elem_classes=["vgen-model"],
+        info="Pick one, or type a Hub repo id (org/name[@revision]) or a local model folder.",
+    )
+
+
+def lm_choices() -> list[tuple[str, str]]:
+    """(label, reference): the default LM, then the curated ones, with cache marks."""
+    from vgen.expand import LM_CATALOG, default_lm
+
+    default = default_lm()
+    labels = {e.ref: e.label for e in LM_CATALOG}
+    refs = [default] + [e.ref for e in LM_CATALOG if e.ref != default]
+    return [(labels.get(ref, ref) + (" · default" if ref == default else "") + cache_mark(ref),
+             ref) for ref in refs]
+
+
+def gallery(label: str, elem_id: str, **kw) -> gr.Gallery:
+    return gr.Gallery(
+        label=label, elem_id=elem_id, elem_classes=["vgen-gallery", "vgen-pixelated"],
+        columns=2, height=560, object_fit="contain", format="png", type="filepath",
+        interactive=False, buttons=["download", "fullscreen"], **kw,
+    )
+
+
+def decoder_radio() -> gr.Radio:
+    return gr.Radio(
+        choices=[("full VAE", "full"), ("fast (tiny autoencoder)", "fast")], value="full",
+        label="Decoder", info="fast: TAESD decodes Stable Diffusion / SDXL latents in a fraction "
+        "of the time (slightly softer); other models use their own VAE")
+
+
+def scheduler_choices() -> list[str]:
+    from vgen.schedulers import SCHEDULERS
+
+    return [DEFAULT_SCHEDULER, *SCHEDULERS]
+
+
+def limits() -> Limits:
+    try:
+        return Limits.from_env()
+    except VgenError as e:
+        logger.warning("%s; using the default limits for the UI hints", e)
+        return Limits()
+
+
+def zero_means_default(inputs: Sequence, fields: Sequence) -> str:
+    """Browser-side JavaScript for an event whose ``inputs`` include number ``fields`` where the
+    UI shows 0 for "the model's default": it sends those zeros as null (None), the API's
+    "default". So one function serves the UI and the API, and an API caller's 0 stays an error.
+    (Gradio passes an event's ``js`` the input values and sends what it returns to ``fn``.)"""
+    positions = [i for i, c in enumerate(inputs) if any(c is f for f in fields)]
+    return ("(...args) => { const zero = new Set(" + json.dumps(positions) + "); "
+            "return args.slice(0, " + str(len(inputs)) + ").map("
+            "(v, i) => zero.has(i) && v === 0 ? null : v); }")

@@ -1,0 +1,341 @@
+"""The Compare tab: one prompt and seed across models and settings, side by side
+(``vgen.compare``, ``vgen.compare_grid``). Its endpoint is ``/compare``."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from vgen.compare import PARAMETERS
+from vgen.errors import InvalidRequestError, VgenError
+from vgen.requests import GenerateRequest
+
+from ..components import EXAMPLE_PROMPTS, T2I_TASKS, model_dropdown, zero_means_default
+from ..forms import model_ref, opt_float, opt_int, text
+from ..handlers import cache_dir, endpoint, run_job
+from ..inputs import StrictCheckbox, StrictDropdown, StrictNumber, StrictTextbox
+
+NO_AXIS = "none"
+# Example values of each parameter an axis can vary (the values box's placeholder).
+AXIS_HINTS = {
+    "guidance": "1, 4, 7",
+    "steps": "4, 10, 20",
+    "scheduler": "default, euler, dpm++2m, unipc",
+    "size": "64x64, 96x64",
+    "model": "vgen-shapes, stabilityai/sd-turbo",
+    "negative_prompt": "| red | blue   (text values are separated by |; empty = none)",
+    "prompt": "a red circle | a blue square | two green triangles   (separated by |)",
+    "expand": "off, on   (language-model prompt expansion, with the cell's seed)",
+}
+
+
+@dataclass
+class Compared:
+    """What one comparison left in the session: the result and its files (for re-rendering the
+    grid with a word's attention maps, and for showing a clicked cell)."""
+
+    result: Any  # vgen.compare.CompareResult
+    files: list[str]  # the cells' PNGs (with their parameters), row by row
+    grid: str  # the labelled grid PNG (the whole comparison in its metadata)
+    zip: str  # the cells as PNGs with their parameters, plus comparison.json
+
+
+def compare_request(prompt, x_param, x_values, y_param=NO_AXIS, y_values="", negative_prompt=None,
+                    model=None, seed=None, steps=None, guidance=None, attention=False):
+    """A ``vgen.compare.CompareRequest`` from UI values (seed None or -1: one drawn for all)."""
+    from vgen.compare import Axis, CompareRequest, split_values
+
+    base = GenerateRequest(prompt=text(prompt), negative_prompt=text(negative_prompt),
+                           model=model_ref(model), steps=opt_int(steps, "steps"),
+                           guidance=opt_float(guidance, "guidance"), seed=opt_int(seed, "seed"))
+    if not x_param or x_param == NO_AXIS:
+        raise InvalidRequestError(f"pick the x axis' parameter: one of {', '.join(PARAMETERS)}")
+    x = Axis(x_param, tuple(split_values(x_param, text(x_values))))
+    y = None
+    if y_param and y_param != NO_AXIS:
+        y = Axis(y_param, tuple(split_values(y_param, text(y_values))))
+    return CompareRequest(base, x, y, attention=bool(attention))
+
+
+def cell_caption(result, cell) -> str:
+    req = result.request
+    parts = [f"{req.x.param} {result.x_labels[cell.col]}"]
+    if req.y is not None:
+        parts.append(f"{req.y.param} {result.y_labels[cell.row]}")
+    parts.append(f"{cell.seconds:.2f} s")
+    if cell.score is not None:
+        parts.append("PASS" if cell.score.passed else "FAIL")
+    return " · ".join(parts)
+
+
+def _compared(job) -> tuple:
+    """The grid PNG, the cells and the ZIP of one finished comparison, in Gradio's cache folder
+    (run off the event loop: encoding 16 large PNGs takes a while)."""
+    from vgen.compare_grid import cells_zip, grid_image
+    from vgen.metadata import png_bytes
+
+    result = job.result
+    folder = Path(tempfile.mkdtemp(prefix="vgen-compare-", dir=cache_dir()))
+    grid = folder / "vgen-compare-grid.png"
+    grid.write_bytes(png_bytes(grid_image(result)))
+    archive = folder / "vgen-compare-cells.zip"
+    archive.write_bytes(cells_zip(result))
+    state = Compared(result, [path for path, _ in job.files], str(grid), str(archive))
+    gallery = [(path, cell_caption(result, cell)) for path, cell in zip(state.files, result.flat())]
+    return state.grid, gallery, result.summary(), state.zip, state
+
+
+@endpoint
+async def compare_grid(
+    prompt: str,
+    x_param: str = "guidance",
+    x_values: str = "1, 4, 7",
+    y_param: str = NO_AXIS,
+    y_values: str = "",
+    negative_prompt: str | None = None,
+    model: str | None = None,
+    seed: float | None = 0,
+    steps: float | None = None,
+    guidance: float | None = None,
+    attention: bool = False,
+    request: gr.Request = None,
+    progress=gr.Progress(),
+):
+    """Compare: the same prompt and seed across the values of one or two parameters.
+
+    Parameters:
+        prompt: the base prompt (ignored when an axis is "prompt")
+        x_param: the parameter along the columns: guidance, steps, scheduler, size, model,
+            negative_prompt, prompt or expand (language-model prompt expansion)
+        x_values: its values, separated by commas ("1, 4, 7", "64x64, 96x64", "default, euler",
+            "off, on"); prompt and negative_prompt values are separated by "|"
+        y_param: the parameter along the rows, or "none"
+        y_values: its values, as x_values
+        negative_prompt: the base negative prompt (empty for none)
+        model: the base model: Hub repo id (org/name[@revision]) or local folder; empty for the
+            default
+        seed: the seed of every cell; None or -1 for one drawn for the whole grid
+        steps: base denoising steps; None for the model's default
+        guidance: base guidance scale; None for the model's default
+        attention: also record every cell's cross-attention maps (the grid can then show a
+            word's map in every cell)
+    Returns:
+        the labelled grid PNG (the whole comparison as JSON in its "vgen-compare" text chunk),
+        the cells (PNG files with their parameters, caption "<x> · <y> · seconds · PASS/FAIL"),
+        a summary (request, per-cell seed, seconds, pass/fail and parameters, pass rates per
+        column and row; pass/fail only for the embedded vgen-shapes model), and a ZIP of the cells
+    """
+    req = compare_request(prompt, x_param, x_values, y_param, y_values, negative_prompt,
+                          model, seed, steps, guidance, attention)
+
+    async for out in run_job("compare", lambda: req, progress, request, n_outputs=5,
+                             finish=_compared):
+        yield out
+
+
+def compare_scores(result) -> str:
+    """Markdown: the run in one line and, for the shapes model, PASS/FAIL per cell with the
+    pass rates per column and row (the strict rule of ``python -m vgen eval shapes``)."""
+    req = result.request
+    head_line = (f"**{result.rows}×{result.cols} cells** · seed {req.base.seed} · "
+                 f"{result.seconds:.1f} s in all ({result.load_s:.1f} s loading) · "
+                 f"{result.encodings} text encoding{'s' if result.encodings != 1 else ''}")
+    if not result.scored:
+        return head_line + ("\n\nScores appear when the model is the embedded **vgen-shapes** "
+                            "and the prompt is a sentence of its world (e.g. “"
+                            + EXAMPLE_PROMPTS[0] + "”).")
+
+    def rate(v):
+        return "–" if v is None else f"{v:.0%}"
+
+    def esc(s):
+        return str(s).replace("|", "\\|")
+
+    head = [esc(f"{req.y.param} \\ {req.x.param}" if req.y is not None else req.x.param),
+            *map(esc, result.x_labels), "row pass"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r, row in enumerate(result.cells):
+        marks = ["–" if c.score is None else ("✅ pass" if c.score.passed else "❌ fail") for c in row]
+        lines.append("| " + " | ".join([esc(result.y_labels[r]) if req.y is not None else "",
+                                         *marks, rate(result.row_pass_rates()[r])]) + " |")
+    lines.append("| **column pass** | " + " | ".join(rate(v) for v in result.column_pass_rates())
+                 + f" | **{rate(result.pass_rate())}** |")
+    return head_line + "\n\n" + "\n".join(lines)
+
+
+def show_comparison(state: Compared | None):
+    """A finished comparison: the scores, the word picker (when maps were recorded) and the
+    download buttons; the selected cell is cleared."""
+    if state is None:
+        return (gr.skip(),) * 6
+    from vgen.compare_grid import attention_words
+
+    words = attention_words(state.result)
+    return (compare_scores(state.result),
+            gr.update(choices=[""] + words, value="", visible=bool(words)),
+            gr.update(value=state.grid, interactive=True),
+            gr.update(value=state.zip, interactive=True), None, "")
+
+
+def show_compare_cell(state: Compared | None, evt: gr.SelectData):
+    """A clicked cell full size, with its parameters and (shapes model) the analyzer's verdict."""
+    if state is None or not isinstance(evt.index, int) or not 0 <= evt.index < len(state.files):
+        return None, ""
+    cell = state.result.flat()[evt.index]
+    caption = f"**{cell_caption(state.result, cell)}**"
+    if cell.score is not None:
+        caption += f" — analyzer: {cell.score.reason}"
+    caption += "\n\n```\n" + cell.image.info.get("parameters", "") + "\n```"
+    return state.files[evt.index], caption
+
+
+def compare_word(state: Compared | None, word: str | None):
+    """The grid with ``word``'s cross-attention map over every cell (none: the plain grid)."""
+    if state is None:
+        return gr.skip()
+    if not word:
+        return state.grid
+    from vgen.compare_grid import grid_image
+    from vgen.metadata import png_bytes
+
+    data = png_bytes(grid_image(state.result, word=word))
+    name = f"vgen-compare-attention-{hashlib.sha256(word.encode()).hexdigest()[:12]}.png"
+    path = Path(state.grid).with_name(name)
+    path.write_bytes(data)
+    return str(path)
+
+
+def compare_axis_hint(param: str | None):
+    """Example values for the picked parameter, as the values box's placeholder."""
+    return gr.update(placeholder=AXIS_HINTS.get(param or "", ""), interactive=param != NO_AXIS)
+
+
+@dataclass
+class CompareTab:
+    prompt: gr.Textbox
+    x_param: gr.Dropdown
+    x_values: gr.Textbox
+    y_param: gr.Dropdown
+    y_values: gr.Textbox
+    negative_prompt: gr.Textbox
+    model: gr.Dropdown
+    seed: gr.Number
+    steps: gr.Number
+    guidance: gr.Number
+    attention: gr.Checkbox
+    run: gr.Button
+    stop: gr.Button
+    grid: gr.Image
+    word: gr.Dropdown
+    scores: gr.Markdown
+    download_grid: gr.DownloadButton
+    download_zip: gr.DownloadButton
+    gallery: gr.Gallery
+    cell: gr.Image
+    cell_info: gr.Markdown
+    summary: gr.JSON  # an output of the /compare endpoint
+    zip_file: gr.File  # an output of the /compare endpoint
+    state: gr.State
+    event: Any = None
+
+    def inputs(self) -> list:
+        return [self.prompt, self.x_param, self.x_values, self.y_param, self.y_values,
+                self.negative_prompt, self.model, self.seed, self.steps, self.guidance,
+                self.attention]
+
+
+def _build_form(cap: int | None) -> dict:
+    c: dict = {}
+    c["prompt"] = StrictTextbox(label="Prompt", lines=2, value=EXAMPLE_PROMPTS[0],
+                                placeholder=EXAMPLE_PROMPTS[0])
+    with gr.Row():
+        c["run"] = gr.Button("Run comparison", variant="primary", scale=3)
+        c["stop"] = gr.Button("Stop", variant="stop", scale=1)
+    with gr.Row():
+        c["x_param"] = StrictDropdown(label="X axis (columns)", choices=list(PARAMETERS),
+                                      value="guidance", scale=1)
+        c["x_values"] = StrictTextbox(label="X values", value="1, 4, 7", scale=2,
+                                      placeholder=AXIS_HINTS["guidance"])
+    with gr.Row():
+        c["y_param"] = StrictDropdown(label="Y axis (rows)", choices=[NO_AXIS, *PARAMETERS],
+                                      value="steps", scale=1)
+        c["y_values"] = StrictTextbox(label="Y values", value="5, 20", scale=2,
+                                      placeholder=AXIS_HINTS["steps"])
+    gr.Markdown("Every cell uses the same seed, so only the axes change. Values are "
+                "separated by commas; prompts and negative prompts by `|`."
+                + (f" At most {cap} cells." if cap else ""))
+    c["model"] = model_dropdown(T2I_TASKS)
+    with gr.Accordion("Base settings · 0 = the model's default", open=False):
+        c["negative_prompt"] = StrictTextbox(label="Negative prompt", lines=1)
+        with gr.Row():
+            c["seed"] = StrictNumber(label="Seed (-1: draw one)", value=0, precision=0)
+            c["steps"] = StrictNumber(label="Steps", value=None, precision=0)
+            c["guidance"] = StrictNumber(label="Guidance", value=None, step=0.5)
+    c["attention"] = StrictCheckbox(label="Record attention maps (then pick a word to see its "
+                                    "map in every cell)", value=False)
+    return c
+
+
+def _build_results() -> dict:
+    c: dict = {}
+    c["grid"] = gr.Image(label="Grid", elem_id="compare-grid", type="filepath", format="png",
+                         interactive=False, elem_classes=["vgen-pixelated"],
+                         buttons=["download", "fullscreen"])
+    c["word"] = StrictDropdown(label="Attention of the word (in every cell)", choices=[""],
+                               value="", visible=False, elem_id="compare-word")
+    c["scores"] = gr.Markdown(elem_id="compare-scores")
+    with gr.Row():
+        c["download_grid"] = gr.DownloadButton("Download grid (PNG)", interactive=False, size="sm")
+        c["download_zip"] = gr.DownloadButton("Download cells (ZIP)", interactive=False, size="sm")
+    c["gallery"] = gr.Gallery(label="Cells (click one)", elem_id="compare-gallery",
+                              elem_classes=["vgen-gallery", "vgen-pixelated"], columns=4,
+                              height=420, object_fit="contain", format="png", type="filepath",
+                              interactive=False, buttons=["download", "fullscreen"])
+    with gr.Row(equal_height=False):
+        c["cell"] = gr.Image(label="Selected cell", type="filepath", format="png",
+                             interactive=False, elem_classes=["vgen-pixelated"], height=320,
+                             scale=1)
+        c["cell_info"] = gr.Markdown(elem_id="compare-cell-info")
+    return c
+
+
+def build() -> CompareTab:
+    from vgen.compare import max_cells
+
+    try:
+        cap = max_cells()
+    except VgenError:
+        cap = None
+    with gr.Tab("Compare", id="compare"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4):
+                c = _build_form(cap)
+            with gr.Column(scale=7):
+                c.update(_build_results())
+        c["summary"] = gr.JSON(visible=False, label="summary")
+        c["zip_file"] = gr.File(visible=False, label="cells")
+        c["state"] = gr.State(None)
+    return CompareTab(**c)
+
+
+def wire(c: CompareTab) -> None:
+    quick = dict(api_visibility="private", concurrency_limit=None)
+    inputs = c.inputs()
+    # The one /compare endpoint, for the UI and the API; then the tab's own displays.
+    c.event = c.run.click(
+        compare_grid, inputs, [c.grid, c.gallery, c.summary, c.zip_file, c.state],
+        api_name="compare", concurrency_limit=None, trigger_mode="once",
+        show_progress_on=c.grid, js=zero_means_default(inputs, [c.steps, c.guidance]),
+    )
+    c.event.success(show_comparison, c.state, [c.scores, c.word, c.download_grid,
+                                               c.download_zip, c.cell, c.cell_info], **quick)
+    c.stop.click(fn=None, cancels=[c.event])
+    c.gallery.select(show_compare_cell, c.state, [c.cell, c.cell_info], **quick)
+    c.word.change(endpoint(compare_word), [c.state, c.word], c.grid, **quick)
+    c.x_param.change(compare_axis_hint, c.x_param, c.x_values, **quick)
+    c.y_param.change(compare_axis_hint, c.y_param, c.y_values, **quick)

@@ -1,0 +1,365 @@
+"""The Features tab: per-word attention maps, map -> inpainting mask, the denoising path and
+feature maps of an image. Its endpoint is ``/attention``.
+
+The maps come back from the engine's worker as ``vgen.attention_maps.AttentionMaps`` (numpy),
+so re-rendering them for another word, step range or opacity happens here without torch."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from vgen.requests import BACKBONES, FeaturesRequest
+
+from ..components import EXAMPLE_PROMPTS, T2I_TASKS, model_dropdown, zero_means_default
+from ..forms import edit_request, editor_image_and_mask, inspect_request, load_image, model_ref
+from ..handlers import cache_dir, endpoint, run_job
+from ..inputs import SafeImage, StrictCheckbox, StrictNumber, StrictSlider, StrictTextbox
+
+
+@dataclass
+class Inspected:
+    """What one Inspect run left for re-rendering (kept per session in a ``gr.State``)."""
+
+    maps: Any  # vgen.attention_maps.AttentionMaps
+    image: Any  # PIL image the maps belong to
+    path: str  # the image's PNG file (with its generation parameters)
+    info: str  # what made it, for the tab's info line
+
+
+def _inspected(job) -> tuple:
+    """The outputs of a finished inspect job: image file, grid, filmstrip, word keys, state."""
+    from vgen.viz import filmstrip
+
+    out = job.result
+    r, maps = out.result, out.maps
+    image = r.images[0]
+    task = getattr(r.request, "mode", "txt2img")
+    res = ", ".join(f"{h}x{w}" for h, w in maps.resolutions)
+    info = (f"**{r.model}** · {task} · seed {r.seeds[0]} · {maps.num_steps} steps · "
+            f"attention at {res} · {job.seconds():.1f} s")
+    state = Inspected(maps, image, job.files[0][0], info)
+    strip = filmstrip(out.path[0]) if out.path else None
+    return state.path, maps.grid(image), strip, maps.word_keys(), state
+
+
+@endpoint
+async def inspect_attention(prompt: str, model: str | None = None, seed: float | None = 0,
+                            steps: float | None = None, negative_prompt: str | None = None,
+                            request: gr.Request = None, progress=gr.Progress()):
+    """Text to image with its per-word cross-attention maps and its denoising path.
+
+    Parameters:
+        prompt: what to draw
+        model: Hub repo id (org/name[@revision]) or local model folder; empty for the default
+        seed: the seed; None for a fresh one
+        steps: denoising steps; None for the model's default
+        negative_prompt: what to avoid (empty for none)
+    Returns:
+        the image (PNG with its parameters), a grid with the image and one attention overlay per
+        word, the denoising filmstrip (the predicted clean image after each step), and the word
+        keys ("<index>:<word>")
+    """
+    req = inspect_request(prompt, model, seed, steps, negative_prompt)
+    async for out in run_job("inspect", lambda: req, progress, request, n_outputs=5,
+                             finish=_inspected):
+        yield out
+
+
+@endpoint
+async def inspect_edit(editor, prompt, mode, strength, image_guidance, negative_prompt, model,
+                       steps, guidance, seed, randomize_seed, width, height, scheduler,
+                       request: gr.Request = None, progress=gr.Progress()):
+    """The Edit tab's "Inspect this edit": the edit as set up there (any mode, one image), with
+    its per-word attention maps and denoising path."""
+
+    def build():
+        source, mask = editor_image_and_mask(editor, mode)
+        return edit_request(source, mask, prompt, mode, strength, image_guidance,
+                            negative_prompt, model, steps, guidance, seed, randomize_seed,
+                            width, height, 1, scheduler)
+
+    async for out in run_job("inspect", build, progress, request, n_outputs=5,
+                             finish=_inspected):
+        yield out
+
+
+def word_choices(maps, include_special: bool = False) -> list[tuple[str, str]]:
+    """(label, key) pairs for the word picker: the word, or the key when a word repeats."""
+    keys = maps.word_keys()
+    if include_special:
+        extra = [k for k in maps.keys(True) if k not in maps.keys(False)]
+        keys = [k for k in extra if k.startswith("-1:")] + keys + \
+               [k for k in extra if not k.startswith("-1:")]
+    words = [k.split(":", 1)[1] for k in keys]
+    return [(w if words.count(w) == 1 else k, k) for w, k in zip(words, keys)]
+
+
+def _filters(first, last, resolutions) -> dict:
+    a, b = int(first or 0), int(last or 0)
+    return dict(step_range=(min(a, b), max(a, b)),
+                resolutions=list(resolutions) if resolutions else None)
+
+
+def default_word(maps) -> str | None:
+    keys = maps.word_keys()
+    return keys[-1] if keys else None  # the last word is usually the noun
+
+
+def show_inspection(state: Inspected | None, include_special, opacity):
+    """A new inspection: the word picker, step sliders, resolutions, the default word's
+    overlay and the info line."""
+    if state is None:
+        return (gr.skip(),) * 6
+    maps, n = state.maps, state.maps.num_steps
+    key = default_word(maps)
+    overlay = maps.overlay(state.image, key, float(opacity)) if key else None
+    res = [f"{h}x{w}" for h, w in maps.resolutions]
+    return (gr.update(choices=word_choices(maps, bool(include_special)), value=key),
+            gr.update(maximum=max(1, n - 1), value=0, interactive=n > 1),
+            gr.update(maximum=max(1, n - 1), value=n - 1, interactive=n > 1),
+            gr.update(choices=res, value=res), overlay, state.info)
+
+
+def render_maps(state: Inspected | None, key, first, last, resolutions, opacity):
+    """Overlay of the chosen word and the small-multiples grid, from the stored maps."""
+    if state is None:
+        return None, None
+    filters = _filters(first, last, resolutions)
+    grid = state.maps.grid(state.image, opacity=float(opacity), **filters)
+    overlay = state.maps.overlay(state.image, key, float(opacity), **filters) if key else None
+    return overlay, grid
+
+
+def update_word_choices(state: Inspected | None, include_special: bool, key):
+    if state is None:
+        return gr.skip()
+    choices = word_choices(state.maps, bool(include_special))
+    keys = [k for _, k in choices]
+    return gr.update(choices=choices, value=key if key in keys else default_word(state.maps))
+
+
+def mask_editor_value(image, mask) -> dict:
+    """An ImageEditor value: ``image`` as the background and one layer that is opaque white
+    where ``mask`` is 255 (transparent elsewhere), as PNG files in Gradio's cache folder;
+    ``editor_image_and_mask(value, "inpaint")`` gives back the image and the mask."""
+    from PIL import Image
+
+    background = image.convert("RGB")
+    mask = mask.convert("L").resize(background.size, Image.NEAREST)
+    layer = Image.new("RGBA", background.size, (255, 255, 255, 0))
+    layer.putalpha(mask.point(lambda v: 255 if v > 127 else 0))
+    composite = background.copy()
+    composite.paste(Image.new("RGB", background.size, "white"), mask=layer.getchannel("A"))
+    folder = Path(tempfile.mkdtemp(prefix="vgen-mask-", dir=cache_dir()))
+    paths = {}
+    for name, im in (("background", background), ("layer", layer), ("composite", composite)):
+        paths[name] = str(folder / f"{name}.png")
+        im.save(paths[name], format="PNG")
+    return {"background": paths["background"], "layers": [paths["layer"]],
+            "composite": paths["composite"]}
+
+
+def use_as_mask(state: Inspected | None, key, threshold, first, last, resolutions):
+    """The chosen word's map, thresholded, as an inpainting mask on the image in the Edit tab."""
+    if state is None or not key:
+        raise gr.Error("Inspect an image and pick a word first.", print_exception=False)
+    mask = state.maps.to_mask(key, float(threshold), **_filters(first, last, resolutions))
+    if mask.getbbox() is None:
+        raise gr.Error("The mask is empty at this threshold: lower it.", print_exception=False)
+    return mask_editor_value(state.image, mask), "inpaint", gr.Tabs(selected="edit")
+
+
+@endpoint
+async def show_features(image_path, backbone, model, prompt, request: gr.Request = None,
+                        progress=gr.Progress()):
+    """Feature views of an image: (image, caption) pairs, a PCA view and the strongest
+    channels per layer (rendered by the engine's worker)."""
+    if not image_path:
+        raise gr.Error("Add an image first (or use the inspected one).", print_exception=False)
+    if backbone not in BACKBONES:
+        raise gr.Error(f"backbone must be one of {', '.join(BACKBONES)}", print_exception=False)
+
+    def build():
+        return FeaturesRequest(load_image(image_path), backbone, model_ref(model), prompt or "")
+
+    async for out in run_job("feature_views", build, progress, request, n_outputs=1,
+                             finish=lambda job: (job.result,)):
+        yield out
+
+
+def inspect_latest(prompt, model, gallery_value, index):
+    """Text to Image -> Features: the prompt, model and seed of the selected (else first)
+    result, and the Features tab."""
+    seed = gr.skip()
+    if gallery_value:
+        i = index if isinstance(index, int) and 0 <= index < len(gallery_value) else 0
+        item = gallery_value[i]
+        caption = item[1] if isinstance(item, (tuple, list)) and len(item) > 1 else None
+        m = re.fullmatch(r"seed (\d+)", caption or "")
+        if m:
+            seed = int(m.group(1))
+    return prompt, model, seed, gr.Tabs(selected="features")
+
+
+@dataclass
+class FeaturesTab:
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    model: gr.Dropdown
+    seed: gr.Number
+    steps: gr.Number
+    inspect: gr.Button
+    stop: gr.Button
+    image: gr.Image
+    info: gr.Markdown
+    word: gr.Radio
+    special: gr.Checkbox
+    opacity: gr.Slider
+    first: gr.Slider
+    last: gr.Slider
+    resolutions: gr.CheckboxGroup
+    overlay: gr.Image
+    filmstrip: gr.Image
+    grid: gr.Image
+    threshold: gr.Slider
+    to_mask: gr.Button
+    feat_image: gr.Image
+    use_inspected: gr.Button
+    backbone: gr.Radio
+    show: gr.Button
+    views: gr.Gallery
+    keys: gr.JSON  # an output of the /attention endpoint
+    state: gr.State
+    event: Any = None
+    edit_event: Any = None
+
+    def outputs(self) -> list:
+        """The outputs of an inspection (the /attention endpoint's, then the state)."""
+        return [self.image, self.grid, self.filmstrip, self.keys, self.state]
+
+    def controls(self) -> list:
+        """What ``show_inspection`` fills."""
+        return [self.word, self.first, self.last, self.resolutions, self.overlay, self.info]
+
+
+def _picture(label, elem_id, **kw):
+    return gr.Image(label=label, elem_id=elem_id, type="filepath", format="png",
+                    interactive=False, elem_classes=["vgen-pixelated"], **kw)
+
+
+def _build_inspector() -> dict:
+    c: dict = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            c["prompt"] = StrictTextbox(label="Prompt to inspect", lines=2,
+                                        placeholder=EXAMPLE_PROMPTS[0])
+            c["negative_prompt"] = StrictTextbox(label="Negative prompt", lines=1,
+                                                 placeholder="what to avoid (optional)")
+            with gr.Row():
+                c["inspect"] = gr.Button("Inspect", variant="primary", scale=3)
+                c["stop"] = gr.Button("Stop", variant="stop", scale=1)
+            c["model"] = model_dropdown(T2I_TASKS)
+            with gr.Row():
+                c["seed"] = StrictNumber(label="Seed", value=0, precision=0)
+                c["steps"] = StrictNumber(label="Steps (0 = model default)", value=None,
+                                          precision=0)
+            c["image"] = _picture("Image", "features-image", height=256)
+            c["info"] = gr.Markdown(elem_id="features-info")
+        with gr.Column(scale=6):
+            c["word"] = gr.Radio(label="Word", choices=[], elem_id="features-word")
+            with gr.Row():
+                c["special"] = StrictCheckbox(label="Show special tokens", value=False)
+                c["opacity"] = StrictSlider(0.0, 1.0, value=0.6, step=0.05,
+                                            label="Overlay opacity")
+            with gr.Row():
+                c["first"] = StrictSlider(0, 1, value=0, step=1, label="First step")
+                c["last"] = StrictSlider(0, 1, value=1, step=1, label="Last step")
+            c["resolutions"] = gr.CheckboxGroup(label="Attention resolutions", choices=[])
+            with gr.Row():
+                c["overlay"] = _picture("Attention of the word", "features-overlay", height=256)
+                c["filmstrip"] = _picture("Denoising path (predicted clean image per step)",
+                                          "features-filmstrip", height=256)
+            c["grid"] = _picture("Every word", "features-grid")
+            with gr.Row():
+                c["threshold"] = StrictSlider(0.0, 1.0, value=0.5, step=0.05,
+                                              label="Mask threshold")
+                c["to_mask"] = gr.Button("Use as mask → Edit (inpaint)")
+    return c
+
+
+def _build_feature_maps() -> dict:
+    c: dict = {}
+    with gr.Accordion("Feature maps of an image", open=False):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4):
+                c["feat_image"] = SafeImage(label="Image", type="filepath", format="png",
+                                            sources=["upload", "clipboard"],
+                                            elem_classes=["vgen-pixelated"], height=256)
+                c["use_inspected"] = gr.Button("Use the inspected image", size="sm")
+                c["backbone"] = gr.Radio(choices=list(BACKBONES), value="unet", label="Backbone",
+                                         info="unet / vae: the generator picked above "
+                                         "(offline); vgg16: ImageNet CNN, weights from the Hub")
+                c["show"] = gr.Button("Show features")
+            with gr.Column(scale=6):
+                c["views"] = gr.Gallery(label="PCA-to-RGB and strongest channels per layer",
+                                        columns=2, height=520, object_fit="contain",
+                                        format="png", interactive=False,
+                                        elem_classes=["vgen-gallery", "vgen-pixelated"])
+    return c
+
+
+def build() -> FeaturesTab:
+    with gr.Tab("Features", id="features"):
+        c = _build_inspector()
+        c.update(_build_feature_maps())
+        c["keys"] = gr.JSON(visible=False, label="words")
+        c["state"] = gr.State(None)
+    return FeaturesTab(**c)
+
+
+def wire(f: FeaturesTab, edit, tabs) -> None:
+    """``edit``: the Edit tab (its "Inspect this edit" and the mask's target editor)."""
+    quick = dict(api_visibility="private", concurrency_limit=None)
+    inputs = [f.prompt, f.model, f.seed, f.steps, f.negative_prompt]
+    # The one /attention endpoint, for the UI and the API; then the tab's controls.
+    f.event = gr.on(
+        triggers=[f.inspect.click, f.prompt.submit], fn=inspect_attention, inputs=inputs,
+        outputs=f.outputs(), api_name="attention", concurrency_limit=None, trigger_mode="once",
+        show_progress_on=f.image, js=zero_means_default(inputs, [f.steps]),
+    )
+    f.event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
+    # Edit tab -> Features: the same edit, inspected (the tab is shown first, then filled).
+    edit_inputs = [edit.editor, edit.prompt, edit.mode, edit.strength, edit.image_guidance,
+                   edit.negative_prompt, edit.model, edit.steps, edit.guidance, edit.seed,
+                   edit.randomize_seed, edit.width, edit.height, edit.scheduler]
+    f.edit_event = edit.inspect.click(
+        lambda: gr.Tabs(selected="features"), None, tabs, **quick,
+    ).then(
+        inspect_edit, edit_inputs, f.outputs(), api_visibility="private",
+        concurrency_limit=None, show_progress_on=f.image,
+        js=zero_means_default(edit_inputs, [edit.image_guidance, edit.steps, edit.guidance,
+                                            edit.width, edit.height]),
+    )
+    f.edit_event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
+    f.stop.click(fn=None, cancels=[f.event, f.edit_event])
+    filters = [f.state, f.word, f.first, f.last, f.resolutions, f.opacity]
+    gr.on(triggers=[f.word.change, f.first.release, f.last.release, f.resolutions.change,
+                    f.opacity.release], fn=endpoint(render_maps), inputs=filters,
+          outputs=[f.overlay, f.grid], **quick)
+    f.special.change(update_word_choices, [f.state, f.special, f.word], f.word, **quick)
+    # The Edit tab is shown first and the editor filled after: a layer given to an editor that
+    # is not drawn yet is not shown in the browser.
+    pending = gr.State(None)
+    f.to_mask.click(endpoint(use_as_mask),
+                    [f.state, f.word, f.threshold, f.first, f.last, f.resolutions],
+                    [pending, edit.mode, tabs], **quick
+                    ).success(lambda value: value, pending, edit.editor, **quick)
+    f.use_inspected.click(lambda path: path, f.image, f.feat_image, **quick)
+    f.show.click(show_features, [f.feat_image, f.backbone, f.model, f.prompt], f.views,
+                 api_visibility="private", concurrency_limit=None)

@@ -1,0 +1,217 @@
+"""The Text to Image tab and its endpoint ``/generate``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import gradio as gr
+
+from vgen.catalog import default_model
+from vgen.errors import InvalidRequestError
+from vgen.requests import EditRequest
+
+from .. import results
+from ..components import (EXAMPLE_PROMPTS, HUB_POINTER, T2I_TASKS, decoder_radio, gallery,
+                          limits, model_dropdown, scheduler_choices, zero_means_default)
+from ..forms import DEFAULT_SCHEDULER, generate_request
+from ..handlers import endpoint, run_job, skip
+from ..inputs import StrictCheckbox, StrictDropdown, StrictNumber, StrictTextbox
+from . import prompt_panel
+
+
+@endpoint
+async def generate_images(
+    prompt: str,
+    negative_prompt: str | None = None,
+    model: str | None = None,
+    steps: float | None = None,
+    guidance: float | None = None,
+    seed: float | None = 0,
+    randomize_seed: bool = True,
+    width: float | None = None,
+    height: float | None = None,
+    num_images: float = 1,
+    scheduler: str = DEFAULT_SCHEDULER,
+    decoder: str = "full",
+    expansion: dict | None = None,
+    request: gr.Request = None,
+    progress=gr.Progress(),
+):
+    """Text to image: draw what the prompt describes.
+
+    Parameters:
+        prompt: what to draw
+        negative_prompt: what to avoid (empty for none)
+        model: Hub repo id (org/name[@revision]) or local model folder; empty for the default
+        steps: denoising steps; None for the model's default
+        guidance: classifier-free guidance scale; None for the model's default
+        seed: seed of the first image (image i uses seed + i); ignored when randomize_seed
+        randomize_seed: draw a fresh seed
+        width: image width, a multiple of 8; None for the model's default
+        height: image height, a multiple of 8; None for the model's default
+        num_images: how many images (seeds seed, seed+1, ...)
+        scheduler: "model default" or a sampler key (dpm++2m, euler, euler-a, ddim, unipc, lcm, ...)
+        decoder: "full" (the model's VAE) or "fast" (tiny autoencoder TAESD, for Stable
+            Diffusion / SDXL latents; other models decode with their own VAE and say so)
+    Returns:
+        gallery of PNG files (each with its generation parameters in the "parameters" text chunk,
+        caption "seed N"; while it runs, live previews captioned "preview"), an info line (it
+        names the decoder that made the images), and a notice listing words the model does not
+        know
+    """
+    req = generate_request(prompt, negative_prompt, model, steps, guidance, seed,
+                           randomize_seed, width, height, num_images, scheduler, decoder)
+    # The prompt may have been written by a language model (the Expand panel's record).
+    req = replace(req, expansion=prompt_panel.recorded_expansion(expansion, prompt))
+    async for out in run_job("generate", lambda: req, progress, request, n_outputs=3,
+                             finish=results.outputs, previews=True):
+        yield out
+
+
+def restore_parameters(path: str | None):
+    """Text to Image fields from the ``parameters`` chunk of a PNG made by vgen (or A1111)."""
+    if not path:
+        return skip(10)
+    from vgen.images import open_image
+    from vgen.metadata import read_parameters, request_from_parameters
+
+    try:
+        req = request_from_parameters(read_parameters(open_image(path)))
+    except KeyError as e:
+        raise InvalidRequestError(f"the parameters text is incomplete ({e} is missing)") from None
+    if isinstance(req, EditRequest):
+        gr.Info(f"This image was made by an edit ({req.mode}); its source image is not stored, "
+                "so only the shared settings were restored.")
+    return (
+        req.prompt, req.negative_prompt, req.model or default_model(), req.steps, req.guidance,
+        req.seed if req.seed is not None else gr.skip(), req.seed is None, req.width, req.height,
+        req.scheduler or DEFAULT_SCHEDULER,
+    )
+
+
+def selected_index(evt: gr.SelectData):
+    return evt.index
+
+
+def pick_image(gallery_value, index):
+    """The selected (else first) image of a gallery, for the editor."""
+    if not gallery_value:
+        raise gr.Error("There is no result to edit yet: generate an image first.",
+                       print_exception=False)
+    i = index if isinstance(index, int) and 0 <= index < len(gallery_value) else 0
+    item = gallery_value[i]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+@dataclass
+class TextToImageTab:
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    model: gr.Dropdown
+    steps: gr.Number
+    guidance: gr.Number
+    seed: gr.Number
+    randomize_seed: gr.Checkbox
+    width: gr.Number
+    height: gr.Number
+    num_images: gr.Number
+    scheduler: gr.Dropdown
+    decoder: gr.Radio
+    generate: gr.Button
+    stop: gr.Button
+    gallery: gr.Gallery
+    selected: gr.State
+    send_to_edit: gr.Button
+    inspect: gr.Button  # "Inspect in Features"
+    info: gr.Markdown
+    notice: gr.Markdown
+    restore_file: gr.File
+    expand: prompt_panel.PromptPanel
+    event: Any = None
+
+    def inputs(self) -> list:
+        """The inputs of ``generate_images``, in its order."""
+        return [self.prompt, self.negative_prompt, self.model, self.steps, self.guidance,
+                self.seed, self.randomize_seed, self.width, self.height, self.num_images,
+                self.scheduler, self.decoder, self.expand.record]
+
+    def outputs(self) -> list:
+        return [self.gallery, self.info, self.notice]
+
+
+def build() -> TextToImageTab:
+    lim = limits()
+    with gr.Tab("Text to Image", id="t2i"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                prompt = StrictTextbox(label="Prompt", lines=2, autofocus=True,
+                                       placeholder=EXAMPLE_PROMPTS[0])
+                negative = StrictTextbox(label="Negative prompt", lines=1,
+                                         placeholder="what to avoid (optional)")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
+                model = model_dropdown(T2I_TASKS)
+                expand = prompt_panel.build()
+                with gr.Accordion("Settings · 0 = the model's default", open=True):
+                    with gr.Row():
+                        steps = StrictNumber(label="Steps", value=None, precision=0)
+                        guidance = StrictNumber(label="Guidance", value=None, step=0.5)
+                    with gr.Row():
+                        width = StrictNumber(label="Width", value=None, precision=0, step=8)
+                        height = StrictNumber(label="Height", value=None, precision=0, step=8)
+                    with gr.Row():
+                        seed = StrictNumber(label="Seed", value=0, precision=0)
+                        randomize = StrictCheckbox(label="Randomize seed", value=True)
+                    with gr.Row():
+                        num_images = StrictNumber(label=f"Images (1-{lim.max_images})", value=1,
+                                                  precision=0)
+                        scheduler = StrictDropdown(label="Scheduler", choices=scheduler_choices(),
+                                                   value=DEFAULT_SCHEDULER)
+                    decoder = decoder_radio()
+                with gr.Accordion("Restore parameters from a vgen PNG", open=False):
+                    restore_file = gr.File(label="Drop a PNG made by vgen", file_types=[".png"],
+                                           type="filepath")
+            with gr.Column(scale=6):
+                results_gallery = gallery("Results", "t2i-gallery")
+                selected = gr.State(None)
+                send = gr.Button("Send to Edit", size="sm")
+                inspect_button = gr.Button("Inspect in Features", size="sm")
+                info = gr.Markdown(label="info", elem_id="t2i-info")
+                notice = gr.Markdown(label="notice", elem_id="t2i-notice")
+        gr.Examples(examples=[[p] for p in EXAMPLE_PROMPTS], inputs=[prompt],
+                    label="Shapes-world prompts for the built-in model", cache_examples=False,
+                    api_visibility="private")
+        gr.Markdown(HUB_POINTER)
+    return TextToImageTab(prompt, negative, model, steps, guidance, seed, randomize, width,
+                          height, num_images, scheduler, decoder, generate, stop,
+                          results_gallery, selected, send, inspect_button, info, notice,
+                          restore_file, expand)
+
+
+def stopped():
+    """Stop pressed: no half-denoised preview stays in the gallery, and the info line says so."""
+    return None, "⏹ Stopped: no image was finished.", ""
+
+
+def wire(t: TextToImageTab) -> None:
+    quick = dict(api_visibility="private", concurrency_limit=None)
+    inputs = t.inputs()
+    defaults_js = zero_means_default(inputs, [t.steps, t.guidance, t.width, t.height])
+    # The one /generate endpoint, for the UI and the API (engine slots: the fair queue).
+    t.event = gr.on(
+        triggers=[t.generate.click, t.prompt.submit], fn=generate_images, inputs=inputs,
+        outputs=t.outputs(), api_name="generate", concurrency_limit=None, trigger_mode="once",
+        show_progress_on=t.gallery, js=defaults_js,
+    )
+    generating = prompt_panel.wire(t.expand, t.prompt, generate_images, inputs, t.outputs(),
+                                   t.gallery, t.restore_file, defaults_js)
+    t.stop.click(stopped, None, t.outputs(), cancels=[t.event, generating], **quick)
+    t.gallery.select(selected_index, None, t.selected, **quick)
+    t.gallery.change(lambda: None, None, t.selected, **quick)
+    t.restore_file.upload(
+        endpoint(restore_parameters), t.restore_file,
+        [t.prompt, t.negative_prompt, t.model, t.steps, t.guidance, t.seed, t.randomize_seed,
+         t.width, t.height, t.scheduler], **quick,
+    )
