@@ -2,6 +2,7 @@
 
     python tests/hardening.py attack --url http://127.0.0.1:7860/ [--token-canary TEXT] [--json F]
     python tests/hardening.py load --url http://127.0.0.1:7860/ --users 16 --requests 5 [--json F]
+    python tests/hardening.py load --url http://127.0.0.1:7860/ --flood [--flood-jobs 50] [--json F]
 
 ``attack`` sends more than 60 hostile requests: out-of-range and wrong-type API arguments,
 oversized and malformed uploads, decompression bombs, path traversal and absolute paths on the
@@ -11,19 +12,31 @@ correct result); after each case a normal generation must still work. Canary fil
 outside the served folders (a fresh temporary folder, next to Gradio's upload folder, inside the
 project) and every byte that comes back is searched for them, for ``/etc/passwd`` and for the
 token canary (start the app with ``HF_TOKEN`` set to it to check the token is never echoed).
+Every endpoint (/generate, /edit, /attention, /compare, /expand, /status) gets out-of-range,
+wrong-type and raw-JSON (NaN, deep nesting) arguments, on each route Gradio serves it on
+(gradio_client, queue/join, /call/<api>, /run/<api>); with the app's MCP server on
+(``GRADIO_MCP_SERVER=True``) the MCP route (``/gradio_api/mcp/``) gets hostile tool calls (bad
+arguments, server paths and SSRF URLs as files, data: URLs of bombs) and hostile JSON-RPC bodies.
+On those routes, where Gradio answers before any handler runs, a case passes when the answer is
+not a 5xx and carries no traceback.
 
 ``load`` runs ``--users`` gradio_client users at once, each making ``--requests`` generations
 with its own seeds; every image must carry its own prompt and seed in its ``parameters`` text.
 It reports completed / rejected-busy / failed counts, cross-user results, p50/p95 latency and
-the server's resident memory before (after a warm-up request) and after.
+the server's resident memory before (after a warm-up request) and after. ``load --flood``
+is the fairness case: one client (one session) submits 50 jobs at once, then another client one;
+it reports how many of the flooder's jobs finished before the other one started and how many were
+refused at once as session-busy, and passes when that other user waited for at most two.
 
 Both need the app on this machine (canaries, the server's memory); both refuse non-loopback URLs.
-The functions ``run_attack`` and ``run_load`` are what tests/test_hardening.py calls.
+The functions ``run_attack``, ``run_load`` and ``run_flood`` are what tests/test_hardening.py
+calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -315,6 +328,8 @@ class Ctx:
     health_full: bool = True
     health_seed: int = 4242
     planted: Path | None = None  # hostile model folders inside an allowed root
+    info: dict = field(default_factory=dict)  # /gradio_api/info: each endpoint's parameters
+    mcp_tools: dict[str, str] | None = None  # api name -> MCP tool name; None: MCP not served
 
     # -- helpers used by the cases ------------------------------------------------------------
 
@@ -374,6 +389,69 @@ class Ctx:
                 if message.get("msg") in ("unexpected_error", "close_stream"):
                     return "error", str(message.get("message") or message), seen
         return "error", "the stream ended without an answer", seen
+
+    def data(self, api_name: str, **values) -> list:
+        """The endpoint's inputs in order: its defaults (text for a required text input),
+        ``values`` (by parameter name) instead; a ``RawJSON`` value goes out unquoted."""
+        params = self.info["named_endpoints"]["/" + api_name.lstrip("/")]["parameters"]
+        out = []
+        for p in params:
+            name = p["parameter_name"]
+            if name in values:
+                out.append(values[name])
+            elif p.get("parameter_has_default"):
+                out.append(p.get("parameter_default"))
+            else:
+                out.append("a red circle" if p.get("type", {}).get("type") == "string" else None)
+        return out
+
+    def mcp(self, method: str, params: dict | None = None, *, body: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 120.0) -> tuple[Raw, Any]:
+        """One JSON-RPC request to the MCP route (streamable HTTP, as an MCP client sends it);
+        the raw answer and the JSON-RPC message in it (from its SSE ``data:`` line or its JSON
+        body; None when there is none)."""
+        if body is None:
+            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                               "params": params or {}}).encode()
+        head = {"Accept": "application/json, text/event-stream", **(headers or {})}
+        answer = self.post(f"{self.prefix}/mcp/", body, "application/json", headers=head,
+                           timeout=timeout)
+        return answer, _jsonrpc_message(answer.body)
+
+    def mcp_tool(self, api_name: str) -> str:
+        return (self.mcp_tools or {}).get("/" + api_name.lstrip("/"), api_name.lstrip("/"))
+
+
+class RawJSON(str):
+    """A value that ``raw_json`` writes as is (NaN, Infinity, 1e999, deep nesting)."""
+
+
+def raw_json(value: Any) -> str:
+    """json.dumps, except that RawJSON values go out byte for byte."""
+    if isinstance(value, RawJSON):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {raw_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(raw_json(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _jsonrpc_message(body: bytes) -> Any:
+    text = body.decode("utf-8", "replace")
+    messages = []
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            with contextlib.suppress(ValueError):
+                messages.append(json.loads(line[5:]))
+    for message in messages:  # the answer, after any progress notifications
+        if isinstance(message, dict) and ("result" in message or "error" in message):
+            return message
+    if messages:
+        return messages[-1]
+    with contextlib.suppress(ValueError):
+        return json.loads(text)
+    return None
 
 
 def _app_error_text(error: BaseException) -> str:
@@ -760,7 +838,7 @@ def _raw_generate(ctx: Ctx, steps_json: str, session: str) -> bytes:
             % (steps_json, ctx.fn_index("generate"), session)).encode()
 
 
-def build_cases(with_model_root: bool = False) -> list[Case]:
+def build_cases(with_model_root: bool = False, mcp: bool = False) -> list[Case]:
     cases: list[Case] = []
     # -- API arguments: out of range ---------------------------------------------------------
     cases += [
@@ -973,9 +1051,339 @@ def build_cases(with_model_root: bool = False) -> list[Case]:
                    _editor_args(_editor("ok.png", ("rgba.png",)), mode="inpaint"),
                    check=expect_images("inpaint")),
     ]
+    cases += _endpoint_cases()
+    cases += _mcp_cases() if mcp else _mcp_off_cases()
     cases += _file_route_cases()
     cases += _upload_cases()
     return cases
+
+
+# ---- every endpoint: the other API routes, raw JSON, MCP ----------------------------------------
+
+ENDPOINTS = ("generate", "edit", "attention", "compare", "expand", "status")
+TRACEBACK = re.compile(rb"Traceback \(most recent call last\)|File \"/[^\"]+\.py\", line \d+")
+NESTED = RawJSON("[" * 50000 + "]" * 50000)  # deeper than Python's json can parse
+NOT_FINITE = r"finite number|must be a number|must be a whole number"
+
+
+def _no_traceback(_ctx: Ctx, answer: Raw) -> str | None:
+    return "a traceback came back" if TRACEBACK.search(answer.body) else None
+
+
+def robust_case(name: str, group: str, make: Callable[[Ctx], Raw],
+                ok_status: tuple[int, ...] = (200, 400, 404, 405, 413, 422)) -> Case:
+    """Hostile input that need not get a clear message (Gradio answers it before any handler):
+    passes when the answer is not a 5xx (nor none at all) and carries no traceback."""
+    return http_case(name, group, make, ok_status=ok_status, extra=_no_traceback)
+
+
+def _call_route(ctx: Ctx, api: str, body: bytes, *, chunked: bool = False) -> Raw:
+    """Gradio's REST route: POST /call/<api> (an event id), then GET its SSE stream; one Raw
+    with both bodies and the worse status."""
+    posted = ctx.post(f"{ctx.prefix}/call/{api}", body, "application/json", chunked=chunked)
+    if posted.status != 200:
+        return posted
+    try:
+        event = json.loads(posted.body)["event_id"]
+    except (ValueError, KeyError, TypeError):
+        return Raw(posted.status, posted.headers, posted.body, "(no event id)")
+    streamed = ctx.get(f"{ctx.prefix}/call/{api}/{quote(str(event), safe='')}", timeout=120)
+    return Raw(streamed.status if streamed.status != 200 else posted.status, streamed.headers,
+               posted.body + b"\n" + streamed.body, streamed.note)
+
+
+def _call_data(ctx: Ctx, api: str, data: list) -> bytes:
+    return raw_json({"data": data}).encode()
+
+
+def _queue_body(ctx: Ctx, api: str, data: list, session: str) -> bytes:
+    return raw_json({"data": data, "fn_index": ctx.fn_index(api), "session_hash": session,
+                     "event_data": None, "trigger_id": None}).encode()
+
+
+def _raw_value_case(name: str, api: str, field_name: str, value: str, error: str) -> Case:
+    """One input written as raw JSON (NaN, Infinity, 1e999) through the queue, as a browser
+    would send it: a clear error naming the field, or an HTTP refusal."""
+
+    def run(ctx: Ctx) -> Outcome:
+        data = ctx.data(api, **{field_name: RawJSON(value)})
+        kind, answer, seen = ctx.queue(api, [], raw_body=lambda s: _queue_body(ctx, api, data, s))
+        if kind == "http":
+            return Outcome(answer.startswith(("HTTP 400", "HTTP 422")), answer[:300], seen)
+        text = str(answer)
+        ok = kind == "error" and re.search(error, text, re.I) is not None
+        return Outcome(ok and not UNCLEAR.search(text), f"{kind}: {text[:300]}", seen)
+
+    return Case(name, "api-types", run)
+
+
+def _endpoint_cases() -> list[Case]:
+    """What the older endpoints get, for /attention, /compare, /expand and /status too; then
+    the same hostile bodies on every endpoint through each route Gradio serves it on
+    (queue/join, /call/<api>, /run/<api>)."""
+    bounds, types = "api-bounds", "api-types"
+    att, cmp_, exp = "/attention", "/compare", "/expand"
+    long = "circle " * 14286
+    cases = [
+        api_case("attention: steps 100000", bounds, att, ("a red circle",), dict(steps=100000),
+                 error=r"steps must be from 1 to"),
+        api_case("attention: seed 2**40", bounds, att, ("a red circle",), dict(seed=2 ** 40),
+                 error=r"seed must be from 0"),
+        api_case("attention: prompt with a NUL", bounds, att, ("a red\x00circle",), {},
+                 error=r"NUL"),
+        api_case("attention: negative prompt of 100000 characters", bounds, att,
+                 ("a red circle",), dict(negative_prompt="x" * 100000), error=r"at most 2000"),
+        api_case("attention: steps as text", types, att, ("a red circle",), dict(steps="abc"),
+                 error=r"Steps.* must be a whole number"),
+        api_case("attention: seed as text", types, att, ("a red circle",), dict(seed="abc"),
+                 error=r"Seed.* must be a whole number"),
+        api_case("attention: prompt as a list", types, att, (["a", "b"],), {},
+                 error=r"Prompt.* must be text"),
+        api_case("attention: model as a number", types, att, ("a red circle",), dict(model=5),
+                 error=r"Model must be text"),
+        _raw_value_case("attention: steps NaN (raw JSON)", "attention", "steps", "NaN",
+                        NOT_FINITE),
+        api_case("compare: seed 2**40", bounds, cmp_, ("a red circle",),
+                 dict(x_param="guidance", x_values="1, 2", seed=2 ** 40),
+                 error=r"seed must be from"),
+        api_case("compare: base guidance 1000", bounds, cmp_, ("a red circle",),
+                 dict(x_param="steps", x_values="1, 2", y_param="none", guidance=1000),
+                 error=r"guidance must be from 0"),
+        api_case("compare: values of 100000 characters", bounds, cmp_, ("a red circle",),
+                 dict(x_param="prompt", x_values="|".join(f"x{i}" for i in range(20000)),
+                      y_param="none"),
+                 error=r"at most \d+|cells"),
+        api_case("compare: unknown row axis", bounds, cmp_, ("a red circle",),
+                 dict(x_param="guidance", x_values="1, 2", y_param="../../etc", y_values="1"),
+                 error=r"not in the list of choices|unknown axis parameter"),
+        api_case("compare: steps as text", types, cmp_, ("a red circle",),
+                 dict(x_param="guidance", x_values="1, 2", steps="abc"),
+                 error=r"Steps must be a whole number"),
+        api_case("compare: prompt as a list", types, cmp_, (["a", "b"],),
+                 dict(x_param="guidance", x_values="1, 2"), error=r"Prompt must be text"),
+        api_case("compare: values as a number", types, cmp_, ("a red circle",),
+                 dict(x_param="guidance", x_values=5), error=r"must be text"),
+        _raw_value_case("compare: seed Infinity (raw JSON)", "compare", "seed", "Infinity",
+                        NOT_FINITE),
+        api_case("expand: 10**9 variants", bounds, exp, ("a red circle",),
+                 dict(num_variants=10 ** 9), error=r"variants must be an integer from 1 to 8"),
+        api_case("expand: seed 2**70", bounds, exp, ("a red circle",), dict(seed=2 ** 70),
+                 error=r"seed must be|at most"),
+        api_case("expand: prompt of 100000 characters", bounds, exp, (long,), {},
+                 error=r"at most 2000"),
+        api_case("expand: system prompt of 100000 characters", bounds, exp, ("a red circle",),
+                 dict(system_prompt="x" * 100000), error=r"at most \d+"),
+        api_case("expand: seed as text", types, exp, ("a red circle",), dict(seed="abc"),
+                 error=r"Seed.* must be a whole number|seed must be"),
+        api_case("expand: temperature as text", types, exp, ("a red circle",),
+                 dict(temperature="hot"), error=r"Temperature must be a number|temperature"),
+        api_case("expand: prompt as a list", types, exp, (["a", "b"],), {},
+                 error=r"Prompt must be text|prompt must be"),
+        api_case("expand: language model as a number", types, exp, ("a red circle",),
+                 dict(lm=5), error=r"must be text|not a valid|language model"),
+        _raw_value_case("expand: temperature NaN (raw JSON)", "expand", "temperature", "NaN",
+                        NOT_FINITE + r"|temperature must be"),
+    ]
+    for api in ENDPOINTS:
+        group = f"routes-{api}"
+        cases += [
+            robust_case(f"/call/{api}: 100 extra inputs", group,
+                        lambda c, a=api: _call_route(c, a, _call_data(c, a, c.data(a) + [1] * 100))),
+            robust_case(f"/run/{api}: 100 extra inputs", group,
+                        lambda c, a=api: c.post(f"{c.prefix}/run/{a}", _call_data(
+                            c, a, c.data(a) + [1] * 100), "application/json")),
+            http_case(f"/call/{api}: 3 MB body", group,
+                      lambda c, a=api: _call_route(c, a, _call_data(
+                          c, a, [RawJSON(json.dumps("x" * (3 << 20)))])), ok_status=(413,)),
+            http_case(f"/call/{api}: 3 MB body, chunked", group,
+                      lambda c, a=api: _call_route(c, a, _call_data(
+                          c, a, [RawJSON(json.dumps("x" * (3 << 20)))]), chunked=True),
+                      ok_status=(413,)),
+            robust_case(f"queue/join {api}: JSON nested 50000 deep", group,
+                        lambda c, a=api: c.post(f"{c.prefix}/queue/join", _queue_body(
+                            c, a, [NESTED], uuid.uuid4().hex), "application/json"),
+                        ok_status=(400, 413, 422)),
+            robust_case(f"/call/{api}: JSON nested 50000 deep", group,
+                        lambda c, a=api: _call_route(c, a, _call_data(c, a, [NESTED])),
+                        ok_status=(400, 413, 422)),
+        ]
+        if api != "status":
+            cases += [
+                robust_case(f"/call/{api}: too few inputs", group,
+                            lambda c, a=api: _call_route(c, a, _call_data(c, a, c.data(a)[:1]))),
+                robust_case(f"/run/{api}: too few inputs", group,
+                            lambda c, a=api: c.post(f"{c.prefix}/run/{a}", _call_data(
+                                c, a, c.data(a)[:1]), "application/json")),
+                robust_case(f"/call/{api}: every input a FileData at the canary", group,
+                            lambda c, a=api: _call_route(c, a, _call_data(
+                                c, a, [_fd(c.targets["canary-tmp"])] * len(c.data(a))))),
+            ]
+    return cases
+
+
+def _mcp_cases() -> list[Case]:
+    """The MCP route (``/gradio_api/mcp/``, streamable HTTP), when the app serves it."""
+    group = "mcp"
+
+    def tool_case(name: str, api: str, arguments: Callable[[Ctx], Any] | dict, *,
+                  error: str | None = None, check: Callable[[Ctx, dict], str | None] | None = None,
+                  meta: dict | None = None) -> Case:
+        def run(ctx: Ctx) -> Outcome:
+            args = arguments(ctx) if callable(arguments) else arguments
+            params = {"name": ctx.mcp_tool(api), "arguments": args}
+            if meta:
+                params["_meta"] = meta
+            answer, message = ctx.mcp("tools/call", params)
+            seen = answer.body
+            if answer.status != 200 or not isinstance(message, dict):
+                return Outcome(False, answer.summary(), seen)
+            if "error" in message:  # a JSON-RPC error: the request itself was refused
+                text = str(message["error"].get("message", message["error"]))
+                ok = error is not None and re.search(error, text, re.I) is not None
+                return Outcome(ok, f"JSON-RPC error: {text[:300]}", seen)
+            result = message.get("result") or {}
+            text = " ".join(str(c.get("text", "")) for c in result.get("content", [])
+                            if isinstance(c, dict))
+            if result.get("isError"):
+                ok = error is not None and re.search(error, text, re.I) is not None
+                return Outcome(ok and not UNCLEAR.search(text), f"error: {text[:300]}", seen)
+            if error is not None:
+                return Outcome(False, f"expected an error /{error}/, got {text[:200]}", seen)
+            problem = check(ctx, result) if check else None
+            return Outcome(problem is None, problem or f"result: {text[:200]}", seen)
+
+        return Case(name, group, run)
+
+    def rpc(name: str, make: Callable[[Ctx], tuple[Raw, Any]], ok_status=(200, 400, 404, 405, 406,
+                                                                          413, 422)) -> Case:
+        return robust_case(name, group, lambda c: make(c)[0], ok_status=ok_status)
+
+    def lists_every_endpoint(ctx: Ctx) -> Outcome:
+        answer, message = ctx.mcp("tools/list")
+        tools = {t.get("name") for t in ((message or {}).get("result") or {}).get("tools", [])}
+        missing = [api for api in ENDPOINTS if ctx.mcp_tool(api) not in tools]
+        ok = answer.status == 200 and not missing
+        return Outcome(ok, f"tools: {sorted(tools)}" + (f"; missing {missing}" if missing else ""),
+                       answer.body)
+
+    def data_url(ctx: Ctx, name: str, mime: str = "image/png") -> str:
+        import base64
+
+        return f"data:{mime};base64," + base64.b64encode(ctx.files[name].read_bytes()).decode()
+
+    def file_url(ctx: Ctx, path: Path) -> str:
+        return f"http://127.0.0.1:{ctx.port}{ctx.prefix}/file={path}"
+
+    def has_images(ctx: Ctx, result: dict) -> str | None:
+        text = json.dumps(result)
+        return None if ("image" in text and ".png" in text) else f"no image in {text[:200]}"
+
+    def is_status(ctx: Ctx, result: dict) -> str | None:
+        text = json.dumps(result)
+        return None if "default_models" in text else f"not a status: {text[:200]}"
+
+    edit = "edit"
+    schema = r"Input validation error|"  # the MCP SDK checks the tool's input schema first
+    return [
+        Case("mcp: tools/list names every endpoint", group, lists_every_endpoint),
+        tool_case("mcp: unknown tool", "no_such_tool", {}, error=r"Unknown tool"),
+        tool_case("mcp: generate steps 100000", "generate",
+                  {"prompt": "a red circle", "steps": 100000}, error=r"steps must be from 1 to"),
+        tool_case("mcp: generate steps as text", "generate",
+                  {"prompt": "a red circle", "steps": "abc"},
+                  error=schema + r"Steps.* must be a whole number"),
+        tool_case("mcp: generate prompt as a list", "generate", {"prompt": ["a", "b"]},
+                  error=schema + r"Prompt.* must be text"),
+        tool_case("mcp: generate prompt of 100000 characters", "generate",
+                  {"prompt": "circle " * 14286}, error=r"at most 2000"),
+        tool_case("mcp: generate 10**9 images", "generate",
+                  {"prompt": "a red circle", "num_images": 10 ** 9},
+                  error=r"number of images must be from 1"),
+        tool_case("mcp: generate model ../../etc", "generate",
+                  {"prompt": "a red circle", "model": "../../etc"}, error=schema + REF_REFUSED),
+        tool_case("mcp: attention model /etc", "attention",
+                  {"prompt": "a red circle", "model": "/etc"}, error=schema + REF_REFUSED),
+        tool_case("mcp: compare 39 columns", "compare",
+                  {"prompt": "a red circle", "x_param": "guidance",
+                   "x_values": ",".join(str(i) for i in range(1, 40))},
+                  error=r"cells; at most \d+ are allowed"),
+        tool_case("mcp: expand temperature 5", "expand",
+                  {"prompt": "a red circle", "temperature": 5},
+                  error=r"temperature must be a number from 0"),
+        tool_case("mcp: edit image as a server path (/etc/passwd)", edit,
+                  {"image": "/etc/passwd", "prompt": "x"},
+                  error=r"provide a url|" + REFUSED_PATH),
+        tool_case("mcp: edit image file:///etc/passwd", edit,
+                  {"image": "file:///etc/passwd", "prompt": "x"},
+                  error=r"provide a url|" + REFUSED_PATH),
+        tool_case("mcp: edit image URL of the canary on this server (SSRF)", edit,
+                  lambda c: {"image": file_url(c, c.targets["canary-tmp"]), "prompt": "x"},
+                  error=r"private, loopback or unresolvable address|" + REFUSED_PATH),
+        tool_case("mcp: edit image URL of cloud metadata (SSRF)", edit,
+                  {"image": "http://169.254.169.254/latest/meta-data/", "prompt": "x"},
+                  error=r"private, loopback or unresolvable address"),
+        tool_case("mcp: edit image data: URL of a PNG bomb", edit,
+                  lambda c: {"image": data_url(c, "bomb-12000.png"), "prompt": "x",
+                             "steps": STEPS}, error=TOO_MANY_PIXELS),
+        tool_case("mcp: edit image data: URL of a text file", edit,
+                  lambda c: {"image": data_url(c, "notes.txt", "text/plain"), "prompt": "x",
+                             "steps": STEPS}, error=NOT_IMAGE),
+        tool_case("mcp: edit image data: URL that is not base64", edit,
+                  {"image": "data:image/png;base64,!!!not base64!!!", "prompt": "x"},
+                  error=NOT_IMAGE + r"|truncated or corrupt|base64|padding|invalid"),
+        tool_case("mcp: edit mask data: URL of a bomb (inpaint)", edit,
+                  lambda c: {"image": data_url(c, "ok.png"), "mask": data_url(c, "bomb-12000.png"),
+                             "mode": "inpaint", "prompt": "x", "steps": STEPS},
+                  error=TOO_MANY_PIXELS),
+        tool_case("mcp: edit of a data: URL PNG works", edit,
+                  lambda c: {"image": data_url(c, "ok.png"), "prompt": "a blue circle",
+                             "steps": STEPS, "seed": 3, "randomize_seed": False},
+                  check=has_images),
+        tool_case("mcp: generate with a progress token (streamed)", "generate",
+                  {"prompt": "a red circle", "steps": 1, "seed": 9, "randomize_seed": False},
+                  check=has_images, meta={"progressToken": "vgen-attack"}),
+        tool_case("mcp: status answers", "status", {}, check=is_status),
+        tool_case("mcp: arguments that are a list", "generate", [1, 2, 3],  # type: ignore[arg-type]
+                  error=r"valid dictionary|validation|invalid|arguments"),
+        rpc("mcp: a body that is not JSON",
+            lambda c: c.mcp("", body=b"{not json"), ok_status=(400,)),
+        rpc("mcp: JSON nested 50000 deep",
+            lambda c: c.mcp("", body=raw_json({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                               "params": {"name": c.mcp_tool("generate"),
+                                                          "arguments": {"prompt": NESTED}}})
+                            .encode()), ok_status=(400, 413, 422)),
+        rpc("mcp: a batch of 200 requests",
+            lambda c: c.mcp("", body=json.dumps([{"jsonrpc": "2.0", "id": i, "method":
+                                                  "tools/list"} for i in range(200)]).encode())),
+        rpc("mcp: without Accept: text/event-stream",
+            lambda c: c.mcp("tools/list", headers={"Accept": "application/json"}),
+            ok_status=(406,)),
+        rpc("mcp: 3 MB body", lambda c: c.mcp("", body=json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": c.mcp_tool("generate"), "arguments": {"prompt": "x" * (3 << 20)}}})
+            .encode()), ok_status=(413,)),
+        http_case("mcp: 3 MB body, chunked", group, lambda c: c.post(
+            f"{c.prefix}/mcp/", json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+                                            "params": {"x": "x" * (3 << 20)}}).encode(),
+            "application/json", chunked=True,
+            headers={"Accept": "application/json, text/event-stream"}), ok_status=(413,)),
+        rpc("mcp: SSE messages with a made-up session",
+            lambda c: (c.post(f"{c.prefix}/mcp/messages/?session_id=" + "ab" * 16, json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode(),
+                "application/json"), None), ok_status=(400, 404)),
+        http_case("mcp: ../ traversal under the MCP route", group,
+                  lambda c: c.get(f"{c.prefix}/mcp/" + "..%2f" * 8 + "etc%2fpasswd"),
+                  ok_status=(400, 403, 404),
+                  extra=lambda c, r: "passwd served" if b"root:" in r.body else None),
+        http_case("mcp: the schema route", group, lambda c: c.get(f"{c.prefix}/mcp/schema"),
+                  ok_status=(200,), extra=_no_traceback),
+    ]
+
+
+def _mcp_off_cases() -> list[Case]:
+    return [http_case("mcp: the route is off (start the app with GRADIO_MCP_SERVER=True to "
+                      "test it)", "mcp", lambda c: c.mcp("tools/list")[0],
+                      ok_status=(404, 405))]
 
 
 def replace_group(case: Case, group: str) -> Case:
@@ -1055,6 +1463,19 @@ def plant_canaries(work: Path, upload_dir: Path) -> tuple[dict[str, Path], dict[
     return places, markers
 
 
+def mcp_tools(host: str, port: int, prefix: str = "/gradio_api") -> dict[str, str] | None:
+    """{"/generate": tool name, ...} from the MCP schema route; None when MCP is not served."""
+    answer = raw_request(host, port, "GET", f"{prefix}/mcp/schema", timeout=30)
+    try:
+        schema = json.loads(answer.body) if answer.status == 200 else None
+    except ValueError:
+        schema = None
+    if not isinstance(schema, list):
+        return None
+    return {"/" + str(t.get("meta", {}).get("endpoint_name", "")).lstrip("/"): t.get("name")
+            for t in schema if isinstance(t, dict)}
+
+
 def health(ctx: Ctx) -> tuple[bool, str]:
     """The server still answers /config and (full) still makes a normal image."""
     try:
@@ -1101,6 +1522,8 @@ def run_attack(url: str, *, token_canary: str | None = None, health_full: bool =
         ctx = Ctx(url=base, host=host, port=port, work=work, files=files, markers={},
                   targets={}, api=base.rstrip("/") + prefix, prefix=prefix, config=config,
                   health_full=health_full)
+        ctx.info = json.loads(raw_request(host, port, "GET", f"{prefix}/info").body)
+        ctx.mcp_tools = mcp_tools(host, port, prefix)
         probe = ctx.upload("probe.png", files["ok.png"].read_bytes())
         ctx.upload_dir = Path(probe).parent.parent
         ctx.targets, ctx.markers = plant_canaries(work, ctx.upload_dir)
@@ -1116,7 +1539,8 @@ def run_attack(url: str, *, token_canary: str | None = None, health_full: bool =
             if not ok:
                 raise SystemExit(f"the app does not serve a normal request before the "
                                  f"battery: {why}")
-            cases = [c for c in build_cases(ctx.planted is not None)
+            log(f"MCP: {'served, tools ' + ', '.join(sorted(ctx.mcp_tools.values())) if ctx.mcp_tools is not None else 'not served'}")
+            cases = [c for c in build_cases(ctx.planted is not None, ctx.mcp_tools is not None)
                      if not only or re.search(only, c.name, re.I)]
             down = 0
             for case in cases:
@@ -1158,6 +1582,7 @@ def run_attack(url: str, *, token_canary: str | None = None, health_full: bool =
         "bytes_leaked": 0 if not any(r.leaked for r in reports) else sum(
             len(ctx.markers[m]) for r in reports for m in r.leaked),
         "seconds": round(time.monotonic() - started, 1),
+        "mcp_tools": ctx.mcp_tools,
         "report": [asdict(r) for r in reports],
     }
     log(f"\n{summary['passed']}/{summary['cases']} cases passed, {crashes} server failures, "
@@ -1322,6 +1747,117 @@ def run_load(url: str, *, users: int = 16, requests: int = 5, steps: int | None 
     return summary
 
 
+SESSION_BUSY = re.compile(r"already has \d+ jobs? queued or running", re.I)
+
+
+def run_flood(url: str, *, jobs: int = 50, steps: int | None = None, max_wait: int = 2,
+              model: str | None = None, timeout: float = 900.0,
+              log: Callable[[str], None] | None = print) -> dict:
+    """Fairness: client A (one ``gradio_client.Client``, so one session) submits ``jobs``
+    generations at once, then client B submits one. Counts A's jobs that finished after B's
+    submit and before B started (its first progress from the engine: loading or denoising; B's
+    finish when no start was seen), A's jobs refused at once as session-busy, and A's refused
+    otherwise (server busy, queue full). Passes when B finished with its own image after at
+    most ``max_wait`` of A's jobs."""
+    from gradio_client import Client
+
+    _no_proxy()
+    base, _host, _port = _loopback(url)
+    log = log or (lambda _s: None)
+    common = dict(api_name=GEN, randomize_seed=False)
+    if steps is not None:
+        common["steps"] = steps
+    if model:
+        common["model"] = model
+    lock = threading.Lock()
+    a_done_at: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="vgen-flood-") as tmp:
+        a = Client(base, verbose=False, download_files=str(Path(tmp) / "a"))
+        b = Client(base, verbose=False, download_files=str(Path(tmp) / "b"))
+        b.predict(LOAD_PROMPTS[0], seed=1, **common)  # warm: the model is loaded, B is idle
+
+        def finished(i: int):
+            def record(_future) -> None:
+                with lock:
+                    a_done_at[i] = time.monotonic()
+            return record
+
+        flood = []
+        for i in range(jobs):
+            job = a.submit(LOAD_PROMPTS[1], seed=10_000 + i, **common)
+            job.future.add_done_callback(finished(i))
+            flood.append(job)
+        deadline = time.monotonic() + 60  # each of A's requests has been answered or admitted
+        waiting_codes = {"STARTING", "JOINING_QUEUE"}
+        while time.monotonic() < deadline and any(
+                not j.done() and j.status().code.name in waiting_codes for j in flood):
+            time.sleep(0.02)
+        time.sleep(0.5)  # refusals of the last ones arrive
+        b_seed = 777_777
+        b_submit = time.monotonic()
+        job_b = b.submit(LOAD_PROMPTS[2], seed=b_seed, **common)
+        b_start = None
+        deadline = b_submit + timeout
+        while not job_b.done() and time.monotonic() < deadline:
+            if b_start is None:
+                for unit in job_b.status().progress_data or []:
+                    desc = (unit.desc or "").lower()
+                    if unit.unit == "steps" or "denois" in desc or "loading" in desc:
+                        b_start = time.monotonic()
+                        break
+            time.sleep(0.01)
+        b_done = time.monotonic()
+        b_error, b_ok = None, False
+        try:
+            gallery, _info, _notice = job_b.result(timeout=max(1.0, deadline - time.monotonic()))
+            found = re.search(r"Seed: (\d+),", _params(gallery[0]))
+            b_ok = bool(found) and int(found.group(1)) == b_seed
+            if not b_ok:
+                b_error = f"B got another image: {_params(gallery[0])[:120]!r}"
+        except Exception as e:  # noqa: BLE001
+            b_error = f"{type(e).__name__}: {str(e)[:300]}"
+        outcome = {"completed": 0, "session_busy": 0, "busy": 0, "failed": 0, "cancelled": 0}
+        errors: list[str] = []
+        for job in flood:
+            if not job.done():
+                job.cancel()
+                outcome["cancelled"] += 1
+                continue
+            error = job.exception()
+            if error is None:
+                outcome["completed"] += 1
+            elif SESSION_BUSY.search(str(error)):
+                outcome["session_busy"] += 1
+            elif is_busy(error):
+                outcome["busy"] += 1
+            else:
+                outcome["failed"] += 1
+                errors.append(f"{type(error).__name__}: {str(error)[:200]}")
+        with lock:
+            done_times = [t for i, t in a_done_at.items() if flood[i].exception() is None]
+    until = b_start if b_start is not None else b_done
+    a_before_b_start = sum(1 for t in done_times if b_submit < t <= until)
+    a_before_b_done = sum(1 for t in done_times if b_submit < t <= b_done)
+    passed = b_ok and a_before_b_start <= max_wait
+    summary = {
+        "url": base, "jobs": jobs, "max_wait": max_wait, **{f"a_{k}": v for k, v in outcome.items()},
+        "a_done_after_b_submit_before_b_start": a_before_b_start,
+        "a_done_after_b_submit_before_b_done": a_before_b_done,
+        "b_start_seen": b_start is not None, "b_wait_s": round(until - b_submit, 2),
+        "b_ok": b_ok, "b_error": b_error, "passed": passed, "errors": errors[:10],
+    }
+    log(f"flood: A submitted {jobs}: {outcome['completed']} completed, {outcome['session_busy']} "
+        f"refused session-busy at once, {outcome['busy']} refused busy, {outcome['failed']} "
+        f"failed, {outcome['cancelled']} cancelled unfinished; B "
+        + ("finished" if b_ok else f"failed ({b_error})")
+        + f" after {a_before_b_start} of A's jobs (before B's "
+        f"{'start' if b_start is not None else 'finish'}; {a_before_b_done} before B's finish), "
+        f"{summary['b_wait_s']} s: " + ("PASS" if passed else f"FAIL (at most {max_wait})"))
+    for line in errors[:5]:
+        log("  " + line)
+    return summary
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
@@ -1349,12 +1885,22 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--pid", type=int, help="the server's process id (default: found by port)")
     load.add_argument("--timeout", type=float, default=1800.0)
     load.add_argument("--json", type=Path)
+    load.add_argument("--flood", action="store_true",
+                      help="the fairness case instead: one client submits --flood-jobs at once, "
+                           "then another submits one, which must wait for at most --max-wait "
+                           "of the first one's jobs")
+    load.add_argument("--flood-jobs", type=int, default=50)
+    load.add_argument("--max-wait", type=int, default=2)
     args = parser.parse_args(argv)
     if args.command == "attack":
         summary = run_attack(args.url, token_canary=args.token_canary,
                              health_full=not args.light, model_root=args.model_root,
                              only=args.only)
         ok = not summary["failed"] and not summary["crashes"] and not summary["leaked_cases"]
+    elif args.flood:
+        summary = run_flood(args.url, jobs=args.flood_jobs, steps=args.steps,
+                            max_wait=args.max_wait, model=args.model, timeout=args.timeout)
+        ok = summary["passed"]
     else:
         summary = run_load(args.url, users=args.users, requests=args.requests, steps=args.steps,
                            model=args.model, pid=args.pid, timeout=args.timeout)
