@@ -45,9 +45,6 @@ def test_short_load_run(hardened_app):
     assert summary["rss_before_mb"] and summary["rss_change"] < 0.25, summary
 
 
-@pytest.mark.xfail(strict=True, reason="until the engine handlers wait in vgen.ui.queueing."
-                   "FairQueue (issue #21, Build 6): today the flooder fills Gradio's queue and "
-                   "the other user is refused 'Queue is full'")
 def test_a_flood_from_one_client_delays_another_by_at_most_two_jobs(hardened_app):
     """Client A submits 50 jobs at once on one session, then client B one: A's beyond
     VGEN_SESSION_JOBS (2) are told at once that the session is busy, and B waits for at most
