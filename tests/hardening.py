@@ -1755,8 +1755,7 @@ def run_flood(url: str, *, jobs: int = 50, steps: int | None = None, max_wait: i
               log: Callable[[str], None] | None = print) -> dict:
     """Fairness: client A (one ``gradio_client.Client``, so one session) submits ``jobs``
     generations at once, then client B submits one. Counts A's jobs that finished after B's
-    submit and before B started (its first progress from the engine: loading or denoising; B's
-    finish when no start was seen), A's jobs refused at once as session-busy, and A's refused
+    submit and before B started (its first denoising step; B's finish when no step was seen), A's jobs refused at once as session-busy, and A's refused
     otherwise (server busy, queue full). Passes when B finished with its own image after at
     most ``max_wait`` of A's jobs."""
     from gradio_client import Client
@@ -1802,7 +1801,7 @@ def run_flood(url: str, *, jobs: int = 50, steps: int | None = None, max_wait: i
             if b_start is None:
                 for unit in job_b.status().progress_data or []:
                     desc = (unit.desc or "").lower()
-                    if unit.unit == "steps" or "denois" in desc or "loading" in desc:
+                    if unit.unit == "steps" or "denois" in desc:  # its engine work began
                         b_start = time.monotonic()
                         break
             time.sleep(0.01)
