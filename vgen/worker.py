@@ -8,7 +8,7 @@ image took 0.55 s alone and ~1.0 s with such a loop in another thread of the sam
 0.585 s with the loop in another process (2 threads). In the launched app the difference was
 within this machine's run-to-run noise (the app overhead of ``python -m vgen bench`` and of
 alternating runs: 133-211 ms with workers over five runs, 173-224 ms without over four); the
-app's own progress events cost more (see ``app.PROGRESS_EVERY_S``). What a worker surely
+app's own progress events cost more (see ``vgen.ui.handlers.PROGRESS_EVERY_S``). What a worker surely
 gives: a crash of native code (or the kernel's OOM killer) ends a job with a clear error
 instead of taking the web server down.
 
@@ -19,8 +19,10 @@ Protocol (tuples, plain pickle, over a socket pair wrapped in ``multiprocessing.
 app -> worker ``("job", kind, request, time_limit_s, previews)`` and ``("cancel",)``;
 worker -> app ``("step", i, n)``, ``("download", progress)``, ``("preview", i, n, image)``,
 ``("text", i, text)`` (prompt expansion), then ``("done", result, known_words, loaded_models)`` or ``("error", exception,
-loaded_models)``; after a warm-up, ``("warm", loaded_models)`` before the first job's messages. One
-job at a time per worker; the app keeps one worker per concurrent job.
+loaded_models)``; first of all ``("status", engine_status)`` (torch's version, device, dtype,
+threads: what ``/status`` reports, so the web server never imports torch to tell them), and after a
+warm-up ``("warm", loaded_models)``, both before the first job's messages. One job at a time per
+worker; the app keeps one worker per concurrent job.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ class InProcessEngine:
     def loaded_models(self) -> list[str]:
         return _loaded_models()
 
+    def engine_status(self) -> dict:
+        from .status import engine_status
+
+        return engine_status(self.loaded_models())
+
     def close(self) -> None:
         pass
 
@@ -129,6 +136,7 @@ class EngineProcess:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.loaded: list[str] = []
+        self.status: dict | None = None  # the worker's engine_status, once it has said it
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -155,8 +163,7 @@ class EngineProcess:
                 raise EngineCrashedError(
                     f"the engine process stopped unexpectedly (exit code {code}); "
                     "a new one takes the next job", exit_code=code)
-            if msg[0] == "warm":  # sent once, before this worker's first job
-                self.loaded = msg[1]
+            if self._note(msg):
                 continue
             if msg[0] in ("done", "error"):
                 self.loaded = msg[-1]
@@ -174,6 +181,26 @@ class EngineProcess:
                     control.text(*msg[1:])
             except Exception:  # noqa: BLE001 - the worker is told; its answer ends the job
                 control.cancel.set()
+
+    def _note(self, msg: tuple) -> bool:
+        """Take a message the worker sends unasked ("status", "warm"); False for any other."""
+        if msg[0] == "status":
+            self.status = msg[1]
+        elif msg[0] == "warm":  # sent once, before this worker's first job
+            self.loaded = msg[1]
+        else:
+            return False
+        return True
+
+    def read_notes(self) -> None:
+        """Take what an idle worker said unasked (only while no job runs on it)."""
+        try:
+            while self.conn.poll(0):
+                msg = _recv(self.conn)
+                if not self._note(msg):
+                    logger.warning("unexpected message from an idle worker: %s", msg[0])
+        except (EOFError, OSError):  # gone: the next job finds out and reports it
+            pass
 
     def close(self) -> None:
         from .launch import stop
@@ -226,6 +253,18 @@ class EnginePool:
     def loaded_models(self) -> list[str]:
         with self._lock:
             return sorted({ref for w in self._all for ref in w.loaded})
+
+    def engine_status(self) -> dict:
+        """What the workers run (as one told when it started), the models they hold; before
+        any worker has told, what can be said without torch."""
+        from .status import base_status
+
+        with self._lock:
+            for worker in self._idle:  # no job thread reads an idle worker's socket
+                worker.read_notes()
+            told = next((w.status for w in self._all if w.status is not None), None)
+            loaded = sorted({ref for w in self._all for ref in w.loaded})
+        return {**(told or base_status()), "loaded_models": loaded}
 
     def close(self) -> None:
         with self._lock:
@@ -318,6 +357,9 @@ def serve(conn: Connection, warm: bool = False) -> None:
             jobs.put((kind, request, current["job"]))
 
     threading.Thread(target=read, name="vgen-worker-reader", daemon=True).start()
+    from .status import engine_status
+
+    send(("status", engine_status([])))
     if warm:
         warm_up()
         send(("warm", _loaded_models()))

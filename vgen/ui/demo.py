@@ -27,11 +27,10 @@ def server_status() -> dict:
         each task (txt2img, instruct), the models loaded now, where jobs run and the fair
         queue's counts (running, waiting)
     """
-    from vgen.status import engine_status
     from vgen.worker import EnginePool
 
     engine = handlers.engine()
-    return {**engine_status(engine.loaded_models()),
+    return {**engine.engine_status(),
             "engine": "worker process" if isinstance(engine, EnginePool) else "in process",
             "queue": handlers.fair_queue().stats()}
 
