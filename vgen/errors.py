@@ -118,3 +118,12 @@ class BusyError(VgenError, RuntimeError):
 class SessionBusyError(BusyError):
     """This browser session (or API client) already has as many jobs queued or running as one
     session may have (``VGEN_SESSION_JOBS``); wait for one to finish."""
+
+
+class InvalidLayoutError(InvalidRequestError):
+    """A layout (objects in boxes, ``vgen.layout``) cannot be used; ``field`` names the part that
+    is wrong, e.g. ``objects[2].box[1]`` or ``background``."""
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.field = field
