@@ -341,7 +341,7 @@ def test_compare_endpoint(client):
     api = client.view_api(return_format="dict", print_info=False)
     params = [p["parameter_name"] for p in api["named_endpoints"]["/compare"]["parameters"]]
     assert params == ["prompt", "x_param", "x_values", "y_param", "y_values", "negative_prompt",
-                      "model", "seed", "steps", "guidance"]
+                      "model", "seed", "steps", "guidance", "attention"]
     grid, gallery, summary, archive = client.predict(
         "a red circle", "guidance", "1, 3", "steps", "1, 2", seed=8, api_name="/compare")
     req = request_from_grid(grid)
@@ -366,29 +366,172 @@ def test_compare_endpoint(client):
 
 
 def test_compare_tab_handlers(tiny_env):
-    """The Run button's handler, a click on a cell and the attention-word picker, in process."""
+    """The Run button's endpoint, the displays after it, a click on a cell and the
+    attention-word picker, in process."""
     import asyncio
 
-    import app
+    from vgen.ui.tabs import compare as tab
 
     async def run():
         last = None
-        async for out in app.compare_from_ui("a red circle", "guidance", "1, 3", "steps", "1, 2",
-                                             "", None, 4, 0, 0, True):
+        async for out in tab.compare_grid("a red circle", "guidance", "1, 3", "steps", "1, 2",
+                                          "", None, 4, None, None, True):
             last = out
         return last
 
-    grid, gallery, scores, state, word, dl_grid, dl_zip, cell, info = asyncio.run(run())
+    grid, gallery, summary, archive, state = asyncio.run(run())
     assert request_from_grid(grid).y.values == (1, 2) and len(gallery) == 4
-    assert gallery[1][1].startswith("guidance 3 · steps 1 · ") and "2×2 cells" in scores
+    assert summary["request"]["base"]["seed"] == 4 and archive.endswith(".zip")
+    assert gallery[1][1].startswith("guidance 3 · steps 1 · ")
+    scores, word, dl_grid, dl_zip, cell, info = tab.show_comparison(state)
+    assert "2×2 cells" in scores and cell is None and info == ""
     assert word["choices"] == ["", "a", "red", "circle"] and word["visible"]
     assert dl_grid["value"] == grid and dl_zip["value"].endswith(".zip")
 
     class Click:
         index = 3
 
-    path, text = app.show_compare_cell(state, Click())
+    path, text = tab.show_compare_cell(state, Click())
     assert Image.open(path).info["parameters"] in text and "guidance 3 · steps 2" in text
-    overlaid = app.compare_word(state, "red")
+    overlaid = tab.compare_word(state, "red")
     assert overlaid != grid and Image.open(overlaid).size == Image.open(grid).size
-    assert app.compare_word(state, "") == grid
+    assert tab.compare_word(state, "") == grid
+
+
+# ---- regressions of issue #21 (item 8) ------------------------------------------------------
+
+def _scored_result(marks):
+    """A CompareResult built by hand: one row, a cell per mark (True/False: judged pass/fail,
+    None: not judged, "error": could not run)."""
+    from vgen.compare import Cell, CellScore, CompareResult
+    from vgen.compare_grid import error_tile
+
+    req = CompareRequest(GenerateRequest("a red circle", seed=1, model="vgen-shapes"),
+                         Axis("guidance", tuple(range(1, len(marks) + 1))),
+                         Axis("expand", ("off",)))
+    cells = []
+    for c, mark in enumerate(marks):
+        image = Image.new("RGB", (64, 64), "white")
+        if mark == "error":
+            cells.append(Cell(0, c, req.base, error_tile((64, 64), "x could not be loaded"), 0.0,
+                              None, error="x could not be loaded"))
+            continue
+        score = None if mark is None else CellScore(mark, "because")
+        cells.append(Cell(0, c, req.base, image, 0.1, None, score))
+    return CompareResult(req, (tuple(cells),), 1.0, 0.0, 1)
+
+
+def test_compare_pass_counts_count_judged_cells_only():
+    """Regression: "expand: off pass 3/3" with one judged cell of three: the counts took every
+    cell of the row as judged."""
+    from vgen.compare_grid import rate_text
+    from vgen.ui.tabs.compare import compare_scores
+
+    result = _scored_result([True, None, "error"])
+    row = result.row_tallies()[0]
+    assert (row.passed, row.judged, row.cells) == (1, 1, 3) and result.pass_rate() == 1.0
+    assert rate_text(row) == "pass 1/1 judged (100%)"
+    assert rate_text(result.column_tallies()[1]) == "pass: none judged"
+    summary = result.summary()
+    assert summary["row_passes"] == [{"passed": 1, "judged": 1, "cells": 3}]
+    assert summary["column_passes"][1] == {"passed": 0, "judged": 0, "cells": 1}
+    assert summary["passes"] == {"passed": 1, "judged": 1, "cells": 3}
+    assert summary["column_pass_rates"] == [1.0, None, None] and summary["errors"] == 1
+    table = compare_scores(result)
+    assert "100% (1/1 judged)" in table and "3/3" not in table
+    assert "– not judged" in table and "| error |" in table
+    assert "1 of 3 cells could not run" in table and "x could not be loaded" in table
+    text = summary_text(result)
+    assert "100% (1/1 judged)" in text and "ERROR" in text
+    grid_image(result)  # draws the tallies and the error tile
+    half = _scored_result([True, False])
+    assert rate_text(half.row_tallies()[0]) == "pass 1/2 judged (50%)"
+
+
+@pytest.fixture
+def bad_refs(two_models, tmp_path_factory, monkeypatch):
+    """Two references that cannot be loaded: a Hub id with no network and a folder (in an
+    allowed root) that is not a model."""
+    import os
+
+    not_a_model = tmp_path_factory.mktemp("not-models") / "empty-folder"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("no model here")
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", os.environ["VGEN_MODEL_ROOTS"] + os.pathsep
+                       + str(not_a_model.parent))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf-cache")))
+    return "org/does-not-exist", str(not_a_model)
+
+
+def test_unreachable_model_fails_its_cells_not_the_grid(two_models, bad_refs):
+    """Regression: one unreachable model failed the whole grid instead of its own cells."""
+    a, b = two_models
+    hub_id, folder = bad_refs
+    steps = []
+    req = CompareRequest(GenerateRequest("a red circle", seed=2, steps=STEPS),
+                         parse_axis(f"model={a},{hub_id},{b},{folder}"), parse_axis("guidance=1,3"))
+    result = compare(req, control=JobControl(progress=lambda i, n: steps.append((i, n))))
+    assert (result.rows, result.cols) == (2, 4)
+    for row in result.cells:
+        assert row[0].error is None and row[2].error is None  # the good models still ran
+        assert row[0].image.size == (64, 64) and row[0].result is not None
+        assert row[1].error.startswith(f"{hub_id} could not be loaded: ")
+        assert row[3].error.startswith(f"{folder} could not be loaded: ")
+        for bad in (row[1], row[3]):
+            assert bad.result is None and bad.score is None and bad.image.size == (192, 192)
+            assert "Not generated: " in bad.image.info["parameters"]
+    alone = generate(result.cells[1][2].request)
+    assert np.array_equal(np.asarray(alone.images[0]), np.asarray(result.cells[1][2].image))
+    assert steps[-1] == (4 * STEPS, 4 * STEPS)  # the progress total left the error cells out
+    assert len(result.errors) == 4 and result.summary()["errors"] == 4
+    assert [c["error"] for c in result.summary()["cells"][0]][1].startswith(hub_id)
+    # The grid still renders (grey tiles with the reason) and its files hold every cell.
+    grid = grid_image(result)
+    assert grid.width > 4 * 192
+    with zipfile.ZipFile(io.BytesIO(cells_zip(result))) as zf:
+        assert len(zf.namelist()) == 9
+    assert "ERROR" in summary_text(result) and "could not be loaded" in summary_text(result)
+    # A grid whose every model fails still returns its error cells.
+    only_bad = compare(CompareRequest(GenerateRequest("a red circle", seed=2, steps=STEPS),
+                                      parse_axis(f"model={hub_id}")))
+    assert only_bad.cells[0][0].error and grid_image(only_bad).width >= 192
+
+
+def test_unreachable_model_fails_its_cells_not_the_grid_through_the_endpoint(client, hardened_app):
+    """Regression (the /compare endpoint): a model that cannot be loaded made the whole grid an
+    error; now its cells are error cells and the others run."""
+    folder = hardened_app.models_root / "not-a-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "notes.txt").write_text("no model here")
+    grid, gallery, summary, archive = client.predict(
+        "a red circle", "model", f"{hardened_app.models_root / 'tiny-txt2img'}, org/does-not-exist, "
+        f"{folder}", "none", "", seed=3, steps=2, api_name="/compare")
+    cells = summary["cells"][0]
+    assert cells[0]["error"] is None and "Seed: 3," in cells[0]["parameters"]
+    assert cells[1]["error"].startswith("org/does-not-exist could not be loaded")
+    assert cells[2]["error"].startswith(f"{folder} could not be loaded")
+    assert summary["errors"] == 2 and summary["passes"]["judged"] == 0
+    assert "error: org/does-not-exist could not be loaded" in gallery[1]["caption"]
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
+    assert request_from_grid(grid).x.values[1] == "org/does-not-exist"
+    assert len(zipfile.ZipFile(archive).namelist()) == 4
+
+
+def test_switching_an_axis_puts_its_values_in_the_box(tiny_env):
+    """Regression: switching X to `model` kept "1, 4, 7" in the values box (only the
+    placeholder changed)."""
+    from vgen.ui.tabs.compare import AXIS_HINTS, NO_AXIS, compare_axis_hint
+
+    update = compare_axis_hint("model", str(tiny_env["txt2img"]))
+    models = [v.strip() for v in update["value"].split(",")]
+    assert models[0] == str(tiny_env["txt2img"]) and "stabilityai/sd-turbo" in models
+    assert len(models) == len(set(models)) and update["interactive"]
+    assert parse_axis("model=" + update["value"]).values[0] == str(tiny_env["txt2img"])
+    for param in ("guidance", "steps", "scheduler", "size", "negative_prompt", "prompt", "expand"):
+        update = compare_axis_hint(param)
+        assert update["placeholder"] == AXIS_HINTS[param]
+        Axis(param, tuple(split_values(param, update["value"])))  # valid values of that axis
+    assert compare_axis_hint("guidance")["value"] == "1, 4, 7"
+    off = compare_axis_hint(NO_AXIS)
+    assert off["value"] == "" and off["interactive"] is False

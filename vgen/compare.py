@@ -427,10 +427,29 @@ class Cell:
     request: GenerateRequest  # as run: the model's defaults filled in, the seed drawn
     image: Any  # PIL image, its ``parameters`` text in ``.info``
     seconds: float  # this cell's own work: encoding (when not shared), denoising, decoding
-    result: GenerationResult = field(compare=False, repr=False)
+    result: GenerationResult | None = field(compare=False, repr=False)  # None: error
     score: CellScore | None = None  # shapes model and a prompt of its grammar only
     maps: Any = field(default=None, compare=False, repr=False)  # AttentionMaps when asked
     shared_embeddings: bool = False  # the text encoding came from an earlier cell
+    # Why the cell could not run (its model could not be loaded); then ``result`` is None and
+    # ``image`` a grey tile saying so: one bad model costs its own cells, not the grid.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Pass counts of some cells: only judged cells (those the analyzer scored) count."""
+
+    passed: int
+    judged: int
+    cells: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.passed / self.judged if self.judged else None
+
+    def to_json(self) -> dict:
+        return {"passed": self.passed, "judged": self.judged, "cells": self.cells}
 
 
 @dataclass(frozen=True)
@@ -475,36 +494,58 @@ class CompareResult:
     def scored(self) -> bool:
         return any(c.score is not None for c in self.flat())
 
+    @property
+    def errors(self) -> list[Cell]:
+        """The cells that could not run (see :attr:`Cell.error`)."""
+        return [c for c in self.flat() if c.error is not None]
+
     @staticmethod
-    def _rate(cells) -> float | None:
+    def _tally(cells) -> Tally:
         scores = [c.score.passed for c in cells if c.score is not None]
-        return sum(scores) / len(scores) if scores else None
+        return Tally(sum(scores), len(scores), len(cells))
+
+    def column_tallies(self) -> tuple[Tally, ...]:
+        """Per column (x value): how many of its cells were judged and how many passed."""
+        return tuple(self._tally([row[c] for row in self.cells]) for c in range(self.cols))
+
+    def row_tallies(self) -> tuple[Tally, ...]:
+        return tuple(self._tally(row) for row in self.cells)
+
+    def tally(self) -> Tally:
+        return self._tally(self.flat())
 
     def column_pass_rates(self) -> tuple[float | None, ...]:
-        """Per column (x value): the share of its scored cells that passed (None: none scored)."""
-        return tuple(self._rate([row[c] for row in self.cells]) for c in range(self.cols))
+        """Per column (x value): the share of its judged cells that passed (None: none judged)."""
+        return tuple(t.rate for t in self.column_tallies())
 
     def row_pass_rates(self) -> tuple[float | None, ...]:
-        return tuple(self._rate(row) for row in self.cells)
+        return tuple(t.rate for t in self.row_tallies())
 
     def pass_rate(self) -> float | None:
-        return self._rate(self.flat())
+        return self.tally().rate
 
     def summary(self) -> dict:
-        """JSON-ready: the request, and per cell its seed, seconds, score and parameters."""
+        """JSON-ready: the request, and per cell its seed, seconds, score (or error) and
+        parameters; pass rates and counts over judged cells only, per column, row and grid."""
+        has_y = self.request.y is not None
         return {
             "request": self.request.to_json(),
             "x_labels": list(self.x_labels),
-            "y_labels": list(self.y_labels) if self.request.y is not None else [],
+            "y_labels": list(self.y_labels) if has_y else [],
             "cells": [[{"row": c.row, "col": c.col, "seed": c.request.seed,
                         "seconds": round(c.seconds, 3),
                         "passed": None if c.score is None else c.score.passed,
                         "reason": None if c.score is None else c.score.reason,
+                        "error": c.error,
                         "parameters": c.image.info.get("parameters", "")}
                        for c in row] for row in self.cells],
             "column_pass_rates": list(self.column_pass_rates()),
-            "row_pass_rates": list(self.row_pass_rates()) if self.request.y is not None else [],
+            "row_pass_rates": list(self.row_pass_rates()) if has_y else [],
             "pass_rate": self.pass_rate(),
+            "column_passes": [t.to_json() for t in self.column_tallies()],
+            "row_passes": [t.to_json() for t in self.row_tallies()] if has_y else [],
+            "passes": self.tally().to_json(),
+            "errors": len(self.errors),
             "seconds": round(self.seconds, 3),
             "load_seconds": round(self.load_s, 3),
             "text_encodings": self.encodings,

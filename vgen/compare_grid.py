@@ -89,8 +89,29 @@ def _shown(image: Image.Image) -> Image.Image:
     return image.convert("RGB").resize(size, method)
 
 
-def _rate_text(rate: float | None, n: int) -> str:
-    return "" if rate is None else f"pass {round(rate * n)}/{n} ({rate:.0%})"
+def rate_text(tally) -> str:
+    """``pass 1/2 judged (50%)``: counts over judged cells only (unscored and error cells are
+    not failures); ``pass: none judged`` (Pillow's default font has no dash)."""
+    if not tally.judged:
+        return "pass: none judged"
+    return f"pass {tally.passed}/{tally.judged} judged ({tally.rate:.0%})"
+
+
+ERROR_BG = (205, 205, 205)
+
+
+def error_tile(size: tuple[int, int], reason: str) -> Image.Image:
+    """The picture of a cell that could not run: grey, with the reason written on it (drawn at
+    the grid's display size, so the text stays readable there)."""
+    w, h = display_size(size)
+    tile = Image.new("RGB", (w, h), ERROR_BG)
+    draw = ImageDraw.Draw(tile)
+    font, big = _font(12), _font(14)
+    draw.text((PAD, PAD), "could not run", fill=FAIL, font=big)
+    lines = _wrap(draw, reason, font, w - 2 * PAD, max_lines=max(1, (h - 3 * PAD - 18) // 15))
+    for i, ln in enumerate(lines):
+        draw.text((PAD, PAD + 22 + 15 * i), ln, fill=INK, font=font)
+    return tile
 
 
 def attention_words(result: CompareResult) -> list[str]:
@@ -152,7 +173,9 @@ def render_grid(result: CompareResult, word: str | None = None, opacity: float =
         title += _wrap(scratch, req.base.prompt or "(empty prompt)", f_title, total_w - 2 * PAD, 2)
     sub = f"x: {req.x.param}" + (f" · y: {req.y.param}" if has_y else "") + f" · seed {req.base.seed}"
     if req.x.param != "model" and (req.y is None or req.y.param != "model"):
-        sub += f" · {result.cells[0][0].result.model.rstrip('/').rsplit('/', 1)[-1]}"
+        ran = [c.result.model for c in result.flat() if c.result is not None]
+        model = ran[0] if ran else (req.base.model or "")
+        sub += f" · {model.rstrip('/').rsplit('/', 1)[-1]}"
     sub += f" · {result.seconds:.1f} s in all"
     if word:
         sub += f" · attention: “{word}”"
@@ -181,7 +204,7 @@ def render_grid(result: CompareResult, word: str | None = None, opacity: float =
     y = title_h + head_h
     for r in range(rows):
         if has_y:
-            lines = y_heads[r] + ([_rate_text(result.row_pass_rates()[r], cols)] if scored else [])
+            lines = y_heads[r] + ([rate_text(result.row_tallies()[r])] if scored else [])
             for i, ln in enumerate(lines):
                 colour = MUTED if (scored and i == len(lines) - 1) else INK
                 draw.text((PAD, y + i * line_h), ln, fill=colour, font=f_head)
@@ -191,8 +214,8 @@ def render_grid(result: CompareResult, word: str | None = None, opacity: float =
             oy = y + (row_h[r] - im.height) // 2
             canvas.paste(im, (ox, oy))
             cy = y + row_h[r] + 3
-            caption = f"{cell.seconds:.2f} s"
-            if word and not cell_picture(cell, word, opacity)[1]:
+            caption = "not run" if cell.error is not None else f"{cell.seconds:.2f} s"
+            if word and cell.error is None and not cell_picture(cell, word, opacity)[1]:
                 caption += f" · no “{word}” map"
             draw.text((xs[c] + 2, cy), caption, fill=MUTED, font=f_small)
             if cell.score is not None:
@@ -202,8 +225,8 @@ def render_grid(result: CompareResult, word: str | None = None, opacity: float =
         y += row_h[r] + caption_h + PAD
     # 5. Pass rates per column.
     if scored:
-        for c, rate in enumerate(result.column_pass_rates()):
-            draw.text((xs[c] + 2, y), _rate_text(rate, rows), fill=MUTED, font=f_small)
+        for c, tally in enumerate(result.column_tallies()):
+            draw.text((xs[c] + 2, y), rate_text(tally), fill=MUTED, font=f_small)
     return canvas
 
 
@@ -287,20 +310,26 @@ def summary_text(result: CompareResult) -> str:
     for r, row in enumerate(result.cells):
         line = [result.y_labels[r] if req.y is not None else ""]
         for cell in row:
-            text = f"{cell.seconds:.2f}s"
+            text = "ERROR" if cell.error is not None else f"{cell.seconds:.2f}s"
             if cell.score is not None:
                 text += " PASS" if cell.score.passed else " FAIL"
             line.append(text)
         if result.scored and req.y is not None:
-            rate = result.row_pass_rates()[r]
-            line.append("-" if rate is None else f"{rate:.0%}")
+            line.append(_tally_text(result.row_tallies()[r]))
         table.append(line)
     if result.scored:
-        table.append(["column pass"] + ["-" if v is None else f"{v:.0%}"
-                                        for v in result.column_pass_rates()])
+        table.append(["column pass"] + [_tally_text(t) for t in result.column_tallies()])
     widths = [max(len(str(row[i])) for row in table if i < len(row)) for i in range(len(head))]
     lines = ["  ".join(str(v)[:60].ljust(min(w, 60)) for v, w in zip(row, widths)) for row in table]
     total = f"{result.rows * result.cols} cells in {result.seconds:.1f} s (loading {result.load_s:.1f} s); seed {req.base.seed}"
-    if result.pass_rate() is not None:
-        total += f"; pass rate {result.pass_rate():.0%}"
-    return "\n".join(lines + [total])
+    if result.scored:
+        total += f"; pass {_tally_text(result.tally())}"
+    errors = [f"{cell_name(result, c.row, c.col)}: {c.error}" for c in result.errors]
+    return "\n".join(lines + [total] + errors)
+
+
+def _tally_text(tally) -> str:
+    """``50% (1/2 judged)``, or ``-`` when no cell was judged."""
+    if not tally.judged:
+        return "-"
+    return f"{tally.rate:.0%} ({tally.passed}/{tally.judged} judged)"

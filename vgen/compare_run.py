@@ -5,6 +5,7 @@ where it applies. Loads the engine (torch) when called.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
@@ -16,6 +17,8 @@ from .requests import GenerateRequest, Limits
 
 if TYPE_CHECKING:
     from .pipelines import ModelCache
+
+logger = logging.getLogger(__name__)
 
 
 # ---- scoring ------------------------------------------------------------------------------
@@ -123,13 +126,15 @@ def compare(req: CompareRequest, control: JobControl | None = None,
 
     def planned_steps(cell: GenerateRequest) -> int:
         ref = (cell.model or "").strip() or default_model()
+        if ref in shared.failed:
+            return 0
         if cell.steps is not None:
             return cell.steps
         return default_steps.get(ref) or defaults_for(ref).steps
 
+    shared = _Shared()
     total_steps = sum(planned_steps(grid[r][c]) for r, c in plan)
     done_steps = 0
-    shared = _Shared()
     out: dict[tuple[int, int], Cell] = {}
     for n, (r, c) in enumerate(plan):
         cell = grid[r][c]
@@ -138,13 +143,22 @@ def compare(req: CompareRequest, control: JobControl | None = None,
         # 3. Cancel between cells too (a cancelled grid never starts its next cell).
         if control.cancel.is_set():
             raise CancelledError(f"the comparison was cancelled {where}")
-        # 4. Load each model once (timed apart: loading is not a cell's work).
-        if ref not in shared.loaded:
+        # 4. Load each model once (timed apart: loading is not a cell's work). A model that
+        #    cannot be loaded makes its cells error cells; the other models' cells still run.
+        if ref not in shared.loaded and ref not in shared.failed:
             t0 = time.perf_counter()
-            default_steps[ref] = model_defaults(cache.get(ref, progress=control.download)).steps
+            model = _load(ref, cache, control, shared)
+            if model is not None:
+                default_steps[ref] = model_defaults(model).steps
             load_s += time.perf_counter() - t0
-            shared.loaded.add(ref)
             total_steps = done_steps + sum(planned_steps(grid[i][j]) for i, j in plan[n:])
+        if ref in shared.failed:
+            out[(r, c)] = _error_cell(r, c, cell, shared.failed[ref])
+            if control.progress is not None:  # the total shrank: the bar stays true
+                control.progress(done_steps, total_steps)
+            if on_cell is not None:
+                on_cell(out[(r, c)], n + 1, len(plan))
+            continue
         # 5-7. The cell, with grid-wide progress from where the grid is.
         out[(r, c)] = _run_cell(req, r, c, cell, control, cache, limits, clock, shared, where,
                                 offset=done_steps, total_steps=total_steps,
@@ -153,7 +167,8 @@ def compare(req: CompareRequest, control: JobControl | None = None,
         if on_cell is not None:
             on_cell(out[(r, c)], n + 1, len(plan))
     cells = tuple(tuple(out[(r, c)] for c in range(len(grid[r]))) for r in range(len(grid)))
-    return CompareResult(req, cells, time.perf_counter() - t_start, load_s, shared.encodings)
+    return CompareResult(req, _size_error_tiles(cells), time.perf_counter() - t_start, load_s,
+                         shared.encodings)
 
 
 @dataclass
@@ -162,8 +177,58 @@ class _Shared:
     device and prompts, and how many encodings were computed."""
 
     loaded: set = field(default_factory=set)
+    failed: dict = field(default_factory=dict)  # model reference -> why it could not be loaded
     embeddings: dict = field(default_factory=dict)
     encodings: int = 0
+
+
+def _load(ref: str, cache: ModelCache, control: JobControl, shared: _Shared):
+    """The loaded model, or None with the reason in ``shared.failed`` (Stop and the time limit
+    still end the grid)."""
+    try:
+        model = cache.get(ref, progress=control.download)
+    except (CancelledError, TimeLimitError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any load failure is that model's cells' error
+        if control.cancel.is_set():  # a download stopped by Stop, whatever it raised
+            raise CancelledError("the comparison was cancelled while loading a model") from None
+        text = " ".join(str(e).split()) or type(e).__name__
+        text = text if len(text) <= 300 else text[:297] + "..."
+        logger.info("compare: %s could not be loaded: %s: %s", ref, type(e).__name__, text)
+        shared.failed[ref] = f"{ref} could not be loaded: {text}"
+        return None
+    shared.loaded.add(ref)
+    return model
+
+
+def _error_cell(r: int, c: int, cell: GenerateRequest, reason: str) -> Cell:
+    """A cell that could not run: a grey tile (sized at the end, :func:`_size_error_tiles`)
+    whose ``parameters`` text says why."""
+    from .compare_grid import error_tile
+
+    size = (cell.width, cell.height) if cell.width and cell.height else None
+    image = error_tile(size or (64, 64), reason)
+    image.info["parameters"] = f"{cell.prompt}\nNot generated: {reason}"
+    return Cell(r, c, cell, image, 0.0, None, error=reason)
+
+
+def _size_error_tiles(cells):
+    """Error tiles of no given size take the first image's size, so the grid stays even."""
+    from .compare_grid import error_tile
+
+    good = [c for row in cells for c in row if c.error is None]
+    if not good:
+        return cells
+    size = good[0].image.size
+
+    def fixed(c: Cell) -> Cell:
+        if c.error is None or (c.request.width and c.request.height):
+            return c
+        image = error_tile(size, c.error)
+        image.info["parameters"] = c.image.info["parameters"]
+        return replace(c, image=image)
+
+    return tuple(tuple(fixed(c) for c in row) for row in cells)
 
 
 def _run_cell(req: CompareRequest, r: int, c: int, cell: GenerateRequest, control: JobControl,

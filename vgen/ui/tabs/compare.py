@@ -32,6 +32,16 @@ AXIS_HINTS = {
     "prompt": "a red circle | a blue square | two green triangles   (separated by |)",
     "expand": "off, on   (language-model prompt expansion, with the cell's seed)",
 }
+# What the values box is set to when an axis is switched to a parameter (model: the picker's).
+AXIS_VALUES = {
+    "guidance": "1, 4, 7",
+    "steps": "5, 20",
+    "scheduler": "default, euler, dpm++2m",
+    "size": "64x64, 96x64",
+    "negative_prompt": " | a blue square",
+    "prompt": " | ".join(EXAMPLE_PROMPTS[:2]),
+    "expand": "off, on",
+}
 
 
 @dataclass
@@ -62,11 +72,21 @@ def compare_request(prompt, x_param, x_values, y_param=NO_AXIS, y_values="", neg
     return CompareRequest(base, x, y, attention=bool(attention))
 
 
-def cell_caption(result, cell) -> str:
+def cell_axes(result, cell) -> list[str]:
+    """``["guidance 4", "steps 20"]``: the cell's place in the grid."""
     req = result.request
     parts = [f"{req.x.param} {result.x_labels[cell.col]}"]
     if req.y is not None:
         parts.append(f"{req.y.param} {result.y_labels[cell.row]}")
+    return parts
+
+
+def cell_caption(result, cell) -> str:
+    """``guidance 4 · steps 20 · 0.31 s · PASS``; a cell that could not run says ``error``."""
+    parts = cell_axes(result, cell)
+    if cell.error is not None:  # the whole reason is on the tile and in the cell's info
+        short = cell.error if len(cell.error) <= 60 else cell.error[:59] + "…"
+        return " · ".join([*parts, "error: " + short])
     parts.append(f"{cell.seconds:.2f} s")
     if cell.score is not None:
         parts.append("PASS" if cell.score.passed else "FAIL")
@@ -138,34 +158,55 @@ async def compare_grid(
         yield out
 
 
+def tally_text(tally) -> str:
+    """A pass rate over judged cells only, with how many were judged; ``–`` when none was."""
+    if not tally.judged:
+        return "–"
+    return f"{tally.rate:.0%} ({tally.passed}/{tally.judged} judged)"
+
+
+def _errors_text(result) -> str:
+    errors = result.errors
+    if not errors:
+        return ""
+    reasons = list(dict.fromkeys(c.error for c in errors))
+    return (f"\n\n**{len(errors)} of {len(result.flat())} cells could not run** (grey tiles): "
+            + "; ".join(reasons))
+
+
 def compare_scores(result) -> str:
     """Markdown: the run in one line and, for the shapes model, PASS/FAIL per cell with the
-    pass rates per column and row (the strict rule of ``python -m vgen eval shapes``)."""
+    pass rates per column and row over the judged cells (the strict rule of ``python -m vgen
+    eval shapes``); cells that could not run, and why."""
     req = result.request
     head_line = (f"**{result.rows}×{result.cols} cells** · seed {req.base.seed} · "
                  f"{result.seconds:.1f} s in all ({result.load_s:.1f} s loading) · "
                  f"{result.encodings} text encoding{'s' if result.encodings != 1 else ''}")
     if not result.scored:
-        return head_line + ("\n\nScores appear when the model is the embedded **vgen-shapes** "
-                            "and the prompt is a sentence of its world (e.g. “"
-                            + EXAMPLE_PROMPTS[0] + "”).")
-
-    def rate(v):
-        return "–" if v is None else f"{v:.0%}"
+        return head_line + _errors_text(result) + (
+            "\n\nScores appear when the model is the embedded **vgen-shapes** and the prompt "
+            "is a sentence of its world (e.g. “" + EXAMPLE_PROMPTS[0] + "”).")
 
     def esc(s):
         return str(s).replace("|", "\\|")
 
+    def mark(c):
+        if c.error is not None:
+            return "error"
+        if c.score is None:
+            return "– not judged"
+        return "✓ pass" if c.score.passed else "✗ fail"
+
     head = [esc(f"{req.y.param} \\ {req.x.param}" if req.y is not None else req.x.param),
             *map(esc, result.x_labels), "row pass"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = result.row_tallies()
     for r, row in enumerate(result.cells):
-        marks = ["–" if c.score is None else ("✅ pass" if c.score.passed else "❌ fail") for c in row]
         lines.append("| " + " | ".join([esc(result.y_labels[r]) if req.y is not None else "",
-                                         *marks, rate(result.row_pass_rates()[r])]) + " |")
-    lines.append("| **column pass** | " + " | ".join(rate(v) for v in result.column_pass_rates())
-                 + f" | **{rate(result.pass_rate())}** |")
-    return head_line + "\n\n" + "\n".join(lines)
+                                         *map(mark, row), tally_text(rows[r])]) + " |")
+    lines.append("| **column pass** | " + " | ".join(map(tally_text, result.column_tallies()))
+                 + f" | **{tally_text(result.tally())}** |")
+    return head_line + _errors_text(result) + "\n\n" + "\n".join(lines)
 
 
 def show_comparison(state: Compared | None):
@@ -188,7 +229,9 @@ def show_compare_cell(state: Compared | None, evt: gr.SelectData):
         return None, ""
     cell = state.result.flat()[evt.index]
     caption = f"**{cell_caption(state.result, cell)}**"
-    if cell.score is not None:
+    if cell.error is not None:
+        caption = f"**{' · '.join(cell_axes(state.result, cell))}** — not run: {cell.error}"
+    elif cell.score is not None:
         caption += f" — analyzer: {cell.score.reason}"
     caption += "\n\n```\n" + cell.image.info.get("parameters", "") + "\n```"
     return state.files[evt.index], caption
@@ -210,9 +253,24 @@ def compare_word(state: Compared | None, word: str | None):
     return str(path)
 
 
-def compare_axis_hint(param: str | None):
-    """Example values for the picked parameter, as the values box's placeholder."""
-    return gr.update(placeholder=AXIS_HINTS.get(param or "", ""), interactive=param != NO_AXIS)
+def axis_values(param: str | None, model: str | None = None) -> str:
+    """What the values box holds when its axis is set to ``param``: that parameter's example
+    values; for ``model`` the base model first, then the others the model picker offers."""
+    if not param or param == NO_AXIS:
+        return ""
+    if param == "model":
+        from ..components import model_choices
+
+        refs = [model_ref(model), *(ref for _, ref in model_choices(T2I_TASKS))]
+        return ", ".join(dict.fromkeys(r for r in refs if r))
+    return AXIS_VALUES.get(param, "")
+
+
+def compare_axis_hint(param: str | None, model: str | None = None):
+    """A changed axis: its parameter's example values in the values box (the old values were
+    another parameter's), and its hint as the placeholder; no axis: an empty, locked box."""
+    return gr.update(value=axis_values(param, model), placeholder=AXIS_HINTS.get(param or "", ""),
+                     interactive=param != NO_AXIS)
 
 
 @dataclass
@@ -283,8 +341,11 @@ def _build_form(cap: int | None) -> dict:
 
 def _build_results() -> dict:
     c: dict = {}
-    c["grid"] = gr.Image(label="Grid", elem_id="compare-grid", type="filepath", format="png",
-                         interactive=False, elem_classes=["vgen-pixelated"],
+    # The grid's title row is its top: Gradio's label badge would sit on it, so the label is
+    # a heading above the image instead (the label stays the image's accessible name).
+    gr.Markdown("**Grid**", elem_id="compare-grid-heading")
+    c["grid"] = gr.Image(label="Grid", show_label=False, elem_id="compare-grid", type="filepath",
+                         format="png", interactive=False, elem_classes=["vgen-pixelated"],
                          buttons=["download", "fullscreen"])
     c["word"] = StrictDropdown(label="Attention of the word (in every cell)", choices=[""],
                                value="", visible=False, elem_id="compare-word")
@@ -331,11 +392,13 @@ def wire(c: CompareTab) -> None:
         compare_grid, inputs, [c.grid, c.gallery, c.summary, c.zip_file, c.state],
         api_name="compare", concurrency_limit=None, trigger_mode="once",
         show_progress_on=c.grid, js=zero_means_default(inputs, [c.steps, c.guidance]),
+        scroll_to_output=True,  # on a phone the grid is far below the Run button
     )
     c.event.success(show_comparison, c.state, [c.scores, c.word, c.download_grid,
                                                c.download_zip, c.cell, c.cell_info], **quick)
     c.stop.click(fn=None, cancels=[c.event])
     c.gallery.select(show_compare_cell, c.state, [c.cell, c.cell_info], **quick)
     c.word.change(endpoint(compare_word), [c.state, c.word], c.grid, **quick)
-    c.x_param.change(compare_axis_hint, c.x_param, c.x_values, **quick)
-    c.y_param.change(compare_axis_hint, c.y_param, c.y_values, **quick)
+    # .input: the user's own change (a value set by the app keeps what the box holds).
+    c.x_param.input(compare_axis_hint, [c.x_param, c.model], c.x_values, **quick)
+    c.y_param.input(compare_axis_hint, [c.y_param, c.model], c.y_values, **quick)
