@@ -7,7 +7,8 @@ only in the axes' parameters and share one seed, so only the thing under test ch
 :func:`vgen.compare_run.compare` runs them and returns a :class:`CompareResult` (per cell: the request as run,
 the image with its ``parameters`` text, the seconds it took, and, for the embedded shapes
 model, the shapes analyzer's strict pass/fail with per-column and per-row pass rates: the
-same rule ``python -m vgen eval shapes`` scores by).
+same rule ``python -m vgen eval shapes`` scores by; rates and counts are over judged cells
+only). A cell whose model cannot be loaded is an error cell; the rest of the grid still runs.
 
 Running a grid costs what running its cells one by one costs, minus repeated work:
 

@@ -102,7 +102,9 @@ def compare(req: CompareRequest, control: JobControl | None = None,
     """Run every cell of ``req``; returns the grid. ``control``: progress is reported over the
     whole grid (step ``k`` of the sum of all cells' steps), Stop cancels the grid within one
     denoising step, and the time limit bounds the grid's own work (loading not counted).
-    ``on_cell(cell, done, total)`` is called after each cell."""
+    ``on_cell(cell, done, total)`` is called after each cell. A model that cannot be loaded
+    (not on the Hub, offline, not a model folder) fails only its own cells: they come back as
+    error cells (``Cell.error``, a grey tile saying why) and the other cells still run."""
     from .catalog import default_model, defaults_for, model_defaults
     from .pipelines import model_cache
 
