@@ -225,41 +225,50 @@ def test_fast_decode_through_the_app(speed_app, tmp_path):
 
 
 def test_the_app_shows_live_previews_in_the_gallery(monkeypatch, tmp_path):
-    """The handler yields each preview the engine sends (JobControl.preview) into the gallery;
-    an engine stand-in sends one, then fails, so only the app's plumbing is under test."""
+    """The handler yields each preview the engine sends (JobControl.preview) into the gallery,
+    with the progress line; an engine stand-in sends one, then fails, so only the app's
+    plumbing is under test."""
     import asyncio
     import threading
 
-    import app
     from vgen.errors import InvalidRequestError
+    from vgen.ui import handlers
+    from vgen.ui.tabs import text_to_image
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     shown = threading.Event()
 
-    def engine(kind, request, control):
-        assert request.decoder == "fast"
-        control.preview(1, 2, Image.new("RGB", (64, 64), "red"))
-        shown.wait(30)
-        raise InvalidRequestError("stopped after the preview")
+    class Engine:
+        def run(self, kind, request, control):
+            assert request.decoder == "fast"
+            control.preview(1, 2, Image.new("RGB", (64, 64), "red"))
+            shown.wait(30)
+            raise InvalidRequestError("stopped after the preview")
 
-    monkeypatch.setattr(app, "_engine_call", engine)
+    handlers.configure(Engine())
 
     async def scenario():
         outs = []
         try:
-            async for out in app.generate_images("a red circle", decoder="fast"):
+            async for out in text_to_image.generate_images("a red circle", decoder="fast"):
                 outs.append(out)
-                shown.set()
+                if isinstance(out[0], list):
+                    shown.set()
         except Exception as e:  # gr.Error with the engine's message
             return outs, e
         return outs, None
 
-    outs, error = asyncio.run(scenario())
-    (path, caption), = outs[0][0]
+    try:
+        outs, error = asyncio.run(scenario())
+    finally:
+        handlers.configure()
+    (path, caption), = next(out[0] for out in outs if isinstance(out[0], list))
     assert caption == "preview · step 1/2"
     with Image.open(path) as im:
         assert im.size == (64, 64) and im.getpixel((0, 0)) == (255, 0, 0)
     assert "stopped after the preview" in str(error)
+    # The info line said so, and the preview did not stay.
+    assert outs[-1][0] is None and "stopped after the preview" in outs[-1][1]
 
 
 # ---- batch generation across processes --------------------------------------------------------

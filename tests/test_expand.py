@@ -252,26 +252,38 @@ def test_the_app_expand_endpoint(hardened_app):
 
 def test_the_ui_handlers_expand_use_record_and_restore(tiny_env, tmp_path, monkeypatch):
     """Expand -> pick -> "Use this prompt" -> Generate records the expansion; dropping the PNG
-    on "Restore parameters" gives it all back (the handlers, in-process)."""
-    import app
+    on "Restore parameters" gives it all back (the prompt panel's handlers, in-process)."""
+    import asyncio
+
     from vgen.generate import generate
     from vgen.metadata import save_png
+    from vgen.ui import handlers
+    from vgen.ui.tabs import prompt_panel
 
     monkeypatch.setattr(expand_mod, "_LM_CACHE", None)
-    updates = list(app.expand_from_ui("two blue", "vgen-shapes-lm", 3, 0.8, 2, ""))
-    picker, text, diff, state, info = updates[-1]
+    handlers.configure()  # in process, a fresh fair queue for this event loop
+
+    async def expand_answers():
+        return [a async for a in prompt_panel.expand_prompt("two blue", "vgen-shapes-lm", 3, 0.8,
+                                                            2, "")]
+
+    answers = asyncio.run(expand_answers())
+    assert answers[-1]["done"] and all(not a["done"] for a in answers[:-1])
+    # The /expand answer drives the picker (its .change): streamed ones, then the complete one.
+    picker, text, diff, state, info = prompt_panel.show_answer(answers[-1], "")
     assert state["seeds"] == [3, 4] and text == state["variants"][0] and "vgen-shapes-lm" in info
     assert diff[0] == ("two blue ", None)  # the user's words, then what the model added
     edited = text + " and a red circle"  # the user edits the expansion before using it
-    prompt, record = app.use_expansion(edited, 1, state)
-    e = app.recorded_expansion(record, prompt)
+    prompt, record = prompt_panel.use_expansion(edited, 1, state)
+    e = prompt_panel.recorded_expansion(record, prompt)
     assert (e.original_prompt, e.expanded_prompt, e.seed) == ("two blue", state["variants"][1], 4)
-    assert app.recorded_expansion(record, "a prompt typed afterwards") is None
+    assert prompt_panel.recorded_expansion(record, "a prompt typed afterwards") is None
     result = generate(GenerateRequest(prompt=prompt, steps=1, seed=0, expansion=e))
     path = save_png(result.images[0], tmp_path / "x.png")
-    lm, seed, temperature, system, _, expanded, _, restored_state, _, restored = app.restore_expansion(str(path))
+    lm, seed, temperature, system, _, expanded, _, restored_state, _, restored = (
+        prompt_panel.restore_expansion(str(path)))
     assert (lm, seed, temperature, expanded) == ("vgen-shapes-lm", 4, 0.8, state["variants"][1])
-    assert app.recorded_expansion(restored, prompt) == e
+    assert prompt_panel.recorded_expansion(restored, prompt) == e
     plain = save_png(generate(GenerateRequest(prompt="a red circle", steps=1, seed=0)).images[0],
                      tmp_path / "plain.png")
-    assert app.restore_expansion(str(plain))[-1] is None  # no expansion: the record is cleared
+    assert prompt_panel.restore_expansion(str(plain))[-1] is None  # no expansion: record cleared

@@ -36,11 +36,33 @@ HUB_POINTER = (
 )
 
 # Small images (the 64x64 shapes world) are shown enlarged and crisp; files keep native pixels.
+# Results fit their panel: Gradio's gallery makes each of its 2 columns a square as wide as the
+# column, so one result was drawn 636 px tall in a 560 px panel and a batch of 4 hid half its
+# second row. Here an item is at most the panel's height (one or two results), half of it
+# (three or four: two rows), and five or more take four columns (two rows). ``cqh`` is a
+# percentage of the scrolling area's height (a size container, so only for a gallery of fixed
+# height: ``gallery``'s class ``vgen-results``).
+# Model pickers: the typed value stops short of the dropdown's arrow (it ran under it).
 CSS = """
 .vgen-pixelated img, .vgen-pixelated canvas { image-rendering: pixelated; }
 .vgen-gallery .thumbnail-item img, .vgen-gallery .preview img { image-rendering: pixelated; }
-.vgen-gallery img { min-width: 192px; min-height: 192px; }
+.vgen-results .grid-wrap { container-type: size; }
+.vgen-results .grid-container { justify-content: center; }
+.vgen-results .grid-container > .gallery-item {
+  width: 100%; max-width: calc(100cqh - 3rem); justify-self: center; }
+.vgen-results .grid-container:has(> .gallery-item:nth-child(3)) > .gallery-item {
+  max-width: calc(50cqh - 2rem); }
+.vgen-results .grid-container:has(> .gallery-item:nth-child(5)) {
+  grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+/* A phone: the panel is as tall as it is wide (not 560 px of mostly empty space). */
+@media (max-width: 640px) {
+  .vgen-results { height: auto !important; }
+  .vgen-results .grid-wrap { height: calc(100vw - 2rem) !important; } }
+.vgen-model .secondary-wrap { padding-right: 1.5rem; }
+.vgen-model .secondary-wrap input { text-overflow: ellipsis; }
 """
+
+DEFAULT_INFO = "0 = the model's default"  # the Number fields where 0 means "model default"
 
 
 def is_cached(ref: str) -> bool:
@@ -95,7 +117,8 @@ def lm_choices() -> list[tuple[str, str]]:
 
 def gallery(label: str, elem_id: str, **kw) -> gr.Gallery:
     return gr.Gallery(
-        label=label, elem_id=elem_id, elem_classes=["vgen-gallery", "vgen-pixelated"],
+        label=label, elem_id=elem_id,
+        elem_classes=["vgen-gallery", "vgen-results", "vgen-pixelated"],
         columns=2, height=560, object_fit="contain", format="png", type="filepath",
         interactive=False, buttons=["download", "fullscreen"], **kw,
     )
@@ -122,12 +145,22 @@ def limits() -> Limits:
         return Limits()
 
 
-def zero_means_default(inputs: Sequence, fields: Sequence) -> str:
+def zero_means_default(inputs: Sequence, fields: Sequence, reveal: str | None = None) -> str:
     """Browser-side JavaScript for an event whose ``inputs`` include number ``fields`` where the
     UI shows 0 for "the model's default": it sends those zeros as null (None), the API's
     "default". So one function serves the UI and the API, and an API caller's 0 stays an error.
-    (Gradio passes an event's ``js`` the input values and sends what it returns to ``fn``.)"""
+    (Gradio passes an event's ``js`` the input values and sends what it returns to ``fn``.)
+
+    ``reveal``: the elem_id of the event's results. When they are out of sight (a phone, where
+    they lie below the settings) they are scrolled into view as the job starts, once; Gradio's
+    ``scroll_to_output`` would scroll back at every progress update of a streaming event."""
     positions = [i for i, c in enumerate(inputs) if any(c is f for f in fields)]
-    return ("(...args) => { const zero = new Set(" + json.dumps(positions) + "); "
+    scroll = ""
+    if reveal:
+        scroll = ("const el = document.getElementById(" + json.dumps(reveal) + "); "
+                  "if (el) { const r = el.getBoundingClientRect(); "
+                  "if (r.top > window.innerHeight * 0.6 || r.bottom < 0) "
+                  "el.scrollIntoView({block: 'start'}); } ")
+    return ("(...args) => { " + scroll + "const zero = new Set(" + json.dumps(positions) + "); "
             "return args.slice(0, " + str(len(inputs)) + ").map("
             "(v, i) => zero.has(i) && v === 0 ? null : v); }")

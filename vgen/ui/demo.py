@@ -51,6 +51,9 @@ def _picker_updates(*pickers):
 
 def _link_tabs(demo, tabs, t2i, ed, feats, comp) -> None:
     quick = dict(api_visibility="private", concurrency_limit=None)
+    # The pickers' refresh is instant and happens behind the user's back (page load, after a
+    # job): no loading overlay on four model pickers.
+    silent = dict(quick, show_progress="hidden")
     t2i.inspect.click(inspect_latest, [t2i.prompt, t2i.model, t2i.gallery, t2i.selected],
                       [feats.prompt, feats.model, feats.seed, tabs], **quick)
     t2i.send_to_edit.click(send_to_edit, [t2i.gallery, t2i.selected, t2i.prompt],
@@ -59,8 +62,8 @@ def _link_tabs(demo, tabs, t2i, ed, feats, comp) -> None:
     pickers = [t2i.model, ed.model, feats.model, comp.model]
     refresh = _picker_updates(T2I_TASKS, EDIT_TASKS, T2I_TASKS, T2I_TASKS)
     for event in (t2i.event, ed.event, feats.event, comp.event):
-        event.then(refresh, None, pickers, **quick)
-    demo.load(refresh, None, pickers, **quick)
+        event.then(refresh, None, pickers, **silent)
+    demo.load(refresh, None, pickers, **silent)
 
 
 def build_demo() -> gr.Blocks:

@@ -5,8 +5,8 @@ endpoint's outputs; every engine error -> ``gr.Error``.
 Cancel design: each engine endpoint is an async generator. It waits for an engine slot in the
 app's ``FairQueue`` (``vgen.ui.queueing``: at most ``VGEN_SESSION_JOBS`` jobs per session, FIFO
 across sessions), then runs the engine in a worker thread with its own ``JobControl``, reports
-per-step and download progress through ``gr.Progress`` and yields a no-op update about once a
-second while it waits. When the event is cancelled (Stop, ``cancels=[event]``) or the client
+per-step and download progress through ``gr.Progress`` and yields about once a second while it
+waits: a no-op update, or with ``status`` the UI's own progress line (see ``run_job``). When the event is cancelled (Stop, ``cancels=[event]``) or the client
 goes away (noticed at the next yield), Gradio cancels or closes the generator; its ``finally``
 sets that job's ``control.cancel`` (the engine stops within one denoising step) and waits for the
 worker thread to end, so the engine slot is only freed once the engine has really stopped.
@@ -240,6 +240,10 @@ class Job:
     def seconds(self) -> float:
         return time.perf_counter() - self.started
 
+    def describe(self) -> str:
+        """What the job is doing, in words (the progress line's text)."""
+        return describe(self.snapshot())
+
     def snapshot(self) -> tuple:
         if self.step is not None:
             return ("denoise", self.step)
@@ -264,32 +268,59 @@ def _work(job: Job, build: Callable[[], Any]) -> None:
         job.error = e
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What a ``status`` callback of ``run_job`` shows: what the job is doing (``text``), seconds
+    since the request arrived (one clock for waiting and running, so it never goes back), the
+    preview that just arrived (else None) and whether this is the job's first update."""
+
+    text: str
+    seconds: float
+    preview: tuple[str, str] | None = None
+    first: bool = False
+
+
+def describe(snap: tuple) -> str:
+    phase, data = snap
+    if phase == "denoise":
+        return f"denoising: step {data[0]}/{data[1]}"
+    if phase == "download":
+        files_done, files_total, bytes_done, bytes_total = data
+        mb = f"{bytes_done / 1e6:.1f}" + (f" / {bytes_total / 1e6:.1f}" if bytes_total else "")
+        return f"downloading the model: {mb} MB, {files_done}/{files_total} files"
+    if phase == "queued" and data is None:
+        return "waiting for the engine"
+    if phase == "queued":
+        return f"waiting for the engine: {data} job{'s' if data != 1 else ''} ahead"
+    if phase == "start":
+        return "starting"
+    return "loading the model"
+
+
 def report(progress, snap: tuple) -> None:
+    """The job's phase through ``gr.Progress`` (what API clients see as ``progress_data``)."""
     phase, data = snap
     if phase == "denoise":
         progress(data, desc="denoising", unit="steps")
     elif phase == "download":
         files_done, files_total, bytes_done, bytes_total = data
-        mb = f"{bytes_done / 1e6:.1f}" + (f" / {bytes_total / 1e6:.1f}" if bytes_total else "")
-        desc = f"downloading the model: {mb} MB, {files_done}/{files_total} files"
         if bytes_total:
-            progress(min(1.0, bytes_done / bytes_total), desc=desc)
+            progress(min(1.0, bytes_done / bytes_total), desc=describe(snap))
         else:  # the Hub did not give sizes: count files
-            progress((files_done, files_total), desc=desc, unit="files")
-    elif phase == "queued":
-        progress(0.0, desc=f"waiting for the engine: {data} job{'s' if data != 1 else ''} ahead")
+            progress((files_done, files_total), desc=describe(snap), unit="files")
     else:
-        progress(0.0, desc="loading the model")
+        progress(0.0, desc=describe(snap))
 
 
 def skip(n: int) -> tuple:
     return tuple(gr.skip() for _ in range(n))
 
 
-async def _wait_for_slot(session: str | None, progress, n_outputs: int, held: list):
-    """Yield no-op updates while this job waits in the fair queue (so Gradio notices a client
-    that went away); ``held`` gets the entered slot. Refused at once when the session or the
-    server is full (``SessionBusyError``, ``BusyError``)."""
+async def _wait_for_slot(session: str | None, progress, tick: Callable[[tuple], tuple],
+                         held: list):
+    """Yield ``tick(what)`` about once a second while this job waits in the fair queue (so
+    Gradio notices a client that went away); ``held`` gets the entered slot. Refused at once
+    when the session or the server is full (``SessionBusyError``, ``BusyError``)."""
     ahead: list[int] = []
     slot = fair_queue().slot(session, on_wait=ahead.append)
     entering = asyncio.ensure_future(slot.__aenter__())
@@ -300,7 +331,7 @@ async def _wait_for_slot(session: str | None, progress, n_outputs: int, held: li
                 shown = ahead[-1]
                 report(progress, ("queued", shown))
             if time.monotonic() - last_yield >= YIELD_EVERY_S:
-                yield skip(n_outputs)
+                yield tick(("queued", shown))
                 last_yield = time.monotonic()
             await asyncio.wait({entering}, timeout=POLL_S)
         entering.result()  # raises a refusal
@@ -321,34 +352,59 @@ def preview_update(n_outputs: int) -> Callable[[Job], tuple]:
 
 async def run_job(kind: str, build: Callable[[], Any], progress, request: gr.Request | None = None,
                   *, n_outputs: int, finish: Callable[[Job], tuple], previews: bool = False,
-                  live: Callable[[Job], tuple] | None = None):
+                  live: Callable[[Job], tuple] | None = None,
+                  status: Callable[[Progress], tuple] | None = None):
     """Run the engine for one request: wait for a slot, run it in a worker thread, yield no-op
     updates while waiting and ``finish(job)`` at the end. With ``previews`` (the first output is
     a gallery) live previews are shown in it as the engine makes them; ``live(job)`` is yielded
-    whenever a preview or streamed text arrives. Closing or cancelling this generator cancels
+    whenever a preview or streamed text arrives. With ``status``, ``status(Progress)`` is
+    yielded instead: at once, when the phase or step changes (at most every
+    ``PROGRESS_EVERY_S``), with each preview, and once a second: the UI's own progress line,
+    for an event shown with ``show_progress="hidden"`` (Gradio's own display empties on every
+    yield of a generator and restarts its timer). Closing or cancelling this generator cancels
     the job and waits for it to stop."""
-    if previews and live is None:
+    if previews and live is None and status is None:
         live = preview_update(n_outputs)
-    async for out in _run_job(kind, build, progress, request, n_outputs, finish, previews, live):
-        yield out[0] if n_outputs == 1 else out  # Gradio takes a lone output's value bare
+    origin = time.monotonic()
+    first = [status is not None]
+
+    def tick(snap: tuple, preview=None) -> tuple:
+        if status is None:
+            return skip(n_outputs)
+        out = status(Progress(describe(snap), time.monotonic() - origin, preview, first[0]))
+        first[0] = False
+        return out
+
+    if status is not None:
+        yield _bare(tick(("start", None)), n_outputs)
+    tick.eager = status is not None  # a progress line to keep current, not just a keep-alive
+    # Closed explicitly, so that closing this generator stops the engine before it returns.
+    async with contextlib.aclosing(_run_job(kind, build, progress, request, finish, previews,
+                                            live, tick)) as outputs:
+        async for out in outputs:
+            yield _bare(out, n_outputs)
 
 
-async def _run_job(kind, build, progress, request, n_outputs, finish, previews, live):
+def _bare(out: tuple, n_outputs: int):
+    return out[0] if n_outputs == 1 else out  # Gradio takes a lone output's value bare
+
+
+async def _run_job(kind, build, progress, request, finish, previews, live, tick):
     held: list = []
-    async with contextlib.aclosing(_wait_for_slot(session_of(request), progress, n_outputs,
+    async with contextlib.aclosing(_wait_for_slot(session_of(request), progress, tick,
                                                   held)) as waiting:
         async for out in waiting:
             yield out
     try:
-        async with contextlib.aclosing(_run_engine(kind, build, progress, n_outputs, finish,
-                                                   previews, live)) as running:
+        async with contextlib.aclosing(_run_engine(kind, build, progress, finish, previews, live,
+                                                   tick)) as running:
             async for out in running:
                 yield out
     finally:
         await held[0].__aexit__(None, None, None)
 
 
-async def _run_engine(kind, build, progress, n_outputs, finish, previews, live):
+async def _run_engine(kind, build, progress, finish, previews, live, tick):
     from vgen.jobs import JobControl
 
     # 1. The job and its control: progress, downloads, previews, streamed text, the time limit.
@@ -375,17 +431,17 @@ async def _run_engine(kind, build, progress, n_outputs, finish, previews, live):
     try:
         shown, last_yield, seen, reported = None, time.monotonic(), 0, 0.0
         while thread.is_alive():
-            snap = job.snapshot()
+            snap, changed = job.snapshot(), False
             if snap != shown and (shown is None or time.monotonic() - reported >= PROGRESS_EVERY_S):
                 report(progress, snap)
-                shown, reported = snap, time.monotonic()
-            if live is not None and job.updates != seen:
+                shown, reported, changed = snap, time.monotonic(), True
+            if job.updates != seen and (live is not None or previews):
                 seen = job.updates
-                yield live(job)
+                yield live(job) if live is not None else tick(snap, job.preview)
                 last_yield = time.monotonic()
                 continue
-            if time.monotonic() - last_yield >= YIELD_EVERY_S:
-                yield skip(n_outputs)  # here Gradio stops a job whose client went away
+            if changed and tick.eager or time.monotonic() - last_yield >= YIELD_EVERY_S:
+                yield tick(snap)  # here Gradio stops a job whose client went away
                 last_yield = time.monotonic()
                 continue
             with contextlib.suppress(asyncio.TimeoutError):

@@ -1,9 +1,52 @@
-"""What a finished generate or edit job shows: gallery items, the info line and the notice."""
+"""What a generate or edit job shows in its gallery, info line and notice: while it runs (a
+progress line and the live preview), when it is done, stopped or failed."""
 
 from __future__ import annotations
 
+import gradio as gr
+
+from vgen.catalog import entry_for
+
 from .components import HUB_POINTER
-from .handlers import Job
+from .handlers import Job, Progress
+
+# The info line's first character says what it describes (the Stop and failure handlers read it);
+# geometric shapes, not emoji, so a browser without an emoji font draws them too.
+RUNNING, STOPPED, FAILED = "▶", "■", "✖"
+STOPPED_LINE = f"{STOPPED} Stopped: no image was finished."
+
+
+def running(p: Progress) -> tuple:
+    """While a job runs: the preview that just arrived (the old results are cleared when it
+    starts, so nothing on screen belongs to another job) and a progress line with a timer."""
+    gallery = [p.preview] if p.preview else (None if p.first else gr.skip())
+    line = f"{RUNNING} {p.text[:1].upper()}{p.text[1:]} · {p.seconds:.0f} s"
+    return gallery, line, "" if p.first else gr.skip()
+
+
+def is_running(info: str | None) -> bool:
+    return (info or "").startswith(RUNNING)
+
+
+def stopped(info: str | None) -> tuple:
+    """Stop pressed: while a job ran, no half-denoised preview stays and the info line says it
+    stopped; with none running nothing changes (the last results stay)."""
+    if not is_running(info):
+        return gr.skip(), gr.skip(), gr.skip()
+    return None, STOPPED_LINE, ""
+
+
+def failed_line(error: BaseException) -> str:
+    """The info line of a failed job: the message the caller also gets (``gr.Error``)."""
+    return f"{FAILED} No image was made: {getattr(error, 'message', None) or error}"
+
+
+def refused(info: str | None) -> tuple:
+    """A failed event whose endpoint did not say why (its inputs were refused before it ran):
+    the info line says so, and the results of an earlier job are cleared."""
+    if (info or "").startswith((FAILED, STOPPED)):
+        return gr.skip(), gr.skip(), gr.skip()
+    return None, f"{FAILED} No image was made: the request was refused (see the message).", ""
 
 
 def info_line(job: Job) -> str:
@@ -38,13 +81,35 @@ def vocabulary_notice(result, known: list[str]) -> str:
     return text
 
 
+def native_size(result) -> tuple[int, int] | None:
+    """The size the model was trained at: from the engine (``extras["native_size"]``), else
+    the catalog's default size for a model it lists."""
+    size = result.extras.get("native_size")
+    if size:
+        return int(size[0]), int(size[1])
+    entry = entry_for(result.model or "")
+    return (entry.defaults.width, entry.defaults.height) if entry is not None else None
+
+
+def size_notice(result) -> str:
+    """A size larger than the model's own: it was not trained to compose such an image."""
+    native, req = native_size(result), result.request
+    if native is None or req.width * req.height <= native[0] * native[1]:
+        return ""
+    w, h = native
+    return (f"ℹ️ {result.model} was trained at {w}×{h}: at {req.width}×{req.height} it loses "
+            f"its composition (shapes repeat or break apart). Width and Height 0 draw at "
+            f"{w}×{h}.")
+
+
 def notice(job: Job) -> str:
-    """The vocabulary notice, after what the input checks noticed (an animation's first frame)."""
-    text = vocabulary_notice(job.result, job.known)
+    """What the input checks noticed (an animation's first frame), a size the model was not
+    trained at, then the vocabulary notice."""
+    parts = []
     if job.notes:
-        inputs = "ℹ️ " + "; ".join(n[0].upper() + n[1:] for n in job.notes) + "."
-        text = inputs + ("\n\n" + text if text else "")
-    return text
+        parts.append("ℹ️ " + "; ".join(n[0].upper() + n[1:] for n in job.notes) + ".")
+    parts += [size_notice(job.result), vocabulary_notice(job.result, job.known)]
+    return "\n\n".join(p for p in parts if p)
 
 
 def outputs(job: Job) -> tuple:

@@ -236,8 +236,7 @@ def wire(x: PromptPanel, prompt: gr.Textbox, generate: Callable, generate_inputs
     generating = x.use_and_generate.click(
         use_expansion, [x.expanded, x.picker, x.result], [prompt, x.record], **quick,
     ).success(generate, generate_inputs, generate_outputs, api_visibility="private",
-              concurrency_limit=None, show_progress_on=results,
-              js=defaults_js)
+              concurrency_limit=None, show_progress="hidden", js=defaults_js)
     restore_file.upload(
         restore_expansion, restore_file,
         [x.lm, x.seed, x.temperature, x.system_prompt, x.picker, x.expanded, x.diff, x.result,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -12,10 +14,10 @@ from vgen.errors import InvalidRequestError
 from vgen.requests import EditRequest
 
 from .. import results
-from ..components import (EXAMPLE_PROMPTS, HUB_POINTER, T2I_TASKS, decoder_radio, gallery,
-                          limits, model_dropdown, scheduler_choices, zero_means_default)
+from ..components import (DEFAULT_INFO, EXAMPLE_PROMPTS, HUB_POINTER, T2I_TASKS, decoder_radio,
+                          gallery, limits, model_dropdown, scheduler_choices, zero_means_default)
 from ..forms import DEFAULT_SCHEDULER, generate_request
-from ..handlers import endpoint, run_job, skip
+from ..handlers import endpoint, run_job, skip, ui_error
 from ..inputs import StrictCheckbox, StrictDropdown, StrictNumber, StrictTextbox
 from . import prompt_panel
 
@@ -57,16 +59,24 @@ async def generate_images(
     Returns:
         gallery of PNG files (each with its generation parameters in the "parameters" text chunk,
         caption "seed N"; while it runs, live previews captioned "preview"), an info line (it
-        names the decoder that made the images), and a notice listing words the model does not
-        know
+        names the decoder that made the images; while it runs, what the job is doing and for how
+        long), and a notice (words the model does not know, a size it was not trained at)
     """
-    req = generate_request(prompt, negative_prompt, model, steps, guidance, seed,
-                           randomize_seed, width, height, num_images, scheduler, decoder)
-    # The prompt may have been written by a language model (the Expand panel's record).
-    req = replace(req, expansion=prompt_panel.recorded_expansion(expansion, prompt))
-    async for out in run_job("generate", lambda: req, progress, request, n_outputs=3,
-                             finish=results.outputs, previews=True):
-        yield out
+    try:
+        req = generate_request(prompt, negative_prompt, model, steps, guidance, seed,
+                               randomize_seed, width, height, num_images, scheduler, decoder)
+        # The prompt may have been written by a language model (the Expand panel's record).
+        req = replace(req, expansion=prompt_panel.recorded_expansion(expansion, prompt))
+        job = run_job("generate", lambda: req, progress, request, n_outputs=3,
+                      finish=results.outputs, previews=True, status=results.running)
+        async with contextlib.aclosing(job) as outputs:  # closed: the engine stops first
+            async for out in outputs:
+                yield out
+    except Exception as e:  # noqa: BLE001 - shown, then raised (Stop is not an Exception)
+        # The info line says why there is no image (the message also comes as gr.Error), so
+        # neither the preview nor the previous job's line stays on screen.
+        yield None, results.failed_line(ui_error(e)), ""
+        raise
 
 
 def restore_parameters(path: str | None):
@@ -80,9 +90,14 @@ def restore_parameters(path: str | None):
         req = request_from_parameters(read_parameters(open_image(path)))
     except KeyError as e:
         raise InvalidRequestError(f"the parameters text is incomplete ({e} is missing)") from None
+    name = Path(path).name
     if isinstance(req, EditRequest):
-        gr.Info(f"This image was made by an edit ({req.mode}); its source image is not stored, "
-                "so only the shared settings were restored.")
+        gr.Info(f"Restored the settings of {name}. It was made by an edit ({req.mode}); its "
+                "source image is not stored, so only the shared settings were restored.")
+    else:
+        gr.Info(f"Restored the settings of {name}: prompt, model, {req.steps} steps, "
+                + (f"seed {req.seed}" if req.seed is not None else "a random seed")
+                + (f", {req.width}×{req.height}" if req.width and req.height else "") + ".")
     return (
         req.prompt, req.negative_prompt, req.model or default_model(), req.steps, req.guidance,
         req.seed if req.seed is not None else gr.skip(), req.seed is None, req.width, req.height,
@@ -156,11 +171,15 @@ def build() -> TextToImageTab:
                 expand = prompt_panel.build()
                 with gr.Accordion("Settings · 0 = the model's default", open=True):
                     with gr.Row():
-                        steps = StrictNumber(label="Steps", value=None, precision=0)
-                        guidance = StrictNumber(label="Guidance", value=None, step=0.5)
+                        steps = StrictNumber(label="Steps", value=None, precision=0,
+                                             info=DEFAULT_INFO)
+                        guidance = StrictNumber(label="Guidance", value=None, step=0.5,
+                                                info=DEFAULT_INFO)
                     with gr.Row():
-                        width = StrictNumber(label="Width", value=None, precision=0, step=8)
-                        height = StrictNumber(label="Height", value=None, precision=0, step=8)
+                        width = StrictNumber(label="Width", value=None, precision=0, step=8,
+                                             info=DEFAULT_INFO + " (a multiple of 8)")
+                        height = StrictNumber(label="Height", value=None, precision=0, step=8,
+                                              info=DEFAULT_INFO + " (a multiple of 8)")
                     with gr.Row():
                         seed = StrictNumber(label="Seed", value=0, precision=0)
                         randomize = StrictCheckbox(label="Randomize seed", value=True)
@@ -172,7 +191,7 @@ def build() -> TextToImageTab:
                     decoder = decoder_radio()
                 with gr.Accordion("Restore parameters from a vgen PNG", open=False):
                     restore_file = gr.File(label="Drop a PNG made by vgen", file_types=[".png"],
-                                           type="filepath")
+                                           type="filepath", elem_id="t2i-restore")
             with gr.Column(scale=6):
                 results_gallery = gallery("Results", "t2i-gallery")
                 selected = gr.State(None)
@@ -190,24 +209,25 @@ def build() -> TextToImageTab:
                           restore_file, expand)
 
 
-def stopped():
-    """Stop pressed: no half-denoised preview stays in the gallery, and the info line says so."""
-    return None, "⏹ Stopped: no image was finished.", ""
-
-
 def wire(t: TextToImageTab) -> None:
-    quick = dict(api_visibility="private", concurrency_limit=None)
+    quick = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")
     inputs = t.inputs()
-    defaults_js = zero_means_default(inputs, [t.steps, t.guidance, t.width, t.height])
-    # The one /generate endpoint, for the UI and the API (engine slots: the fair queue).
+    defaults_js = zero_means_default(inputs, [t.steps, t.guidance, t.width, t.height],
+                                     reveal=t.gallery.elem_id)
+    # The one /generate endpoint, for the UI and the API (engine slots: the fair queue). Its
+    # progress is the info line's (``results.running``): Gradio's own display would empty at
+    # every preview and restart its timer (a generator's every yield ends its "pending" state).
     t.event = gr.on(
         triggers=[t.generate.click, t.prompt.submit], fn=generate_images, inputs=inputs,
         outputs=t.outputs(), api_name="generate", concurrency_limit=None, trigger_mode="once",
-        show_progress_on=t.gallery, js=defaults_js,
+        show_progress="hidden", js=defaults_js,
     )
     generating = prompt_panel.wire(t.expand, t.prompt, generate_images, inputs, t.outputs(),
                                    t.gallery, t.restore_file, defaults_js)
-    t.stop.click(stopped, None, t.outputs(), cancels=[t.event, generating], **quick)
+    # Inputs refused before the endpoint ran (it says why itself otherwise).
+    for event in (t.event, generating):
+        event.failure(results.refused, t.info, t.outputs(), **quick)
+    t.stop.click(results.stopped, t.info, t.outputs(), cancels=[t.event, generating], **quick)
     t.gallery.select(selected_index, None, t.selected, **quick)
     t.gallery.change(lambda: None, None, t.selected, **quick)
     t.restore_file.upload(
