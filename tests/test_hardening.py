@@ -72,9 +72,10 @@ def test_a_full_queue_answers_busy(hardened_app):
             busy = [j for j in jobs if j.done() and j.exception() is not None
                     and hardening.is_busy(j.exception())]
             time.sleep(0.05)
-        # 1 running + VGEN_QUEUE_SIZE waiting; the rest are told at once to try again
+        # 1 running + VGEN_QUEUE_SIZE waiting; the rest are told at once to try again, by the
+        # fair queue (Gradio's own queue is sized so that it does not answer first)
         assert len(busy) >= 2, [j.status().code for j in jobs]
-        assert "Queue is full" in str(busy[0].exception())
+        assert "the server is busy" in str(busy[0].exception()), busy[0].exception()
         assert not any(j.done() for j in jobs if j not in busy)  # the others wait or run
     finally:
         for job in jobs:
@@ -84,7 +85,7 @@ def test_a_full_queue_answers_busy(hardened_app):
 
 def _log_times(log: str, message: str) -> list[datetime]:
     return [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-            for m in re.finditer(r"^(\S+ \S+) vgen\.app INFO " + message, log, re.M)]
+            for m in re.finditer(r"^(\S+ \S+) vgen\.ui INFO " + message, log, re.M)]
 
 
 def _wait_until_idle(app, timeout: float = 60.0) -> None:
@@ -241,14 +242,14 @@ def test_time_limit_starts_when_the_model_is_ready(tiny_env):
 
 
 def test_the_app_has_a_default_time_limit(monkeypatch):
-    import app
+    from vgen import config
 
     monkeypatch.delenv("VGEN_JOB_TIME_LIMIT", raising=False)
-    assert app._time_limit_s() == app.DEFAULT_JOB_TIME_LIMIT_S
+    assert config.job_time_limit_s() == config.DEFAULT_JOB_TIME_LIMIT_S
     monkeypatch.setenv("VGEN_JOB_TIME_LIMIT", "0")
-    assert app._time_limit_s() is None
+    assert config.job_time_limit_s() is None
     monkeypatch.setenv("VGEN_JOB_TIME_LIMIT", "12.5")
-    assert app._time_limit_s() == 12.5
+    assert config.job_time_limit_s() == 12.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,23 +268,23 @@ def test_the_app_has_a_default_time_limit(monkeypatch):
 def test_wrong_types_are_clear_errors(cls, value, message):
     import gradio as gr
 
-    import app
+    from vgen.ui import inputs
 
-    component = getattr(app, cls)(label="Field", **({"precision": 0} if cls == "StrictNumber"
+    component = getattr(inputs, cls)(label="Field", **({"precision": 0} if cls == "StrictNumber"
                                                      else {}))
     with pytest.raises(gr.Error, match=f"Field must be {message}, got"):
         component.preprocess(value)
 
 
 def test_right_types_pass_unchanged():
-    import app
+    from vgen.ui.inputs import StrictCheckbox, StrictNumber, StrictTextbox
 
-    assert app.StrictNumber(precision=0).preprocess("5") == 5
-    assert app.StrictNumber(precision=0).preprocess(None) is None
-    assert app.StrictNumber().preprocess(2.5) == 2.5
-    assert app.StrictNumber(precision=0).preprocess(10**30) == 10**30  # the engine's bound says no
-    assert app.StrictCheckbox().preprocess(False) is False
-    assert app.StrictTextbox().preprocess("hi") == "hi"
+    assert StrictNumber(precision=0).preprocess("5") == 5
+    assert StrictNumber(precision=0).preprocess(None) is None
+    assert StrictNumber().preprocess(2.5) == 2.5
+    assert StrictNumber(precision=0).preprocess(10**30) == 10**30  # the engine's bound says no
+    assert StrictCheckbox().preprocess(False) is False
+    assert StrictTextbox().preprocess("hi") == "hi"
 
 
 def _png(image: Image.Image) -> bytes:
@@ -379,7 +380,7 @@ def test_accept_blobs_is_bounded():
 def test_blocked_paths_cover_secrets_but_not_the_upload_folder(tmp_path, monkeypatch):
     from huggingface_hub import constants as hf
 
-    import app
+    from vgen.ui import server as app
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     monkeypatch.setenv("VGEN_BLOCKED_PATHS", str(tmp_path / "secrets"))
@@ -406,7 +407,7 @@ def test_request_bodies_are_bounded():
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    import app
+    from vgen.ui import server as app
 
     async def echo(request: Request):
         return PlainTextResponse(str(len(await request.body())))
@@ -422,26 +423,124 @@ def test_request_bodies_are_bounded():
     assert client.post("/", content=b"x" * 1001, headers=multipart).status_code == 413
 
 
-def test_refused_files_get_a_clear_message():
-    import gradio.utils as gutils
-    from gradio.exceptions import InvalidPathError
+def _guarded(tmp_path):
+    """A Starlette app behind the app's middleware (BodySizeLimit, then RequestGuard) whose
+    routes echo what reached them; Gradio's upload folder is ``tmp_path / "uploads"``."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
 
-    import app
+    from vgen.ui.guard import RequestGuard
+    from vgen.ui.server import BodySizeLimit
 
-    app.explain_refused_files()
-    app.explain_refused_files()  # idempotent
-    payload = gutils.error_payload(InvalidPathError("Cannot move /etc/passwd ... (/root, /etc)"),
-                                   False)
-    assert payload["error"] == app.REFUSED_FILE and "/root" not in payload["error"]
-    payload = gutils.error_payload(ValueError("Hostname 127.0.0.1 failed validation"), False)
-    assert payload["error"] == app.REFUSED_URL
-    assert gutils.error_payload(RuntimeError("secret detail"), False)["error"] is None
+    async def echo(request: Request):
+        return PlainTextResponse((await request.body()).decode())
+
+    paths = ["/gradio_api/queue/join", "/gradio_api/call/{api}", "/gradio_api/mcp/",
+             "/gradio_api/cancel"]
+    web = Starlette(routes=[Route(p, echo, methods=["POST"]) for p in paths],
+                    middleware=[Middleware(BodySizeLimit, max_body=1 << 20, max_upload=1 << 20),
+                                Middleware(RequestGuard, upload_folder=str(tmp_path / "uploads"))])
+    return TestClient(web)
+
+
+def _fd(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def _join(client, data: list, raw: str | None = None):
+    import json
+
+    body = raw or json.dumps({"data": data, "fn_index": 0, "session_hash": "s"})
+    return client.post("/gradio_api/queue/join", content=body.encode(),
+                       headers={"content-type": "application/json"})
+
+
+def _refusal(answer) -> str:
+    (bad,) = [d for d in answer.json()["detail"] if d.get("is_valid") is False]
+    assert bad["__type__"] == "validate"  # Gradio's validation format: gradio_client shows it
+    return bad["message"]
+
+
+def test_refused_files_get_a_clear_message_without_patching_gradio(tmp_path):
+    """A file path that was not uploaded here, and a file URL to a private or loopback host,
+    are refused before Gradio reads them (its own refusal reaches the caller as a bare
+    {"error": null}), in words that name no server folder."""
+    from vgen.ui.guard import REFUSED_FILE, REFUSED_URL
+
+    client = _guarded(tmp_path)
+    upload = tmp_path / "uploads" / "abc" / "ok.png"
+    for path in ("/etc/passwd", str(tmp_path / "uploads" / ".." / "secret.txt"),
+                 "file:///etc/passwd", "relative.png", str(tmp_path / "uploads-evil" / "x")):
+        answer = _join(client, ["a prompt", {"background": _fd(path)}])
+        assert answer.status_code == 422 and _refusal(answer) == REFUSED_FILE, path
+        assert "/etc" not in answer.text and str(tmp_path) not in answer.text
+    for url in ("http://127.0.0.1:7860/config", "http://169.254.169.254/latest/meta-data/",
+                "http://[::1]/x", "https://10.0.0.1/x.png", "http://localhost/x",
+                "http://no-such-host.invalid/x.png"):
+        answer = _join(client, [_fd(url)])
+        assert answer.status_code == 422 and _refusal(answer) == REFUSED_URL, url
+    assert _join(client, [[{"image": _fd(str(upload)), "caption": None}]]).status_code == 200
+    answer = client.post("/gradio_api/call/edit", json={"data": [_fd("/etc/passwd")]})
+    assert answer.status_code == 422 and _refusal(answer) == REFUSED_FILE
+
+
+def test_nan_and_infinity_are_refused_naming_the_input(tmp_path):
+    client = _guarded(tmp_path)
+    for token in ("NaN", "Infinity", "-Infinity", "1e999"):
+        answer = _join(client, [], raw='{"data": ["x", %s], "fn_index": 0, "session_hash": "s"}'
+                       % token)
+        assert answer.status_code == 422, token
+        assert _refusal(answer) == (f"parameter_1 must be a finite number, got {token} (JSON "
+                                    f"has no NaN or Infinity)")
+    assert _join(client, ["x", 1e300, -5, None]).status_code == 200  # finite numbers pass
+
+
+def test_deep_json_is_refused_on_every_route_before_it_recurses(tmp_path):
+    """JSON nested 50000 deep made the MCP package raise RecursionError (HTTP 500)."""
+    client = _guarded(tmp_path)
+    deep = "[" * 50000 + "]" * 50000
+    mcp = client.post("/gradio_api/mcp/", content=('{"jsonrpc": "2.0", "id": 7, "method": '
+                                                   '"tools/call", "params": %s}' % deep).encode(),
+                      headers={"content-type": "application/json"})
+    assert mcp.status_code == 400 and mcp.json()["id"] is None  # the id came after the nesting
+    assert "nests too deeply" in mcp.json()["error"]["message"]
+    moderate = '{"jsonrpc": "2.0", "id": 7, "params": %s}' % ("[" * 100 + "]" * 100)
+    mcp = client.post("/gradio_api/mcp/", content=moderate.encode(),
+                      headers={"content-type": "application/json"})
+    assert mcp.status_code == 400 and mcp.json()["id"] == 7  # deeper than MAX_DEPTH, parsed
+    answer = _join(client, [], raw='{"data": [%s], "fn_index": 0, "session_hash": "s"}' % deep)
+    assert answer.status_code == 422 and "nests too deeply" in _refusal(answer)
+    answer = client.post("/gradio_api/cancel", content=deep.encode())
+    assert answer.status_code == 400 and "nests too deeply" in answer.json()["detail"]
+    # Not JSON at all, or a valid body: passed on unchanged (Gradio answers it).
+    assert client.post("/gradio_api/mcp/", content=b"{not json").text == "{not json"
+    body = '{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}'
+    assert client.post("/gradio_api/mcp/", content=body.encode()).text == body
+
+
+def test_the_run_route_is_off_and_gradios_queue_does_not_answer_floods(monkeypatch):
+    """/run/<api> ran queued handlers outside the queue (a bare 500 on any error; a
+    generator's answer after its first yield); Gradio's queue refused a flood's joins before
+    the fair queue could tell the flooder its session was busy."""
+    from vgen.ui import server
+
+    monkeypatch.setenv("VGEN_QUEUE_SIZE", "2")
+    settings = server.queue_settings()
+    assert settings["api_open"] is False
+    assert settings["max_size"] >= server.GRADIO_QUEUE_SIZE >= 50  # the flood case's 50 joins
+    monkeypatch.setenv("VGEN_QUEUE_SIZE", "1000")
+    assert server.queue_settings()["max_size"] >= 1001  # still bounded, above the fair queue's
 
 
 def test_each_session_has_its_own_job(monkeypatch):
     """Two handlers running at once: cancelling one leaves the other's engine running."""
-    import app
     from vgen.errors import CancelledError
+    from vgen.ui import handlers
+    from vgen.ui.tabs.text_to_image import generate_images
 
     events = {k: threading.Event() for k in ("a_started", "b_started", "release")}
     cancelled = []
@@ -455,11 +554,13 @@ def test_each_session_has_its_own_job(monkeypatch):
             time.sleep(0.01)
         raise InvalidRequestError(f"done {request.prompt}")
 
-    monkeypatch.setattr(app, "_engine_call", engine)
+    monkeypatch.setenv("VGEN_CONCURRENCY", "2")  # both run at once
+    monkeypatch.setattr(handlers, "engine_call", engine)
+    handlers.configure()  # a fresh fair queue with two slots
 
     async def scenario():
-        task_a = asyncio.ensure_future(_drain(app.generate_images("a")))
-        task_b = asyncio.ensure_future(_drain(app.generate_images("b")))
+        task_a = asyncio.ensure_future(_drain(generate_images("a")))
+        task_b = asyncio.ensure_future(_drain(generate_images("b")))
         while not (events["a_started"].is_set() and events["b_started"].is_set()):
             await asyncio.sleep(0.01)
         task_a.cancel()  # A's Stop
@@ -468,7 +569,10 @@ def test_each_session_has_its_own_job(monkeypatch):
         events["release"].set()
         return await task_b
 
-    assert asyncio.run(scenario()) == "done b"
+    try:
+        assert asyncio.run(scenario()) == "done b"
+    finally:
+        handlers.configure()
     assert cancelled == ["a"]
 
 

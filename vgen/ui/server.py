@@ -15,10 +15,11 @@ Hardening: every value from a browser or API caller goes through the engine's ch
 checked (format allow-list, pixel cap before decoding) before Gradio decodes them; only
 Gradio's upload/cache folder is served (``allowed_paths`` empty, secrets and the project folder
 in ``blocked_paths``); request bodies are bounded; the fair queue bounds jobs per session and
-in all. A file path in a request that was not uploaded here is refused by Gradio itself; the
-caller hears only "Error" then, since Gradio's public API has no hook to word that refusal (its
-own text would list the server's blocked folders, and ``show_error`` would show every
-unexpected error's text).
+in all; ``guard.RequestGuard`` reads every API request's JSON body first and refuses, with a
+message naming the input, NaN/Infinity, deep nesting, files not uploaded here and file URLs to
+private hosts (Gradio's own checks stay the second line; its texts would list the server's
+folders, and ``show_error`` would show every unexpected error's text); the non-queued
+``/run/<api>`` route is off for queued events.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from vgen import config
 
 from . import handlers
 from .components import CSS
+from .guard import RequestGuard
 
 logger = logging.getLogger("vgen.ui")
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}  # Gradio's units for max_file_size
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}  # Gradio's (gradio.utils.FileSize)
 
 
 def parse_size(variable: str, text: str) -> int:
@@ -51,11 +53,23 @@ def parse_size(variable: str, text: str) -> int:
     return size
 
 
+# Gradio's queue holds an engine event only from its join until Gradio starts its handler
+# (concurrency_limit=None: at once), where the fair queue admits or refuses it; so a burst of
+# joins must fit here, or Gradio answers "Queue is full" before the fair queue can tell a flooder
+# that its session is busy. Non-engine events (quick UI updates) wait here too: still bounded.
+GRADIO_QUEUE_SIZE = 256
+
+
 def queue_settings() -> dict:
     """Gradio's queue: engine events skip its concurrency limit (the fair queue in
-    ``vgen.ui.queueing`` orders them); this bounds what else may wait."""
-    return dict(default_concurrency_limit=config.concurrency(),
-                max_size=config.queue_size() + config.concurrency())
+    ``vgen.ui.queueing`` orders and bounds them); ``max_size`` bounds what else may wait (and
+    a burst of joins, see ``GRADIO_QUEUE_SIZE``). ``api_open=False``: the non-queued
+    ``/run/<api>`` route (Gradio's own switch) answers 404 for queued events; it would run a
+    handler outside the queue (no fair queue order; a generator's answer after its first
+    yield, its job left running) and answer any error with a bare 500. gradio_client and the
+    MCP server use the queue."""
+    return dict(default_concurrency_limit=config.concurrency(), api_open=False,
+                max_size=max(GRADIO_QUEUE_SIZE, 4 * (config.queue_size() + config.concurrency())))
 
 
 def blocked_paths() -> list[str]:
@@ -180,8 +194,10 @@ def launch_settings() -> dict:
         blocked_paths=blocked_paths(),
         enable_monitoring=False,  # /monitoring/summary would show every event's timing
         mcp_server=config.mcp_server(),  # None: Gradio's own GRADIO_MCP_SERVER decides
+        # BodySizeLimit first: RequestGuard reads the (then bounded) JSON bodies whole.
         app_kwargs={"middleware": [Middleware(BodySizeLimit, max_body=max_body,
-                                              max_upload=max_file + 64 * 1024)],
+                                              max_upload=max_file + 64 * 1024),
+                                   Middleware(RequestGuard)],
                     "exception_handlers": {KeyError: _unknown_event}},
         css=CSS,
     )
