@@ -112,7 +112,9 @@ def test_results_gallery_fits_one_and_four_images(page):
     of its second row."""
     for images, seed in ((1, 50), (4, 60)):
         _generate(page, 1, seed, images)
-        wait_for_text(page.locator(INFO), rf"seeds? {seed}\b")
+        info = wait_for_text(page.locator(INFO), rf"seeds? {seed}\b")
+        # Width, Height and Guidance left at 0: the model's defaults (the js sends them as null).
+        assert "64×64" in info and "guidance 7.5" in info, info
         page.locator("#t2i-gallery").get_by_text(f"seed {seed + images - 1}").wait_for()
         time.sleep(0.5)  # laid out
         assert gallery_images(page, "t2i-gallery").count() == images
