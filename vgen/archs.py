@@ -47,6 +47,9 @@ SDXL_TEXT_2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, n
                    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu",
                    projection_dim=1280)
 SDXL_VAE = dict(SD_VAE, scaling_factor=0.13025, force_upcast=True)
+# GLIGEN text-box (masterful/gligen-1-4-generation-text-box): SD 1.4's UNet with a gated
+# self-attention layer per transformer block and a position net (attention_type "gated").
+GLIGEN_UNET = dict(SD15_UNET, attention_type="gated")
 
 # name: (pipeline class, unet config, text configs, vae config, scheduler, native size)
 ARCHS = {
@@ -56,21 +59,25 @@ ARCHS = {
                          (SD15_TEXT,), SD_VAE, "EulerAncestralDiscreteScheduler", 512),
     "sdxl-turbo": ("StableDiffusionXLPipeline", SDXL_UNET, (SD15_TEXT, SDXL_TEXT_2), SDXL_VAE,
                    "EulerAncestralDiscreteScheduler", 512),
+    "gligen": ("StableDiffusionGLIGENPipeline", GLIGEN_UNET, (SD15_TEXT,), SD_VAE, "PNDMScheduler", 512),
 }
 HUB_REPOS = {
     "sd-turbo": "stabilityai/sd-turbo",
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "instruct-pix2pix": "timbrooks/instruct-pix2pix",
     "sdxl-turbo": "stabilityai/sdxl-turbo",
+    "gligen": "masterful/gligen-1-4-generation-text-box",
 }
 
 
-def _stand_in_tokenizer():
+def stand_in_tokenizer():
     """A CLIP-shaped tokenizer (max length 77) whose ids fit a 49408-token vocabulary."""
     from vgen.shapes.tokenizer import build_tokenizer
 
     return build_tokenizer(max_length=77)
 
+
+_stand_in_tokenizer = stand_in_tokenizer  # the old name, until vgen/bench_models.py uses the new one
 
 TINY_SIZE = 64  # native size of the tiny versions (8x8 latents)
 
@@ -108,7 +115,7 @@ def build_arch(name: str, seed: int = 0, tiny: bool = False):
     if tiny:
         unet_cfg, text_cfgs, vae_cfg = tiny_configs(name)
     torch.manual_seed(seed)
-    tok = _stand_in_tokenizer()
+    tok = stand_in_tokenizer()
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     texts = [CLIPTextModel(CLIPTextConfig(**text_cfgs[0], **ids))]
     if len(text_cfgs) > 1:

@@ -270,7 +270,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         train_edit(cfg, resume=a.resume, log=lambda m: print(m, flush=True),
                    reset_optimizer=a.reset_optimizer)
         return 0
-    raise VgenError(f"unknown training target {a.what!r}; known: shapes, lm, edit")
+    if a.what in ("grounded", "planner"):  # issue #22: vgen/shapes/grounded_cli.py
+        from .shapes.grounded_cli import train as grounded_train
+
+        return grounded_train(a, _run_overrides(a))
+    raise VgenError(f"unknown training target {a.what!r}; known: shapes, lm, edit, grounded, planner")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -290,7 +294,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from .shapes.lm_eval import main as lm_eval_main
 
         return lm_eval_main(a)
-    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes, attention, edit, lm")
+    if a.what in ("grounded", "planner"):  # issue #22: vgen/shapes/grounded_cli.py
+        from .shapes.grounded_cli import evaluate as grounded_eval
+
+        return grounded_eval(a)
+    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes, attention, edit, lm, grounded, planner")
 
 
 def cmd_compare(a: argparse.Namespace) -> int:

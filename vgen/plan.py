@@ -1,0 +1,170 @@
+"""Plan the picture: a language model turns a description into layouts (objects in boxes,
+``vgen.layout``) for a grounded generator to draw (LayoutGPT, Feng et al. 2023; LMD, Lian et al.
+2023).
+
+``plan(PlanRequest) -> PlanResult``: variant ``i`` is sampled with seed ``seed + i`` by a private
+``torch.Generator`` (temperature sampling), so a layout depends only on the planner, its
+revision, the prompt, the seed and the temperature — reproducible like ``/expand``. An output
+that does not parse is a :class:`~vgen.shapes.planner.PlanParseError` showing the raw text, or,
+with ``on_unparsable="next_seed"``, the next seeds are tried (up to ``max_tries``) and the seed
+that gave the layout is the one recorded in ``PlanResult.seeds``.
+
+Offline planner: ``checkpoints/vgen-shapes-planner`` (``python -m vgen train planner``), a small
+GPT-2 prompted with ``<bos> DESCRIPTION ;`` that writes ``PHRASE [ x0 y0 x1 y1 ] ...`` in pixels
+of the 64×64 image (``vgen/shapes/planner.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidRequestError
+from .layout import Layout
+
+DEFAULT_PLANNER = "vgen-shapes-planner"
+MAX_VARIANTS = 16
+MAX_PROMPT_CHARS = 500
+DEFAULT_TEMPERATURE = 0.7
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    prompt: str
+    planner: str | None = None  # None: the embedded vgen-shapes-planner
+    seed: int = 0
+    num_variants: int = 1
+    temperature: float = DEFAULT_TEMPERATURE
+    on_unparsable: str = "raise"  # or "next_seed"
+    max_tries: int = 4  # seeds tried per variant with "next_seed"
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    layouts: tuple[Layout, ...]
+    seeds: tuple[int, ...]  # the seed that produced each layout
+    texts: tuple[str, ...]  # each layout as the planner wrote it
+    planner: str
+    revision: str = ""
+    prompt: str = ""
+    temperature: float = DEFAULT_TEMPERATURE
+    skipped_seeds: tuple[int, ...] = field(default_factory=tuple)  # unparsable, with next_seed
+
+
+def check_plan_request(req: PlanRequest) -> PlanRequest:
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise InvalidRequestError("the prompt to plan must be non-empty text")
+    if len(req.prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequestError(f"the prompt to plan must be at most {MAX_PROMPT_CHARS} characters")
+    if isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed < 2**32:
+        raise InvalidRequestError(f"seed must be an integer from 0 to {2**32 - 1}, got {req.seed!r}")
+    n = req.num_variants
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_VARIANTS:
+        raise InvalidRequestError(f"num_variants must be an integer from 1 to {MAX_VARIANTS}, got {n!r}")
+    t = req.temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 2.0:
+        raise InvalidRequestError(f"temperature must be a number from 0 to 2, got {t!r}")
+    if req.on_unparsable not in ("raise", "next_seed"):
+        raise InvalidRequestError("on_unparsable must be 'raise' or 'next_seed'")
+    if not 1 <= req.max_tries <= 16:
+        raise InvalidRequestError("max_tries must be from 1 to 16")
+    return req
+
+
+@dataclass
+class _Loaded:
+    model: object
+    tok: object
+    ref: str
+    revision: str
+
+
+_CACHE: dict[str, _Loaded] = {}
+_LOCK = threading.Lock()
+
+
+def _load(ref: str) -> _Loaded:
+    with _LOCK:
+        if ref not in _CACHE:
+            from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+            from .shapes.train_edit import init_folder
+
+            folder = Path(ref) if Path(ref).is_dir() else (
+                Path("checkpoints") / ref if (Path("checkpoints") / ref).is_dir() else init_folder(ref))
+            model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
+            tok = PreTrainedTokenizerFast.from_pretrained(folder)
+            meta = folder / "training.json"
+            revision = f"step {json.loads(meta.read_text())['step']}" if meta.exists() else ""
+            _CACHE[ref] = _Loaded(model, tok, ref, revision)
+        return _CACHE[ref]
+
+
+def _sample(lm: _Loaded, prompt_ids: list[int], seed: int, temperature: float) -> str:
+    """One continuation, token by token from a private generator (greedy at temperature 0)."""
+    import torch
+
+    from .shapes.planner import MAX_POSITIONS
+
+    gen = torch.Generator("cpu").manual_seed(seed)
+    ids = list(prompt_ids)
+    out: list[int] = []
+    eos = lm.tok.eos_token_id
+    with torch.no_grad():
+        # The whole sequence each step (at most 96 tokens of a 1 M-parameter model): no cache
+        # API to depend on, and the same logits whatever transformers release.
+        for _ in range(MAX_POSITIONS - len(prompt_ids)):
+            x = torch.tensor([ids])
+            logits = lm.model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, -1].float()
+            if temperature == 0:
+                nxt = int(logits.argmax())
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                nxt = int(torch.multinomial(probs, 1, generator=gen))
+            if nxt == eos:
+                break
+            out.append(nxt)
+            ids.append(nxt)
+    tokens = lm.tok.convert_ids_to_tokens(out)
+    return " ".join(t for t in tokens if t not in lm.tok.all_special_tokens)
+
+
+def plan(req: PlanRequest) -> PlanResult:
+    """``req.num_variants`` layouts for ``req.prompt``; variant ``i`` from seed ``seed + i``
+    (with ``next_seed``, an unparsable variant moves on to the seeds after the last one used)."""
+    from .shapes.planner import PlanParseError, parse_plan_text, prompt_text
+
+    req = check_plan_request(req)
+    ref = req.planner or DEFAULT_PLANNER
+    lm = _load(ref)
+    prompt_ids = lm.tok(prompt_text(req.prompt)).input_ids
+    layouts, seeds, texts, skipped = [], [], [], []
+    next_free = req.seed + req.num_variants  # seeds past the variants' own, for retries
+    for i in range(req.num_variants):
+        candidates = [req.seed + i]
+        if req.on_unparsable == "next_seed":
+            candidates += list(range(next_free, next_free + req.max_tries - 1))
+        last_error = None
+        for s in candidates:
+            text = _sample(lm, prompt_ids, s, float(req.temperature))
+            try:
+                layout = parse_plan_text(text)
+            except PlanParseError as e:
+                last_error = e
+                skipped.append(s)
+                if s >= next_free:
+                    next_free = s + 1
+                continue
+            layouts.append(layout)
+            seeds.append(s)
+            texts.append(text)
+            if s >= next_free:
+                next_free = s + 1
+            break
+        else:
+            raise PlanParseError(f"planner {ref} at seed {candidates[0]}: {last_error}",
+                                 getattr(last_error, "raw", ""))
+    return PlanResult(tuple(layouts), tuple(seeds), tuple(texts), ref, lm.revision, req.prompt,
+                      float(req.temperature), tuple(skipped))

@@ -1,0 +1,345 @@
+"""Train the grounded shapes model: ``python -m vgen train grounded [--minutes M] [--resume]``.
+
+A GLIGEN model (Li et al. 2023) fine-tuned from the embedded text-to-image model on the shapes
+world's (scene, caption, exact boxes), saved as a stock diffusers ``StableDiffusionGLIGENPipeline``
+(``gligen_phrases`` / ``gligen_boxes``):
+
+1. start from the text-to-image model (``checkpoints/vgen-shapes``, read once): its tokenizer
+   (the end token moved to the last id, ``gligen.move_eos_last``, so the pooled phrase
+   embedding the pipeline uses is taken at the end token), text encoder, VAE and UNet; the UNet
+   rebuilt with ``attention_type="gated"``, every weight copied, the gated self-attention layers
+   and the ``position_net`` new with their gates at zero, so step 0 draws what the
+   text-to-image model draws;
+2. as GLIGEN does, train only the new layers (the base model stays frozen, so with the
+   grounding off — the pipeline's ``gligen_scheduled_sampling_beta`` — the later steps run the
+   unchanged text-to-image model): v-prediction on the init model's schedule, min-SNR /
+   truncated-SNR weighting, EMA weights; each training image comes with its caption (the text
+   trainer's own data pipeline, ``train.sample_batch``, caption dropout included) and every
+   object's phrase and exact box, encoded as the pipeline encodes them.
+
+State: ``runs/grounded/state.pt`` every ``save_every`` steps (weights, optimizer, EMA, RNG;
+resumable with ``--resume``, never committed). The model folder is written only when the run
+ends (its step budget or ``--minutes``, or SIGTERM/SIGINT), beside its final place and swapped
+in whole: an interrupted run never leaves a half-changed checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import gligen, world
+from .export import partial_folder, publish, stop_on_signals
+from .model import pin_posterior_std
+from .train import (
+    EMA,
+    TimeBudget,
+    autocast,
+    batch_stream,
+    channels_first,
+    fix_tokenizer_class,
+    learning_rate,
+    sample_batch,
+    snr_loss_weight,
+    to_unit,
+    train_device,
+)
+from .train_edit import init_folder, train_scheduler_for
+
+DEFAULT_BETA = 0.3  # diffusers' gligen_scheduled_sampling_beta default, until the eval picks one
+
+
+@dataclass
+class GroundedTrainConfig:
+    init: str = "checkpoints/vgen-shapes"
+    out: str = "checkpoints/vgen-shapes-grounded"
+    state_dir: str = "runs/grounded"
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 5e-4  # the new layers only; the base model stays frozen (GLIGEN)
+    gate_lr_mult: float = 5.0  # the zero-initialised gates: Adam moves a scalar ~lr a step
+    warmup: int = 100
+    cfg_dropout: float = 0.1  # caption dropout, as the text-to-image run's (guidance)
+    repeat_prob: float = 0.5  # the text-to-image run's data mix (train.TrainConfig)
+    phrase_prob: float = 0.8
+    ema_decay: float = 0.998
+    min_snr_gamma: float = 5.0
+    snr_floor: float = 1.0
+    # The share of examples whose noise level is drawn from the noisier half of the schedule
+    # (t >= 500) rather than all of it: the pipeline grounds only the first
+    # gligen_scheduled_sampling_beta of the sampling steps, the noisiest, where the layout of
+    # the picture is decided; on a CPU budget the fusers train mostly where they are used.
+    high_noise_share: float = 0.5
+    decay_start: int | None = None  # cosine decay from here to ``steps`` (train.learning_rate)
+    lr_min_ratio: float = 0.1
+    save_every: int = 100  # resumable state (runs/), not an export
+    log_every: int = 25
+    seed: int = 0
+    beta: float = DEFAULT_BETA  # the card's gligen_scheduled_sampling_beta
+    device: str = "auto"
+    workers: int = 0
+    minutes: float | None = None  # a wall-clock budget (train.TimeBudget)
+
+
+def grounded_batch(rng: random.Random, batch: int, cfg_dropout: float, repeat_prob: float,
+                   phrase_prob: float):
+    """One batch: uint8 images (B, 3, 64, 64), B captions ("" for the dropped ones), and each
+    image's layout as JSON text (phrases worded at random, exact boxes; cheap to pass between
+    processes)."""
+    images, texts, scenes = sample_batch(rng, batch, cfg_dropout, with_scenes=True,
+                                         repeat_prob=repeat_prob, phrase_prob=phrase_prob)
+    layouts = [gligen.scene_layout(s, rng).to_json() for s in scenes]
+    return channels_first(images), texts, layouts
+
+
+class GroundedTrainer:
+    def __init__(self, cfg: GroundedTrainConfig, log=print):
+        self.cfg, self.log = cfg, log
+        torch.manual_seed(cfg.seed)
+        gligen.quiet_loading()
+        self.device = train_device(cfg.device)
+        self.step = 0
+        self.warmup_from = 0
+        self.rng = random.Random(cfg.seed)
+        self.state_path = Path(cfg.state_dir) / "state.pt"
+        self.init_info: dict = {}
+        self.phrase_cache: dict[str, torch.Tensor] = {}
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _set_parts(self, tok, text, vae, unet, sample_scheduler) -> None:
+        dev = self.device
+        self.tok, self.text, self.vae, self.unet = tok, text.to(dev), vae.to(dev), unet.to(dev)
+        self.sample_scheduler = sample_scheduler
+        self.noise = train_scheduler_for(sample_scheduler)
+        self.alphas_cumprod = self.noise.alphas_cumprod.to(dev)
+        for part in (self.text, self.vae, self.unet):
+            part.requires_grad_(False).eval()
+        named = gligen.new_parameters(self.unet)
+        for _, p in named:
+            p.requires_grad_(True)
+        gates = [p for n, p in named if n.endswith(("alpha_attn", "alpha_dense"))]
+        rest = [p for n, p in named if not n.endswith(("alpha_attn", "alpha_dense"))]
+        self.params = rest + gates
+        self.opt = torch.optim.AdamW(
+            [{"params": rest, "lr_mult": 1.0},
+             {"params": gates, "lr_mult": self.cfg.gate_lr_mult, "weight_decay": 0.0}],
+            lr=self.cfg.lr, weight_decay=0.01)
+        self.ema = EMA(self.params, self.cfg.ema_decay)
+        self.phrase_cache = {}
+
+    def start_from_init(self) -> None:
+        """Step 1 of the module docstring."""
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+        folder = init_folder(self.cfg.init)
+        t2i = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
+        tok, text = gligen.move_eos_last(t2i.tokenizer, t2i.text_encoder)
+        unet = gligen.gated_unet(t2i.unet)
+        self._set_parts(tok, text, t2i.vae, unet,
+                        DPMSolverMultistepScheduler.from_config(t2i.scheduler.config))
+        meta = folder / "training.json"
+        self.init_info = {"init": str(self.cfg.init),
+                          "init_step": json.loads(meta.read_text()).get("step") if meta.exists() else None}
+        n_new = sum(p.numel() for p in self.params)
+        n_all = sum(p.numel() for p in self.unet.parameters())
+        self.log(f"initialised from {folder} (text-to-image step {self.init_info['init_step']}); "
+                 f"gated UNet {n_all / 1e6:.2f} M parameters, {n_new / 1e6:.2f} M new (trained)")
+
+    def resume(self) -> bool:
+        """Restore from the saved training state (every part, optimizer, EMA, RNG)."""
+        if not self.state_path.exists():
+            return False
+        from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+        from tokenizers import Tokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+        st = torch.load(self.state_path, weights_only=False, map_location="cpu")
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(st["tokenizer"]),
+                                      **st["tokenizer_special"])
+        text = CLIPTextModel(CLIPTextConfig.from_dict(st["text_config"]))
+        vae = AutoencoderKL.from_config(st["vae_config"])
+        unet = UNet2DConditionModel.from_config(st["unet_config"])
+        text.load_state_dict(st["text"])
+        vae.load_state_dict(st["vae"])
+        unet.load_state_dict(st["unet"])
+        self._set_parts(tok, text, vae, unet,
+                        DPMSolverMultistepScheduler.from_config(st["scheduler_config"]))
+        self.ema.shadow = [s.to(self.device) for s in st["ema"]]
+        self.opt.load_state_dict(st["opt"])
+        self.step, self.warmup_from, self.init_info = st["step"], st["warmup_from"], st["init_info"]
+        self.rng.setstate(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        self.log(f"resumed from {self.state_path}: step {self.step}")
+        return True
+
+    def save_state(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "tokenizer": self.tok.backend_tokenizer.to_str(),
+                "tokenizer_special": dict(
+                    bos_token=self.tok.bos_token, eos_token=self.tok.eos_token,
+                    unk_token=self.tok.unk_token, pad_token=self.tok.pad_token,
+                    model_max_length=self.tok.model_max_length),
+                "text_config": self.text.config.to_dict(), "text": self.text.state_dict(),
+                "vae_config": dict(self.vae.config), "vae": self.vae.state_dict(),
+                "unet_config": dict(self.unet.config), "unet": self.unet.state_dict(),
+                "scheduler_config": dict(self.sample_scheduler.config),
+                "opt": self.opt.state_dict(), "ema": self.ema.shadow, "step": self.step,
+                "warmup_from": self.warmup_from, "init_info": self.init_info,
+                "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
+        tmp.replace(self.state_path)  # atomic: a kill mid-save never corrupts the state
+
+    # -- one step -------------------------------------------------------------------------------
+    def batches(self):
+        c = self.cfg
+        make = functools.partial(grounded_batch, batch=c.batch, cfg_dropout=c.cfg_dropout,
+                                 repeat_prob=c.repeat_prob, phrase_prob=c.phrase_prob)
+        return batch_stream(make, self.rng, c.workers, f"grounded:{c.seed}:{self.step}")
+
+    def phrase_embeddings(self, phrases) -> dict:
+        """Pooled phrase embeddings, computed once per phrase (the text encoder is frozen; the
+        world has a few hundred phrasings)."""
+        new = sorted({p for p in phrases if p not in self.phrase_cache})
+        if new:
+            for p, e in zip(new, gligen.encode_phrases(self.tok, self.text, new)):
+                self.phrase_cache[p] = e
+        return self.phrase_cache
+
+    def step_once(self, batch) -> float:
+        from ..layout import Layout
+
+        c, dev = self.cfg, self.device
+        images, texts, layout_json = batch
+        layouts = [Layout.from_json(j) for j in layout_json]
+        b = len(texts)
+        with torch.no_grad():
+            z0 = self.vae.encode(to_unit(images.to(dev))).latent_dist.mean
+            z0 = z0 * self.vae.config.scaling_factor  # (B, 4, 16, 16)
+            ids = self.tok(texts, padding="max_length", max_length=self.tok.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids.to(dev)
+            cond = self.text(ids).last_hidden_state  # (B, 32, D)
+            emb = self.phrase_embeddings([p for lay in layouts for p in lay.phrases])
+            grounding = gligen.gligen_kwargs(layouts, emb, self.unet.config.cross_attention_dim,
+                                             dev, z0.dtype)
+        noise = torch.randn_like(z0)
+        n_t = self.noise.config.num_train_timesteps
+        t = torch.randint(0, n_t, (b,), device=dev)
+        high = torch.rand(b, device=dev) < c.high_noise_share
+        t = torch.where(high, torch.randint(n_t // 2, n_t, (b,), device=dev), t)
+        zt = self.noise.add_noise(z0, noise, t)
+        target = (self.noise.get_velocity(z0, noise, t)
+                  if self.noise.config.prediction_type == "v_prediction" else noise)
+        with autocast(dev):
+            pred = self.unet(zt, t, cond, cross_attention_kwargs={"gligen": grounding}).sample
+        w = snr_loss_weight(self.alphas_cumprod[t], self.noise.config.prediction_type,
+                            c.min_snr_gamma, c.snr_floor)
+        loss = (w * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        lr = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start, c.steps,
+                           c.lr_min_ratio)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.ema.update(self.step)
+        return loss.item()
+
+    def gates(self) -> float:
+        """Mean |tanh(alpha)| of the gated layers: how much the grounding is let in."""
+        vals = [p.detach().tanh().abs().item() for n, p in self.unet.named_parameters()
+                if n.endswith(("alpha_attn", "alpha_dense"))]
+        return float(np.mean(vals)) if vals else 0.0
+
+    # -- export -----------------------------------------------------------------------------------
+    def export(self, out: str | Path | None = None):
+        """The pipeline (EMA weights of the new layers) as fp16 safetensors in shards under 8 MB:
+        under 25 MB in all, no file over 10 MB."""
+        from diffusers import StableDiffusionGLIGENPipeline
+
+        from .card_grounded import write_card
+
+        final = Path(out or self.cfg.out)
+        tmp = partial_folder(final)
+        unet = copy.deepcopy(self.unet)
+        trained = [p for _, p in gligen.new_parameters(unet)]
+        names = [n for n, _ in gligen.new_parameters(unet)]
+        order = ([p for n, p in zip(names, trained) if not n.endswith(("alpha_attn", "alpha_dense"))]
+                 + [p for n, p in zip(names, trained) if n.endswith(("alpha_attn", "alpha_dense"))])
+        self.ema.copy_to(order)
+        pipe = StableDiffusionGLIGENPipeline(
+            vae=pin_posterior_std(copy.deepcopy(self.vae)), text_encoder=copy.deepcopy(self.text),
+            tokenizer=self.tok, unet=unet, scheduler=copy.deepcopy(self.sample_scheduler),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        ).to(torch.float16)
+        pipe.save_pretrained(tmp, safe_serialization=True, max_shard_size="8MB")
+        fix_tokenizer_class(tmp)
+        meta = {
+            "step": self.step, "batch": self.cfg.batch, "samples_seen": self.step * self.cfg.batch,
+            "world_spec": world.SPEC_VERSION, "trained": "GLIGEN layers only (fusers, position_net)",
+            **self.init_info, "config": asdict(self.cfg),
+        }
+        publish(tmp, final, meta, write_card)
+        return pipe
+
+    # -- loop -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        with stop_on_signals() as stop:
+            self._loop(stop)
+
+    def _loop(self, stop: threading.Event) -> None:
+        c = self.cfg
+        t0, losses = time.time(), []
+        run_t0, run_step0 = t0, self.step
+        batches, budget = self.batches(), TimeBudget(c.minutes, self.step, c)
+        while self.step < c.steps and not stop.is_set() and not budget.expired():
+            losses.append(self.step_once(next(batches)))
+            self.step += 1
+            budget.after_step(self.step, self.log)
+            if self.step % c.log_every == 0:
+                self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f} gates "
+                         f"{self.gates():.3f} ({(time.time() - t0) / len(losses):.2f} s/step)")
+                t0, losses = time.time(), []
+            if self.step % c.save_every == 0:
+                self.save_state()
+        run_s, run_steps = time.time() - run_t0, self.step - run_step0
+        self.save_state()
+        self.export()
+        self.log(f"done: step {self.step}, exported to {c.out} ({run_steps} steps in this run, "
+                 f"{run_s / max(1, run_steps):.2f} s/step)")
+
+
+def export_from_state(state_dir: str | Path, out: str | Path, log=print) -> Path:
+    """Export the weights of a (running) run's saved state to ``out`` without touching the run:
+    to evaluate a run midway. Its model folder is only written when it ends."""
+    cfg = GroundedTrainConfig(state_dir=str(state_dir), out=str(out))
+    trainer = GroundedTrainer(cfg, log=log)
+    if not trainer.resume():
+        raise FileNotFoundError(f"no training state in {state_dir}")
+    trainer.export(out)
+    return Path(out)
+
+
+def train_grounded(cfg: GroundedTrainConfig, resume: bool = False, log=print) -> GroundedTrainer:
+    """Entry point of ``python -m vgen train grounded``."""
+    trainer = GroundedTrainer(cfg, log=log)
+    if not (resume and trainer.resume()):
+        if resume:
+            log("nothing to resume from; starting from the text-to-image model")
+        trainer.start_from_init()
+    trainer.run()
+    return trainer
