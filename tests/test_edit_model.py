@@ -233,19 +233,23 @@ def test_train_smoke_saves_reloads_edits_and_evaluates(tiny_models, tmp_path, mo
 # ---- the app ---------------------------------------------------------------------------------------
 
 def test_instruct_mode_offers_the_embedded_editor_when_it_is_here(tiny_models, tmp_path, monkeypatch):
-    import app
+    from vgen.catalog import default_model
+    from vgen.ui.components import EDIT_TASKS, model_choices
+    from vgen.ui.tabs.edit import on_mode_change
 
+    monkeypatch.delenv("VGEN_DEFAULT_EDIT_MODEL", raising=False)
+    monkeypatch.delenv("VGEN_DEFAULT_MODEL", raising=False)
     if SHIPPED.exists():
-        assert app.on_mode_change("instruct", "vgen-shapes")[0] == EMBEDDED_EDIT_MODEL
+        assert on_mode_change("instruct", "vgen-shapes")[0] == EMBEDDED_EDIT_MODEL
         return
     monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tmp_path))
-    assert app.on_mode_change("instruct", "vgen-shapes")[0] == "timbrooks/instruct-pix2pix"
-    assert EMBEDDED_EDIT_MODEL not in [ref for _, ref in app.model_choices(app.EDIT_TASKS)]
+    assert on_mode_change("instruct", "vgen-shapes")[0] == "timbrooks/instruct-pix2pix"
+    assert EMBEDDED_EDIT_MODEL not in [ref for _, ref in model_choices(EDIT_TASKS)]
     (tmp_path / EMBEDDED_EDIT_MODEL).symlink_to(tiny_models["instruct"], target_is_directory=True)
     monkeypatch.setenv("VGEN_MODEL_ROOTS", f"{tmp_path}{os.pathsep}{tiny_models['root']}")
-    assert app.on_mode_change("instruct", "vgen-shapes")[0] == EMBEDDED_EDIT_MODEL
-    assert EMBEDDED_EDIT_MODEL in [ref for _, ref in app.model_choices(app.EDIT_TASKS)]
-    assert app.on_mode_change("img2img", EMBEDDED_EDIT_MODEL)[0] == app.default_model()
+    assert on_mode_change("instruct", "vgen-shapes")[0] == EMBEDDED_EDIT_MODEL
+    assert EMBEDDED_EDIT_MODEL in [ref for _, ref in model_choices(EDIT_TASKS)]
+    assert on_mode_change("img2img", EMBEDDED_EDIT_MODEL)[0] == default_model()
 
 
 # ---- the shipped model -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The Features tab: the ``/attention`` endpoint of the real app (a subprocess with the tiny
-models, the ``served`` / ``client`` fixtures of test_app.py) and the tab's pure helpers
-(word picker, map -> inpainting mask -> Edit tab round trip, Text to Image -> Features)."""
+"""The Features tab (``vgen.ui.tabs.features``): the ``/attention`` endpoint of the real app
+(``hardened_app``: a subprocess with the tiny models) and the tab's helpers (word picker,
+map -> inpainting mask -> Edit tab round trip, Text to Image -> Features, the handlers run in
+process on the tiny model)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("gradio_client")
 
-from test_app import client, served  # noqa: E402,F401  (module-scoped fixtures)
+from vgen.ui.demo import build_demo  # noqa: E402
+from vgen.ui.forms import editor_image_and_mask  # noqa: E402
+from vgen.ui.tabs import edit, features  # noqa: E402
 
-import app  # noqa: E402
+
+@pytest.fixture(scope="module")
+def client(hardened_app, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(hardened_app.url, verbose=False,
+                  download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
-def test_attention_endpoint(client):  # noqa: F811
+def test_attention_endpoint(client):
     api = client.view_api(return_format="dict", print_info=False)
     params = [p["parameter_name"] for p in api["named_endpoints"]["/attention"]["parameters"]]
     assert params == ["prompt", "model", "seed", "steps", "negative_prompt"]
@@ -33,7 +42,7 @@ def test_attention_endpoint(client):  # noqa: F811
     assert Image.open(again).tobytes() == picture.tobytes()
 
 
-def test_attention_endpoint_errors(client):  # noqa: F811
+def test_attention_endpoint_errors(client):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="steps"):
@@ -57,23 +66,24 @@ class _Tokens:
 
 def test_word_choices():
     maps = _Tokens(["0:a", "1:red", "2:a"])
-    assert app.word_choices(maps) == [("0:a", "0:a"), ("red", "1:red"), ("2:a", "2:a")]
-    keys = [k for _, k in app.word_choices(maps, include_special=True)]
+    assert features.word_choices(maps) == [("0:a", "0:a"), ("red", "1:red"), ("2:a", "2:a")]
+    keys = [k for _, k in features.word_choices(maps, include_special=True)]
     assert keys == ["-1:<start>", "0:a", "1:red", "2:a", "3:<end>"]
 
 
 def test_mask_round_trips_through_the_editor(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(features, "cache_dir", lambda: tmp_path)
     image = Image.new("RGB", (64, 64), "white")
     ImageDraw.Draw(image).rectangle([40, 20, 59, 39], fill="blue")
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle([40, 20, 59, 39], fill=255)
-    value = app.mask_editor_value(image, mask)
+    value = features.mask_editor_value(image, mask)
     assert all(Path(p).is_relative_to(tmp_path) for p in [value["background"], *value["layers"]])
     layer = Image.open(value["layers"][0])
-    assert layer.mode == "RGBA" and layer.getpixel((50, 30)) == (255, 255, 255, 255)
+    assert layer.mode == "RGBA" and layer.getpixel((50, 30)) == features.MASK_RGBA
+    assert value["composite"] is None  # the editor draws the background and the layer
     assert layer.getpixel((5, 5))[3] == 0
-    source, back = app.editor_image_and_mask(value, "inpaint")
+    source, back = editor_image_and_mask(value, "inpaint")
     assert source.tobytes() == image.tobytes()
     assert np.array_equal(np.asarray(back), np.asarray(mask))
 
@@ -81,7 +91,7 @@ def test_mask_round_trips_through_the_editor(tmp_path, monkeypatch):
 def test_use_as_mask_sends_to_edit(tmp_path, monkeypatch):
     import gradio as gr
 
-    monkeypatch.setattr(app, "_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(features, "cache_dir", lambda: tmp_path)
 
     class Maps:
         def to_mask(self, key, threshold, **filters):
@@ -91,24 +101,26 @@ def test_use_as_mask_sends_to_edit(tmp_path, monkeypatch):
             ImageDraw.Draw(m).rectangle([0, 0, 9, 9], fill=255)
             return m
 
-    state = app.Inspected(Maps(), Image.new("RGB", (64, 64), "red"), "")
-    value, mode, tabs = app.use_as_mask(state, "2:square", 0.4, 3, 0, ["8x8"])
+    Maps.prompt = "a red square"
+    state = features.Inspected(Maps(), Image.new("RGB", (64, 64), "red"), "", "")
+    value, mode, prompt, tabs = features.use_as_mask(state, "2:square", 0.4, 3, 0, ["8x8"])
     assert mode == "inpaint" and isinstance(tabs, gr.Tabs)
-    _, mask = app.editor_image_and_mask(value, "inpaint")
+    assert prompt == "a red square"  # the instruction box gets the inspected prompt
+    _, mask = editor_image_and_mask(value, "inpaint")
     assert mask.getbbox() == (0, 0, 10, 10)
     with pytest.raises(gr.Error):
-        app.use_as_mask(None, "2:square", 0.4, 0, 0, None)
+        features.use_as_mask(None, "2:square", 0.4, 0, 0, None)
 
 
 def test_inspect_latest_takes_the_selected_seed():
     gallery = [("a.png", "seed 5"), ("b.png", "seed 6")]
-    prompt, model, seed, _ = app.inspect_latest("a red circle", "m", gallery, 1)
+    prompt, model, seed, _ = features.inspect_latest("a red circle", "m", gallery, 1)
     assert (prompt, model, seed) == ("a red circle", "m", 6)
-    assert app.inspect_latest("p", "m", gallery, None)[2] == 5
+    assert features.inspect_latest("p", "m", gallery, None)[2] == 5
 
 
 def test_features_tab_is_built():
-    demo = app.build_demo()
+    demo = build_demo()
     api = demo.get_api_info()
     assert "/attention" in api["named_endpoints"]
 
@@ -119,6 +131,10 @@ def test_features_tab_is_built():
 def _last(agen):
     import asyncio
 
+    from vgen.ui import handlers
+
+    handlers.configure()  # a fresh fair queue in this event loop
+
     async def run():
         out = None
         async for out in agen:
@@ -128,29 +144,40 @@ def _last(agen):
     return asyncio.run(run())
 
 
+def _quiet(*a, **k):
+    pass
+
+
 def test_inspect_render_mask_and_features_in_process(tiny_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "_cache_dir", lambda: tmp_path)
-    out = _last(app.inspect_from_ui("a red circle", "", None, 3, 2, False, 0.6,
-                                    progress=lambda *a, **k: None))
-    path, grid, strip, state, word, first, last, res, overlay, info = out
+    from vgen.ui import handlers
+
+    monkeypatch.setattr(handlers, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(features, "cache_dir", lambda: tmp_path)
+    path, grid, strip, keys, state = _last(features.inspect_attention(
+        "a red circle", "", 3, 2, None, progress=_quiet))
+    word, first, last, res, overlay, info = features.show_inspection(state, False, 0.6)
     assert Image.open(path).size == (64, 64) and "seed 3" in info
+    assert keys == ["0:a", "1:red", "2:circle"]
     assert [k for _, k in word["choices"]] == ["0:a", "1:red", "2:circle"]
     assert word["value"] == "2:circle" and last["value"] == 1 and res["value"]
-    assert overlay.size == (64, 64) and strip.width > strip.height
+    assert overlay.size == (features.DISPLAY_PX,) * 2  # shown enlarged, whole pixels
+    assert strip.width > strip.height
     # Re-render from the stored maps: one step, one resolution.
-    over, grid2 = app.render_maps(state, "1:red", 1, 1, res["value"][:1], 0.8)
-    assert over.size == (64, 64) and grid2.size == grid.size
+    over, grid2 = features.render_maps(state, "1:red", 1, 1, res["value"][:1], 0.8)
+    assert over.size == (features.DISPLAY_PX,) * 2 and grid2.size == grid.size
     with pytest.raises(Exception, match="no attention recorded"):
-        app.render_maps(state, "1:red", 0, 1, ["3x3"], 0.8)
+        features.render_maps(state, "1:red", 0, 1, ["3x3"], 0.8)
     # Word -> mask -> Edit tab.
-    value, mode, _ = app.use_as_mask(state, "2:circle", 0.3, 0, 1, None)
-    source, mask = app.editor_image_and_mask(value, "inpaint")
+    value, mode, prompt, _ = features.use_as_mask(state, "2:circle", 0.3, 0, 1, None)
+    source, mask = editor_image_and_mask(value, "inpaint")
     expected = state.maps.to_mask("2:circle", 0.3, step_range=(0, 1))
     assert mode == "inpaint" and np.array_equal(np.asarray(mask), np.asarray(expected))
+    assert prompt == "a red circle"
     assert source.tobytes() == Image.open(path).convert("RGB").tobytes()
     # The generator's own feature views work offline.
     for backbone in ("unet", "vae"):
-        views = app.show_features(path, backbone, None, "a red circle")
+        views = _last(features.show_features(path, backbone, None, "a red circle",
+                                              progress=_quiet))
         assert views and all(isinstance(im, Image.Image) for im, _ in views)
         assert any("PCA" in caption for _, caption in views)
 
@@ -168,26 +195,62 @@ def test_vgg16_unreachable_is_a_clear_error(tmp_path, monkeypatch):
     picture = tmp_path / "p.png"
     Image.new("RGB", (64, 64), "blue").save(picture)
     with pytest.raises(gr.Error, match="could not be fetched.*unet or vae"):
-        app.show_features(str(picture), "vgg16", None, "")
+        _last(features.show_features(str(picture), "vgg16", None, "", progress=_quiet))
     with pytest.raises(gr.Error, match="Add an image"):
-        app.show_features(None, "vae", None, "")
+        _last(features.show_features(None, "vae", None, "", progress=_quiet))
 
 
-def test_inspect_an_edit_from_the_edit_tab(tiny_env, tmp_path, monkeypatch):
-    """Every edit mode can be inspected: the Edit tab's settings, one image, maps of its prompt."""
-    monkeypatch.setattr(app, "_cache_dir", lambda: tmp_path)
-    source = tmp_path / "source.png"
-    Image.new("RGB", (64, 64), (240, 240, 240)).save(source)
-    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-    ImageDraw.Draw(layer).rectangle((8, 8, 30, 30), fill=(255, 255, 255, 255))
-    layer.save(tmp_path / "layer.png")
-    editor = {"background": str(source), "layers": [str(tmp_path / "layer.png")],
-              "composite": str(source)}
+def test_inspect_this_edit_inspects_the_edit_on_screen(tiny_env, tmp_path, monkeypatch):
+    """Regression (#21, 7): "Inspect this edit" inspected the form's current mode and settings,
+    not the edit shown. It inspects the LastEdit the finished edit left (its mode, its prompt,
+    the seed of the selected image), whatever the form says now; every mode can be inspected."""
+    import gradio as gr
+
+    from vgen.requests import EditRequest
+    from vgen.ui import handlers
+
+    monkeypatch.setattr(handlers, "cache_dir", lambda: tmp_path)
+    source = Image.new("RGB", (64, 64), (240, 240, 240))
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((8, 8, 30, 30), fill=255)
     for mode in ("img2img", "inpaint"):
-        out = _last(app.inspect_edit_from_ui(
-            editor, "a blue square", mode, 0.8, 1.5, "red", None, 2, None, 5, False, None, None,
-            "model default", False, 0.6, progress=lambda *a, **k: None))
-        path, grid, strip, state, word, *_, info = out
-        assert f"{mode} · seed 5" in info and Image.open(path).size == (64, 64)
-        assert [k for _, k in word["choices"]] == ["0:a", "1:blue", "2:square"]
+        req = EditRequest(prompt="a blue square", negative_prompt="red", image=source,
+                          mask=mask if mode == "inpaint" else None, mode=mode, strength=0.8,
+                          steps=2, seed=None, num_images=2)
+        shown = edit.LastEdit(req, (5, 6))
+        path, grid, strip, keys, state = _last(features.inspect_edit(shown, 1, progress=_quiet))
+        info = state.info
+        assert f"{mode} · seed 6" in info and Image.open(path).size == (64, 64)
+        assert keys == ["0:a", "1:blue", "2:square"]
         assert "Negative prompt: red" in Image.open(path).info["parameters"]
+    with pytest.raises(gr.Error, match="no edit to inspect"):
+        features.to_features(None)
+
+
+def test_inspect_in_features_clears_the_old_maps():
+    """Regression (#21, 7): "Inspect in Features" filled prompt and seed but left the previous
+    maps on screen until Inspect was pressed. It now fills the Features tab's settings, clears
+    the last inspection's pictures, words and info line, and inspects at once
+    (``link_text_to_image`` chains the inspection)."""
+    gallery = [("a.png", "seed 5"), ("b.png", "seed 6")]
+    out = features.inspect_generated("a red circle", "blurry", "m", 4, gallery, 1)
+    prompt, negative, model, steps, seed, tabs, *cleared = out
+    assert (prompt, negative, model, steps, seed) == ("a red circle", "blurry", "m", 4, 6)
+    image, grid, strip, keys, state, word, overlay, info = cleared
+    assert (image, grid, strip, keys, state, overlay, info) == (None,) * 6 + ("",)
+    assert word["choices"] == [] and word["value"] is None
+
+
+def test_the_filmstrip_wraps_into_rows_and_small_maps_are_shown_enlarged():
+    """Regression (#21, 9): a 20-step filmstrip was one unreadable strip and the 64-pixel maps
+    were shown at native size. The strip wraps into rows of FILMSTRIP_COLUMNS; what only the
+    page shows is enlarged by a whole factor (crisp), larger pictures stay as they are."""
+    from vgen.viz import filmstrip
+
+    frames = [Image.new("RGB", (64, 64), (i * 10, 0, 0)) for i in range(20)]
+    strip = filmstrip(frames, columns=min(len(frames), features.FILMSTRIP_COLUMNS))
+    assert strip.height > strip.width / 2  # 4 rows of 5, not 1 row of 20
+    small = features.enlarged(Image.new("RGB", (64, 64)))
+    assert small.size == (256, 256)
+    assert features.enlarged(Image.new("RGB", (512, 512))).size == (512, 512)
+    assert features.enlarged(None) is None

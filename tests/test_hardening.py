@@ -298,10 +298,10 @@ def _png(image: Image.Image) -> bytes:
 def test_the_editor_checks_before_gradio_decodes(tmp_path, monkeypatch):
     import gradio as gr
 
-    import app
+    from vgen.ui.inputs import SafeImageEditor
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
-    editor = app.SafeImageEditor(type="filepath")
+    editor = SafeImageEditor(type="filepath")
     with pytest.raises(gr.Error, match=r"pixels; at most"):
         editor.convert_and_format_image(hardening.png_bomb(12000), flatten_on_white=True)
     with pytest.raises(gr.Error, match=r"not a readable image"):
@@ -317,13 +317,13 @@ def test_image_uploads_are_checked_before_gradio_decodes(tmp_path, monkeypatch):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    import app
+    from vgen.ui.inputs import SafeImage
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
     bomb, good = tmp_path / "bomb.png", tmp_path / "good.png"
     bomb.write_bytes(hardening.png_bomb(12000))
     Image.new("RGB", (8, 8), "red").save(good)
-    component = app.SafeImage(type="filepath")
+    component = SafeImage(type="filepath")
     with pytest.raises(gr.Error, match=r"pixels; at most"):
         component.preprocess(ImageData(path=str(bomb)))
     assert component.preprocess(ImageData(path=str(good)))
@@ -332,13 +332,14 @@ def test_image_uploads_are_checked_before_gradio_decodes(tmp_path, monkeypatch):
 def test_the_editor_passes_the_first_frame_notice(tmp_path, monkeypatch):
     from gradio.components.image_editor import EditorDataBlobs
 
-    import app
+    from vgen.ui.forms import collect_notes, editor_image_and_mask
+    from vgen.ui.inputs import SafeImageEditor
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
     gif = (tmp_path / "a.gif")
     frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
     frames[0].save(gif, save_all=True, append_images=frames[1:])
-    editor = app.SafeImageEditor(type="filepath")
+    editor = SafeImageEditor(type="filepath")
     editor.blob_storage["x"] = EditorDataBlobs(background=gif.read_bytes(), layers=[],
                                                composite=gif.read_bytes())
     from gradio.components.image_editor import EditorData
@@ -346,11 +347,13 @@ def test_the_editor_passes_the_first_frame_notice(tmp_path, monkeypatch):
     value = editor.preprocess(EditorData(id="x"))
     assert any("first frame" in n for n in value["notes"])
     jobs_notes: list[str] = []
-    token = app._INPUT_NOTES.set(jobs_notes)
-    try:
-        source, mask = app.editor_image_and_mask(value, "img2img")
-    finally:
-        app._INPUT_NOTES.reset(token)
+    import contextvars
+
+    def job():  # as a job's worker thread does: notes go to the job, in its own context
+        collect_notes(jobs_notes)
+        return editor_image_and_mask(value, "img2img")
+
+    source, mask = contextvars.copy_context().run(job)
     assert source.mode == "RGB" and mask is None
     assert any("first frame" in n for n in jobs_notes)
 
@@ -359,9 +362,9 @@ def test_accept_blobs_is_bounded():
     from fastapi import HTTPException
     from gradio.data_classes import DataWithFiles
 
-    import app
+    from vgen.ui.inputs import MAX_PENDING_BLOBS, SafeImageEditor
 
-    editor = app.SafeImageEditor(type="filepath")
+    editor = SafeImageEditor(type="filepath")
 
     def send(kind, index, blob_id):
         return editor.accept_blobs(DataWithFiles(
@@ -371,10 +374,10 @@ def test_accept_blobs_is_bounded():
                         ("../etc", "0")):
         with pytest.raises(HTTPException):
             send(kind, index, "a")
-    for i in range(app.MAX_PENDING_BLOBS * 2):
+    for i in range(MAX_PENDING_BLOBS * 2):
         send("background", "null", f"id-{i}")
-    assert len(editor.blob_storage) == app.MAX_PENDING_BLOBS
-    assert f"id-{app.MAX_PENDING_BLOBS * 2 - 1}" in editor.blob_storage
+    assert len(editor.blob_storage) == MAX_PENDING_BLOBS
+    assert f"id-{MAX_PENDING_BLOBS * 2 - 1}" in editor.blob_storage
 
 
 def test_blocked_paths_cover_secrets_but_not_the_upload_folder(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -14,10 +15,18 @@ from .. import results
 from ..components import (EDIT_TASKS, decoder_radio, gallery, limits, model_dropdown,
                           scheduler_choices, zero_means_default)
 from ..forms import DEFAULT_SCHEDULER, DEFAULT_STRENGTH, edit_request, source_and_mask
-from ..handlers import api_only, endpoint, run_job
+from ..handlers import api_only, endpoint, run_job, ui_error
 from ..inputs import (SafeImageEditor, StrictCheckbox, StrictDropdown, StrictNumber,
                       StrictSlider, StrictTextbox)
 from .text_to_image import pick_image, selected_index
+
+STRENGTH_MODES = ("img2img", "inpaint")  # the modes that use the strength slider
+# The brush's radius in image pixels. Gradio's "auto" is 25 whatever the image (about 40 % of a
+# 64-pixel picture per stroke); 3 paints a stroke of ~10 % of the shapes world's 64 pixels (the
+# brush menu's slider goes to 100 for large photos). The colours are translucent, so the
+# picture shows through the mask while it is painted (any paint counts as mask).
+BRUSH_RADIUS = 3
+BRUSH_COLORS = [("#ff3df5", 0.55), ("#ffffff", 0.55), ("#000000", 0.55)]
 
 
 @endpoint
@@ -77,22 +86,74 @@ async def edit_image(
                             negative_prompt, model, steps, guidance, seed, randomize_seed,
                             width, height, num_images, scheduler, decoder)
 
-    async for out in run_job("edit", build, progress, request, n_outputs=3,
-                             finish=results.outputs):
-        yield out
+    try:
+        job = run_job("edit", build, progress, request, n_outputs=4, finish=finished,
+                      status=progress_line)
+        async with contextlib.aclosing(job) as outputs:  # closed: the engine stops first
+            async for out in outputs:
+                yield out
+    except Exception as e:  # noqa: BLE001 - shown, then raised (Stop is not an Exception)
+        # The info line says why there is no edit (the message also comes as gr.Error), so the
+        # previous edit's line and results do not stay on screen.
+        yield None, results.failed_line(ui_error(e)), "", None
+        raise
 
 
-def on_mode_change(mode: str, model: str | None):
-    """Show the slider that matters for the mode; swap an unsuitable curated model."""
-    entry = entry_for((model or "").strip() or default_model())
-    new_model = gr.skip()
-    if entry is not None:
-        if mode == "instruct" and "instruct" not in entry.tasks:
-            new_model = default_model("instruct")  # the embedded editor when it is here
-        elif mode != "instruct" and entry.tasks == ("instruct",):
-            new_model = default_model()
-    return (new_model, gr.update(visible=mode != "instruct"),
-            gr.update(visible=mode == "instruct"))
+def progress_line(p) -> tuple:
+    """While the edit runs: Text to Image's progress line; the last edit's results (and so its
+    LastEdit: nothing to inspect) are cleared when it starts."""
+    return (*results.running(p), None if p.first else gr.skip())
+
+
+@dataclass(frozen=True)
+class LastEdit:
+    """The edit whose results are on screen, as it ran (defaults filled in, its seeds), kept
+    per session so "Inspect this edit" inspects that edit, not what the form says now."""
+
+    request: Any  # vgen.requests.EditRequest
+    seeds: tuple[int, ...]
+
+    def for_image(self, index) -> Any:
+        """The request of one of its images (image i has seed i): one image, that seed."""
+        i = index if isinstance(index, int) and 0 <= index < len(self.seeds) else 0
+        return replace(self.request, seed=self.seeds[i], num_images=1)
+
+
+def finished(job) -> tuple:
+    """Gallery, info line, notice, and the edit as it ran (a ``gr.State``: not in the API)."""
+    return (*results.outputs(job), LastEdit(job.result.request, tuple(job.result.seeds)))
+
+
+def mode_model(mode: str, model: str | None):
+    """The model to switch to when ``mode`` changes (``gr.skip()``: keep it): the mode's
+    default model in place of one that cannot do the mode (a curated model of other tasks, or
+    the other task's default model)."""
+    ref = (model or "").strip() or default_model()
+    entry = entry_for(ref)
+    tasks = entry.tasks if entry is not None else None
+    if mode == "instruct":
+        if ref == default_model() or (tasks is not None and "instruct" not in tasks):
+            return default_model("instruct")  # the embedded editor when it is here
+    elif ref == default_model("instruct") or tasks == ("instruct",):
+        return default_model()
+    return gr.skip()
+
+
+def on_mode_change(mode: str, model: str | None, strength=None, memory: dict | None = None):
+    """A new mode: the slider that matters for it, a model that can do it, and the strength
+    this mode had last (each mode keeps its own: 0.3 left from img2img made inpaint do
+    nothing). ``memory`` (a ``gr.State``) holds the mode shown and each mode's strength."""
+    memory = dict(memory or {})
+    previous = memory.get("mode", "img2img")
+    if strength is not None and previous in STRENGTH_MODES:
+        memory[previous] = strength
+    memory["mode"] = mode
+    if mode in STRENGTH_MODES:
+        strength_update = gr.update(visible=True, value=memory.get(mode, DEFAULT_STRENGTH))
+    else:
+        strength_update = gr.update(visible=False)
+    return (mode_model(mode, model), strength_update, gr.update(visible=mode == "instruct"),
+            memory)
 
 
 @dataclass
@@ -126,6 +187,8 @@ class EditTab:
     api_mask: gr.File
     api_image_guidance: gr.Number
     api_model: gr.Textbox
+    last_edit: gr.State  # the LastEdit whose results are shown (None: nothing to inspect)
+    modes: gr.State  # the mode shown and each mode's strength (on_mode_change)
     event: Any = None
 
     def settings(self) -> list:
@@ -136,7 +199,8 @@ class EditTab:
                 self.decoder]
 
     def outputs(self) -> list:
-        return [self.gallery, self.info, self.notice]
+        """edit_image's outputs: gallery, info line, notice, then the LastEdit state."""
+        return [self.gallery, self.info, self.notice, self.last_edit]
 
 
 def build() -> EditTab:
@@ -145,11 +209,12 @@ def build() -> EditTab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 editor = SafeImageEditor(
-                    label="Image (inpaint: paint where to repaint)", type="filepath",
-                    format="png", sources=["upload", "clipboard"], height=520,
-                    elem_id="edit-editor", elem_classes=["vgen-pixelated"],
-                    brush=gr.Brush(colors=["#ffffff", "#ff3df5", "#000000"],
-                                   default_color="#ff3df5", color_mode="defaults"),
+                    label="Image (inpaint: paint where to repaint; brush size in the brush "
+                    "menu)", type="filepath", format="png", sources=["upload", "clipboard"],
+                    height=520, elem_id="edit-editor", elem_classes=["vgen-pixelated"],
+                    brush=gr.Brush(default_size=BRUSH_RADIUS, colors=BRUSH_COLORS,
+                                   default_color=BRUSH_COLORS[0], color_mode="defaults"),
+                    eraser=gr.Eraser(default_size=BRUSH_RADIUS),
                 )
                 prompt = StrictTextbox(label="Instruction / prompt", lines=2,
                                        placeholder="img2img / inpaint: describe the result; "
@@ -204,30 +269,41 @@ def build() -> EditTab:
     return EditTab(editor, prompt, mode, strength, image_guidance, negative, model, steps,
                    guidance, seed, randomize, width, height, num_images, scheduler, decoder, edit,
                    stop, edited, selected, reuse, inspect, info, notice, gr.State(None),
-                   api_image, api_mask, api_image_guidance, api_model)
+                   api_image, api_mask, api_image_guidance, api_model, gr.State(None),
+                   gr.State({"mode": "img2img"}))
 
 
-def stopped():
-    """Stop pressed: no stale result line stays, and the info line says so."""
-    return gr.skip(), "⏹ Stopped: no edit was finished.", ""
+def stopped(info: str | None) -> tuple:
+    """Stop pressed: as in Text to Image (while an edit ran, no result stays and the info line
+    says it stopped; with none running nothing changes); nothing is left to inspect."""
+    out = results.stopped(info)
+    return (*out, None if out[0] is None else gr.skip())
+
+
+def refused(info: str | None) -> tuple:
+    """The edit's inputs were refused before it ran: Text to Image's line, nothing to inspect."""
+    out = results.refused(info)
+    return (*out, None if out[0] is None else gr.skip())
 
 
 def wire(e: EditTab) -> None:
-    quick = dict(api_visibility="private", concurrency_limit=None)
+    quick = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")
     inputs = [e.editor, *e.settings()]
+    # The progress is the info line's (``results.running``), as in Text to Image.
     e.event = e.edit.click(
         edit_image, inputs, e.outputs(), api_visibility="private", concurrency_limit=None,
-        trigger_mode="once", show_progress_on=e.gallery,
+        trigger_mode="once", show_progress="hidden",
         js=zero_means_default(inputs, [e.image_guidance, e.steps, e.guidance, e.width,
-                                       e.height]),
+                                       e.height], reveal=e.gallery.elem_id),
     )
-    e.stop.click(stopped, None, e.outputs(), cancels=[e.event], **quick)
+    e.event.failure(refused, e.info, e.outputs(), **quick)
+    e.stop.click(stopped, e.info, e.outputs(), cancels=[e.event], **quick)
     # The /edit endpoint: the same function, with files for the image and the mask.
     api = [e.api_image, e.prompt, e.mode, e.api_mask, e.strength, e.api_image_guidance,
            e.negative_prompt, e.api_model, *e.settings()[7:]]
     api_only(edit_image, api, e.outputs(), "edit")
-    e.mode.change(on_mode_change, [e.mode, e.model], [e.model, e.strength, e.image_guidance],
-                  **quick)
+    e.mode.change(on_mode_change, [e.mode, e.model, e.strength, e.modes],
+                  [e.model, e.strength, e.image_guidance, e.modes], **quick)
     e.gallery.select(selected_index, None, e.selected, **quick)
     e.gallery.change(lambda: None, None, e.selected, **quick)
     e.reuse.click(pick_image, [e.gallery, e.selected], e.editor, **quick)

@@ -22,6 +22,24 @@ from ..handlers import cache_dir, endpoint, run_job
 from ..inputs import SafeImage, StrictCheckbox, StrictNumber, StrictSlider, StrictTextbox
 
 
+FILMSTRIP_COLUMNS = 5  # a 20-step path in 4 readable rows rather than one squeezed strip
+DISPLAY_PX = 256  # small pictures (the 64-pixel shapes world) are shown at least this large
+
+
+def enlarged(image):
+    """``image`` scaled by a whole factor (nearest neighbour: crisp pixels) to at least
+    ``DISPLAY_PX`` on its longer side; larger images stay as they are. For what only the page
+    shows (the word's overlay); files that are results keep their native pixels."""
+    if image is None:
+        return None
+    factor = DISPLAY_PX // max(image.size)
+    if factor < 2:
+        return image
+    from PIL import Image
+
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
 @dataclass
 class Inspected:
     """What one Inspect run left for re-rendering (kept per session in a ``gr.State``)."""
@@ -44,7 +62,8 @@ def _inspected(job) -> tuple:
     info = (f"**{r.model}** · {task} · seed {r.seeds[0]} · {maps.num_steps} steps · "
             f"attention at {res} · {job.seconds():.1f} s")
     state = Inspected(maps, image, job.files[0][0], info)
-    strip = filmstrip(out.path[0]) if out.path else None
+    frames = out.path[0] if out.path else None
+    strip = filmstrip(frames, columns=min(len(frames), FILMSTRIP_COLUMNS)) if frames else None
     return state.path, maps.grid(image), strip, maps.word_keys(), state
 
 
@@ -72,21 +91,31 @@ async def inspect_attention(prompt: str, model: str | None = None, seed: float |
 
 
 @endpoint
-async def inspect_edit(editor, prompt, mode, strength, image_guidance, negative_prompt, model,
-                       steps, guidance, seed, randomize_seed, width, height, scheduler,
-                       request: gr.Request = None, progress=gr.Progress()):
-    """The Edit tab's "Inspect this edit": the edit as set up there (any mode, one image), with
-    its per-word attention maps and denoising path."""
-
-    def build():
-        source, mask = editor_image_and_mask(editor, mode)
-        return edit_request(source, mask, prompt, mode, strength, image_guidance,
-                            negative_prompt, model, steps, guidance, seed, randomize_seed,
-                            width, height, 1, scheduler)
-
-    async for out in run_job("inspect", build, progress, request, n_outputs=5,
+async def inspect_edit(last_edit, index, request: gr.Request = None, progress=gr.Progress()):
+    """The Edit tab's "Inspect this edit": the edit whose results are shown there (``last_edit``,
+    the Edit tab's ``LastEdit``), for its selected (else first) image, with its per-word
+    attention maps and denoising path."""
+    if last_edit is None:
+        raise gr.Error("There is no edit to inspect yet: run an edit first.",
+                       print_exception=False)
+    req = last_edit.for_image(index)
+    async for out in run_job("inspect", lambda: req, progress, request, n_outputs=5,
                              finish=_inspected):
         yield out
+
+
+def cleared() -> tuple:
+    """An inspection is coming: the old maps, words and info line go (they belong to another
+    image), so the page never shows one image's maps under another's prompt."""
+    return (None, None, None, None, None, gr.update(choices=[], value=None), None, "")
+
+
+def to_features(last_edit):
+    """"Inspect this edit": refuse at once when there is none, else the Features tab, cleared."""
+    if last_edit is None:
+        raise gr.Error("There is no edit to inspect yet: run an edit first.",
+                       print_exception=False)
+    return (gr.Tabs(selected="features"), *cleared())
 
 
 def word_choices(maps, include_special: bool = False) -> list[tuple[str, str]]:
@@ -118,7 +147,7 @@ def show_inspection(state: Inspected | None, include_special, opacity):
         return (gr.skip(),) * 6
     maps, n = state.maps, state.maps.num_steps
     key = default_word(maps)
-    overlay = maps.overlay(state.image, key, float(opacity)) if key else None
+    overlay = enlarged(maps.overlay(state.image, key, float(opacity))) if key else None
     res = [f"{h}x{w}" for h, w in maps.resolutions]
     return (gr.update(choices=word_choices(maps, bool(include_special)), value=key),
             gr.update(maximum=max(1, n - 1), value=0, interactive=n > 1),
@@ -133,7 +162,7 @@ def render_maps(state: Inspected | None, key, first, last, resolutions, opacity)
     filters = _filters(first, last, resolutions)
     grid = state.maps.grid(state.image, opacity=float(opacity), **filters)
     overlay = state.maps.overlay(state.image, key, float(opacity), **filters) if key else None
-    return overlay, grid
+    return enlarged(overlay), grid
 
 
 def update_word_choices(state: Inspected | None, include_special: bool, key):
@@ -144,35 +173,39 @@ def update_word_choices(state: Inspected | None, include_special: bool, key):
     return gr.update(choices=choices, value=key if key in keys else default_word(state.maps))
 
 
+MASK_RGBA = (255, 61, 245, 140)  # the Edit tab's brush colour, translucent: the picture shows
+
+
 def mask_editor_value(image, mask) -> dict:
-    """An ImageEditor value: ``image`` as the background and one layer that is opaque white
-    where ``mask`` is 255 (transparent elsewhere), as PNG files in Gradio's cache folder;
-    ``editor_image_and_mask(value, "inpaint")`` gives back the image and the mask."""
+    """An ImageEditor value: ``image`` as the background and one layer painted in the brush's
+    translucent colour where ``mask`` is 255 (transparent elsewhere), as PNG files in Gradio's
+    cache folder; ``editor_image_and_mask(value, "inpaint")`` gives back the image and the mask.
+    No composite: the browser's editor draws a given composite instead of the background (so the
+    mask would be baked into the picture it sends back), and makes its own from the layers."""
     from PIL import Image
 
     background = image.convert("RGB")
     mask = mask.convert("L").resize(background.size, Image.NEAREST)
-    layer = Image.new("RGBA", background.size, (255, 255, 255, 0))
-    layer.putalpha(mask.point(lambda v: 255 if v > 127 else 0))
-    composite = background.copy()
-    composite.paste(Image.new("RGB", background.size, "white"), mask=layer.getchannel("A"))
+    layer = Image.new("RGBA", background.size, MASK_RGBA[:3] + (0,))
+    layer.putalpha(mask.point(lambda v: MASK_RGBA[3] if v > 127 else 0))
     folder = Path(tempfile.mkdtemp(prefix="vgen-mask-", dir=cache_dir()))
     paths = {}
-    for name, im in (("background", background), ("layer", layer), ("composite", composite)):
+    for name, im in (("background", background), ("layer", layer)):
         paths[name] = str(folder / f"{name}.png")
         im.save(paths[name], format="PNG")
-    return {"background": paths["background"], "layers": [paths["layer"]],
-            "composite": paths["composite"]}
+    return {"background": paths["background"], "layers": [paths["layer"]], "composite": None}
 
 
 def use_as_mask(state: Inspected | None, key, threshold, first, last, resolutions):
-    """The chosen word's map, thresholded, as an inpainting mask on the image in the Edit tab."""
+    """The chosen word's map, thresholded, as an inpainting mask on the image in the Edit tab:
+    (editor value, mode, the inspected prompt for the instruction box, the Edit tab)."""
     if state is None or not key:
         raise gr.Error("Inspect an image and pick a word first.", print_exception=False)
     mask = state.maps.to_mask(key, float(threshold), **_filters(first, last, resolutions))
     if mask.getbbox() is None:
         raise gr.Error("The mask is empty at this threshold: lower it.", print_exception=False)
-    return mask_editor_value(state.image, mask), "inpaint", gr.Tabs(selected="edit")
+    return (mask_editor_value(state.image, mask), "inpaint", state.maps.prompt,
+            gr.Tabs(selected="edit"))
 
 
 @endpoint
@@ -205,6 +238,13 @@ def inspect_latest(prompt, model, gallery_value, index):
         if m:
             seed = int(m.group(1))
     return prompt, model, seed, gr.Tabs(selected="features")
+
+
+def inspect_generated(prompt, negative_prompt, model, steps, gallery_value, index):
+    """Text to Image -> Features: the settings of the selected (else first) result, the
+    Features tab, and the last inspection cleared (the new one starts at once)."""
+    prompt, model, seed, tabs = inspect_latest(prompt, model, gallery_value, index)
+    return (prompt, negative_prompt, model, steps, seed, tabs, *cleared())
 
 
 @dataclass
@@ -243,14 +283,20 @@ class FeaturesTab:
         """The outputs of an inspection (the /attention endpoint's, then the state)."""
         return [self.image, self.grid, self.filmstrip, self.keys, self.state]
 
+    def cleared(self) -> list:
+        """What ``cleared`` empties: the last inspection's pictures, words, state, info."""
+        return [self.image, self.grid, self.filmstrip, self.keys, self.state, self.word,
+                self.overlay, self.info]
+
     def controls(self) -> list:
         """What ``show_inspection`` fills."""
         return [self.word, self.first, self.last, self.resolutions, self.overlay, self.info]
 
 
 def _picture(label, elem_id, **kw):
+    # vgen-enlarge: drawn to fill its box (the 64-pixel picture would otherwise stay 64 px).
     return gr.Image(label=label, elem_id=elem_id, type="filepath", format="png",
-                    interactive=False, elem_classes=["vgen-pixelated"], **kw)
+                    interactive=False, elem_classes=["vgen-pixelated", "vgen-enlarge"], **kw)
 
 
 def _build_inspector() -> dict:
@@ -269,27 +315,29 @@ def _build_inspector() -> dict:
                 c["seed"] = StrictNumber(label="Seed", value=0, precision=0)
                 c["steps"] = StrictNumber(label="Steps (0 = model default)", value=None,
                                           precision=0)
-            c["image"] = _picture("Image", "features-image", height=256)
+            c["image"] = _picture("Image", "features-image", height=DISPLAY_PX + 64)
             c["info"] = gr.Markdown(elem_id="features-info")
         with gr.Column(scale=6):
             c["word"] = gr.Radio(label="Word", choices=[], elem_id="features-word")
-            with gr.Row():
-                c["special"] = StrictCheckbox(label="Show special tokens", value=False)
-                c["opacity"] = StrictSlider(0.0, 1.0, value=0.6, step=0.05,
-                                            label="Overlay opacity")
-            with gr.Row():
-                c["first"] = StrictSlider(0, 1, value=0, step=1, label="First step")
-                c["last"] = StrictSlider(0, 1, value=1, step=1, label="Last step")
-            c["resolutions"] = gr.CheckboxGroup(label="Attention resolutions", choices=[])
-            with gr.Row():
-                c["overlay"] = _picture("Attention of the word", "features-overlay", height=256)
-                c["filmstrip"] = _picture("Denoising path (predicted clean image per step)",
-                                          "features-filmstrip", height=256)
-            c["grid"] = _picture("Every word", "features-grid")
+            c["overlay"] = _picture("Attention of the word", "features-overlay",
+                                    height=DISPLAY_PX + 64)
             with gr.Row():
                 c["threshold"] = StrictSlider(0.0, 1.0, value=0.5, step=0.05,
                                               label="Mask threshold")
-                c["to_mask"] = gr.Button("Use as mask → Edit (inpaint)")
+                c["to_mask"] = gr.Button("Use as mask → Edit (inpaint)", variant="secondary")
+            with gr.Accordion("Map settings", open=False):
+                with gr.Row():
+                    c["special"] = StrictCheckbox(label="Show special tokens", value=False)
+                    c["opacity"] = StrictSlider(0.0, 1.0, value=0.6, step=0.05,
+                                                label="Overlay opacity")
+                with gr.Row():
+                    c["first"] = StrictSlider(0, 1, value=0, step=1, label="First step")
+                    c["last"] = StrictSlider(0, 1, value=1, step=1, label="Last step")
+                c["resolutions"] = gr.CheckboxGroup(label="Attention resolutions", choices=[])
+    # Full width: the small multiples and the denoising path in rows of FILMSTRIP_COLUMNS.
+    c["grid"] = _picture("Every word", "features-grid")
+    c["filmstrip"] = _picture("Denoising path (the predicted clean image after each step)",
+                              "features-filmstrip")
     return c
 
 
@@ -334,17 +382,13 @@ def wire(f: FeaturesTab, edit, tabs) -> None:
         show_progress_on=f.image, js=zero_means_default(inputs, [f.steps]),
     )
     f.event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
-    # Edit tab -> Features: the same edit, inspected (the tab is shown first, then filled).
-    edit_inputs = [edit.editor, edit.prompt, edit.mode, edit.strength, edit.image_guidance,
-                   edit.negative_prompt, edit.model, edit.steps, edit.guidance, edit.seed,
-                   edit.randomize_seed, edit.width, edit.height, edit.scheduler]
+    # Edit tab -> Features: the edit on screen (its LastEdit), inspected; the tab is shown and
+    # cleared first.
     f.edit_event = edit.inspect.click(
-        lambda: gr.Tabs(selected="features"), None, tabs, **quick,
-    ).then(
-        inspect_edit, edit_inputs, f.outputs(), api_visibility="private",
+        endpoint(to_features), edit.last_edit, [tabs, *f.cleared()], **quick,
+    ).success(
+        inspect_edit, [edit.last_edit, edit.selected], f.outputs(), api_visibility="private",
         concurrency_limit=None, show_progress_on=f.image,
-        js=zero_means_default(edit_inputs, [edit.image_guidance, edit.steps, edit.guidance,
-                                            edit.width, edit.height]),
     )
     f.edit_event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
     f.stop.click(fn=None, cancels=[f.event, f.edit_event])
@@ -358,8 +402,27 @@ def wire(f: FeaturesTab, edit, tabs) -> None:
     pending = gr.State(None)
     f.to_mask.click(endpoint(use_as_mask),
                     [f.state, f.word, f.threshold, f.first, f.last, f.resolutions],
-                    [pending, edit.mode, tabs], **quick
+                    [pending, edit.mode, edit.prompt, tabs], **quick
                     ).success(lambda value: value, pending, edit.editor, **quick)
     f.use_inspected.click(lambda path: path, f.image, f.feat_image, **quick)
     f.show.click(show_features, [f.feat_image, f.backbone, f.model, f.prompt], f.views,
                  api_visibility="private", concurrency_limit=None)
+
+
+def link_text_to_image(f: FeaturesTab, t2i, tabs) -> None:
+    """Text to Image's "Inspect in Features": its prompt, negative prompt, model, steps and the
+    selected result's seed go to the Features tab, which is shown cleared and inspects at once
+    (so it never shows the maps of an earlier image under the new prompt)."""
+    quick = dict(api_visibility="private", concurrency_limit=None)
+    inputs = [f.prompt, f.model, f.seed, f.steps, f.negative_prompt]
+    event = t2i.inspect.click(
+        inspect_generated,
+        [t2i.prompt, t2i.negative_prompt, t2i.model, t2i.steps, t2i.gallery, t2i.selected],
+        [f.prompt, f.negative_prompt, f.model, f.steps, f.seed, tabs, *f.cleared()], **quick,
+    ).success(
+        inspect_attention, inputs, f.outputs(), api_visibility="private",
+        concurrency_limit=None, show_progress_on=f.image,
+        js=zero_means_default(inputs, [f.steps]),
+    )
+    event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
+    f.stop.click(fn=None, cancels=[event])
