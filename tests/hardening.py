@@ -14,7 +14,9 @@ project) and every byte that comes back is searched for them, for ``/etc/passwd`
 token canary (start the app with ``HF_TOKEN`` set to it to check the token is never echoed).
 Every endpoint (/generate, /edit, /attention, /compare, /expand, /status) gets out-of-range,
 wrong-type and raw-JSON (NaN, deep nesting) arguments, on each route Gradio serves it on
-(gradio_client, queue/join, /call/<api>, /run/<api>); with the app's MCP server on
+(gradio_client, queue/join, /call/<api>; /run/<api>, which would run a queued handler outside
+the queue, must answer 404); a refusal at the join (HTTP 422 in Gradio's validation format) is
+read as gradio_client shows it (its ValidationError's text); with the app's MCP server on
 (``GRADIO_MCP_SERVER=True``) the MCP route (``/gradio_api/mcp/``) gets hostile tool calls (bad
 arguments, server paths and SSRF URLs as files, data: URLs of bombs) and hostile JSON-RPC bodies.
 On those routes, where Gradio answers before any handler runs, a case passes when the answer is
