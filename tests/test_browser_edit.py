@@ -89,7 +89,7 @@ def test_the_brush_fits_a_64_pixel_image_and_shows_the_picture_through():
 
 
 def _upload(page, path) -> None:
-    page.get_by_role("tab", name="Edit").click()
+    page.get_by_role("tab", name="Edit").filter(visible=True).first.click()
     editor = page.locator("#edit-editor")
     editor.locator("canvas").first.wait_for(state="attached")
     time.sleep(1.0)
