@@ -60,6 +60,8 @@ CSS = """
   .vgen-results .grid-wrap { height: calc(100vw - 2rem) !important; } }
 .vgen-model .secondary-wrap { padding-right: 1.5rem; }
 .vgen-model .secondary-wrap input { text-overflow: ellipsis; }
+/* Small pictures (the 64x64 world) are drawn enlarged: Gradio's scale-down never enlarges. */
+.vgen-enlarge .image-frame img { object-fit: contain; }
 """
 
 DEFAULT_INFO = "0 = the model's default"  # the Number fields where 0 means "model default"

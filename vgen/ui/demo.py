@@ -15,7 +15,6 @@ import gradio as gr
 from . import handlers
 from .components import EDIT_TASKS, T2I_TASKS, model_choices
 from .tabs import compare, edit, features, text_to_image
-from .tabs.features import inspect_latest
 from .tabs.text_to_image import pick_image
 
 
@@ -23,9 +22,7 @@ def server_status() -> dict:
     """What this server runs.
 
     Returns:
-        vgen and torch versions, device, dtype, torch threads, CPU count, the default model of
-        each task (txt2img, instruct), the models loaded now, where jobs run and the fair
-        queue's counts (running, waiting)
+        status: vgen and torch versions, device, dtype, threads, CPUs, default models, models loaded, where jobs run and the queue's counts
     """
     from vgen.worker import EnginePool
 
@@ -54,8 +51,7 @@ def _link_tabs(demo, tabs, t2i, ed, feats, comp) -> None:
     # The pickers' refresh is instant and happens behind the user's back (page load, after a
     # job): no loading overlay on four model pickers.
     silent = dict(quick, show_progress="hidden")
-    t2i.inspect.click(inspect_latest, [t2i.prompt, t2i.model, t2i.gallery, t2i.selected],
-                      [feats.prompt, feats.model, feats.seed, tabs], **quick)
+    features.link_text_to_image(feats, t2i, tabs)
     t2i.send_to_edit.click(send_to_edit, [t2i.gallery, t2i.selected, t2i.prompt],
                            [ed.editor, ed.prompt, tabs], **quick)
     # A job may have downloaded a model: every picker's cache marks are refreshed after one.

@@ -156,12 +156,23 @@ def endpoint(fn: Callable) -> Callable:
 
 
 def api_only(fn: Callable, inputs: list, outputs: list, api_name: str):
-    """An API endpoint with no UI trigger, for a function whose inputs or outputs are files:
-    ``gr.api`` neither checks uploaded files nor serves returned ones (it skips the
-    components' pre- and postprocessing), so this is an event with no triggers over the
-    (hidden) components that do."""
-    return gr.on(triggers=[], fn=fn, inputs=inputs, outputs=outputs, api_name=api_name,
-                 concurrency_limit=None, show_progress="hidden")
+    """An API (and MCP) endpoint with no UI trigger, over the same function as a tab's event:
+    its first ``len(outputs)`` outputs. For two things the tab's own event cannot be:
+    - an endpoint whose inputs are files: ``gr.api`` neither checks uploaded files nor serves
+      returned ones (it skips the components' pre- and postprocessing), so this is an event
+      with no triggers over the (hidden) components that do;
+    - an endpoint without the tab's ``gr.State`` outputs (which come last): Gradio 6.31's MCP
+      server fails on a tool whose event has a State output ("pop index out of range")."""
+    n = len(outputs)
+
+    @functools.wraps(fn)
+    async def first_outputs(*args, **kwargs):
+        async with contextlib.aclosing(fn(*args, **kwargs)) as outs:
+            async for out in outs:
+                yield out[0] if n == 1 else out[:n]
+
+    return gr.on(triggers=[], fn=first_outputs, inputs=inputs, outputs=outputs,
+                 api_name=api_name, concurrency_limit=None, show_progress="hidden")
 
 
 def session_of(request: gr.Request | None) -> str | None:

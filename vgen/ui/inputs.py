@@ -92,6 +92,13 @@ class StrictDropdown(gr.Dropdown):
             _refuse(self, payload, "text")
         return super().preprocess(payload)
 
+    def api_info(self) -> dict:
+        """A picker that takes any typed value (a Hub repo id) is a string for the API and MCP,
+        its choices examples, not an enum (which MCP clients would enforce)."""
+        if self.allow_custom_value and not self.multiselect:
+            return {"type": "string", "examples": [value for _, value in self.choices]}
+        return super().api_info()
+
 # --------------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from vgen.requests import GenerateRequest
 
 from ..components import EXAMPLE_PROMPTS, T2I_TASKS, model_dropdown, zero_means_default
 from ..forms import model_ref, opt_float, opt_int, text
-from ..handlers import cache_dir, endpoint, run_job
+from ..handlers import api_only, cache_dir, endpoint, run_job
 from ..inputs import StrictCheckbox, StrictDropdown, StrictNumber, StrictTextbox
 
 NO_AXIS = "none"
@@ -130,25 +130,21 @@ async def compare_grid(
 
     Parameters:
         prompt: the base prompt (ignored when an axis is "prompt")
-        x_param: the parameter along the columns: guidance, steps, scheduler, size, model,
-            negative_prompt, prompt or expand (language-model prompt expansion)
-        x_values: its values, separated by commas ("1, 4, 7", "64x64, 96x64", "default, euler",
-            "off, on"); prompt and negative_prompt values are separated by "|"
+        x_param: the parameter along the columns: guidance, steps, scheduler, size, model, negative_prompt, prompt or expand
+        x_values: its values separated by commas ("1, 4, 7", "64x64, 96x64", "off, on"); prompts separated by "|"
         y_param: the parameter along the rows, or "none"
-        y_values: its values, as x_values
+        y_values: its values, written as x_values are
         negative_prompt: the base negative prompt (empty for none)
-        model: the base model: Hub repo id (org/name[@revision]) or local folder; empty for the
-            default
+        model: the base model, a Hub repo id (org/name[@revision]) or local folder; empty for the default model
         seed: the seed of every cell; None or -1 for one drawn for the whole grid
         steps: base denoising steps; None for the model's default
         guidance: base guidance scale; None for the model's default
-        attention: also record every cell's cross-attention maps (the grid can then show a
-            word's map in every cell)
+        attention: also record every cell's cross-attention maps (the grid can then show a word's map)
     Returns:
-        the labelled grid PNG (the whole comparison as JSON in its "vgen-compare" text chunk),
-        the cells (PNG files with their parameters, caption "<x> · <y> · seconds · PASS/FAIL"),
-        a summary (request, per-cell seed, seconds, pass/fail and parameters, pass rates per
-        column and row; pass/fail only for the embedded vgen-shapes model), and a ZIP of the cells
+        grid: the labelled grid PNG (the whole comparison as JSON in its "vgen-compare" text chunk)
+        cells: PNG files with their parameters, captioned "<x> · <y> · seconds · PASS/FAIL" (or the cell's error)
+        summary: request, per-cell seed, seconds, verdict and error, pass counts over judged cells per column and row
+        zip: the cells as PNGs with their parameters, plus comparison.json
     """
     req = compare_request(prompt, x_param, x_values, y_param, y_values, negative_prompt,
                           model, seed, steps, guidance, attention)
@@ -387,13 +383,16 @@ def build() -> CompareTab:
 def wire(c: CompareTab) -> None:
     quick = dict(api_visibility="private", concurrency_limit=None)
     inputs = c.inputs()
-    # The one /compare endpoint, for the UI and the API; then the tab's own displays.
+    # compare_grid is the Run button's and the /compare endpoint's (the API's without the
+    # tab's state); then the tab's own displays.
+    outputs = [c.grid, c.gallery, c.summary, c.zip_file, c.state]
     c.event = c.run.click(
-        compare_grid, inputs, [c.grid, c.gallery, c.summary, c.zip_file, c.state],
-        api_name="compare", concurrency_limit=None, trigger_mode="once",
+        compare_grid, inputs, outputs, api_visibility="private", concurrency_limit=None,
+        trigger_mode="once",
         show_progress_on=c.grid, js=zero_means_default(inputs, [c.steps, c.guidance]),
         scroll_to_output=True,  # on a phone the grid is far below the Run button
     )
+    api_only(compare_grid, inputs, outputs[:-1], "compare")
     c.event.success(show_comparison, c.state, [c.scores, c.word, c.download_grid,
                                                c.download_zip, c.cell, c.cell_info], **quick)
     c.stop.click(fn=None, cancels=[c.event])

@@ -56,28 +56,25 @@ async def edit_image(
     Parameters:
         image: the source image file (PNG, JPEG, WebP, BMP, GIF or TIFF)
         prompt: the instruction (instruct) or a description of the result (img2img, inpaint)
-        mode: img2img | instruct | inpaint
+        mode: img2img, instruct or inpaint
         mask: inpaint only: a mask image, white (or opaque, for RGBA) where to repaint
-        strength: img2img / inpaint: how much of the schedule is re-run (0.01-1)
-        image_guidance: instruct: how closely to keep the source image; None for the model's
-            default (its card's image_guidance_scale, else 1.5)
+        strength: img2img and inpaint: how much of the schedule is re-run (0.01-1)
+        image_guidance: instruct: how closely to keep the source image; None for the model's default (1.5 unless its card says)
         negative_prompt: what to avoid (empty for none)
-        model: Hub repo id or local model folder; empty for the mode's default model (instruct:
-            the embedded editor vgen-shapes-edit when it is here, else timbrooks/instruct-pix2pix)
+        model: Hub repo id or local model folder; empty for the mode's default model (instruct: the embedded editor)
         steps: denoising steps; None for the model's default
         guidance: classifier-free guidance scale; None for the model's default
-        seed: seed of the first image (image i uses seed + i); ignored when randomize_seed
+        seed: seed of the first image (image i uses seed + i); ignored when randomize_seed is true
         randomize_seed: draw a fresh seed
-        width: working width, a multiple of 8; None (with height None): the source's aspect
-            at the model's native size
+        width: working width, a multiple of 8; None with height None: the source's aspect at the model's size
         height: working height, a multiple of 8; None: as for width
         num_images: how many images
-        scheduler: "model default" or a sampler key
-        decoder: "full" (the model's VAE) or "fast" (TAESD decodes Stable Diffusion / SDXL
-            latents; instruct edits still encode the source with the full VAE)
+        scheduler: "model default" or a sampler key (dpm++2m, euler, euler-a, ddim, unipc, lcm, ...)
+        decoder: "full" (the model's VAE) or "fast" (TAESD for SD and SDXL latents; the source is still encoded in full)
     Returns:
-        gallery of PNG files with their parameters, an info line (it names the decoder), and a
-        vocabulary notice
+        gallery: PNG files with their parameters, captioned "seed N"
+        info: the line that says what made the edit (model, mode, strength or image guidance, seeds, decoder)
+        notice: words the model does not know, and what the input checks noticed (an animation's first frame)
     """
 
     def build():
@@ -301,7 +298,7 @@ def wire(e: EditTab) -> None:
     # The /edit endpoint: the same function, with files for the image and the mask.
     api = [e.api_image, e.prompt, e.mode, e.api_mask, e.strength, e.api_image_guidance,
            e.negative_prompt, e.api_model, *e.settings()[7:]]
-    api_only(edit_image, api, e.outputs(), "edit")
+    api_only(edit_image, api, e.outputs()[:3], "edit")  # without the LastEdit state
     e.mode.change(on_mode_change, [e.mode, e.model, e.strength, e.modes],
                   [e.model, e.strength, e.image_guidance, e.modes], **quick)
     e.gallery.select(selected_index, None, e.selected, **quick)

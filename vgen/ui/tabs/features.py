@@ -17,8 +17,8 @@ import gradio as gr
 from vgen.requests import BACKBONES, FeaturesRequest
 
 from ..components import EXAMPLE_PROMPTS, T2I_TASKS, model_dropdown, zero_means_default
-from ..forms import edit_request, editor_image_and_mask, inspect_request, load_image, model_ref
-from ..handlers import cache_dir, endpoint, run_job
+from ..forms import inspect_request, load_image, model_ref
+from ..handlers import api_only, cache_dir, endpoint, run_job
 from ..inputs import SafeImage, StrictCheckbox, StrictNumber, StrictSlider, StrictTextbox
 
 
@@ -75,14 +75,15 @@ async def inspect_attention(prompt: str, model: str | None = None, seed: float |
 
     Parameters:
         prompt: what to draw
-        model: Hub repo id (org/name[@revision]) or local model folder; empty for the default
+        model: Hub repo id (org/name[@revision]) or local model folder; empty for the default model
         seed: the seed; None for a fresh one
         steps: denoising steps; None for the model's default
         negative_prompt: what to avoid (empty for none)
     Returns:
-        the image (PNG with its parameters), a grid with the image and one attention overlay per
-        word, the denoising filmstrip (the predicted clean image after each step), and the word
-        keys ("<index>:<word>")
+        image: the PNG with its generation parameters
+        grid: the image and one attention overlay per word
+        filmstrip: the predicted clean image after each denoising step, in rows
+        words: the word keys ("<index>:<word>")
     """
     req = inspect_request(prompt, model, seed, steps, negative_prompt)
     async for out in run_job("inspect", lambda: req, progress, request, n_outputs=5,
@@ -375,12 +376,14 @@ def wire(f: FeaturesTab, edit, tabs) -> None:
     """``edit``: the Edit tab (its "Inspect this edit" and the mask's target editor)."""
     quick = dict(api_visibility="private", concurrency_limit=None)
     inputs = [f.prompt, f.model, f.seed, f.steps, f.negative_prompt]
-    # The one /attention endpoint, for the UI and the API; then the tab's controls.
+    # inspect_attention is the Inspect button's and the /attention endpoint's (the API's
+    # without the tab's state); then the tab's controls.
     f.event = gr.on(
         triggers=[f.inspect.click, f.prompt.submit], fn=inspect_attention, inputs=inputs,
-        outputs=f.outputs(), api_name="attention", concurrency_limit=None, trigger_mode="once",
-        show_progress_on=f.image, js=zero_means_default(inputs, [f.steps]),
+        outputs=f.outputs(), api_visibility="private", concurrency_limit=None,
+        trigger_mode="once", show_progress_on=f.image, js=zero_means_default(inputs, [f.steps]),
     )
+    api_only(inspect_attention, inputs, f.outputs()[:-1], "attention")
     f.event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
     # Edit tab -> Features: the edit on screen (its LastEdit), inspected; the tab is shown and
     # cleared first.

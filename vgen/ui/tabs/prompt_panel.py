@@ -45,16 +45,13 @@ async def expand_prompt(prompt: str, lm: str | None = None, seed: float | None =
 
     Parameters:
         prompt: the prompt to expand
-        lm: Hub repo id (org/name[@revision]) or local folder of a causal LM; empty for the
-            default (the embedded vgen-shapes-lm)
+        lm: Hub repo id (org/name[@revision]) or local folder of a causal LM; empty for the embedded vgen-shapes-lm
         seed: variant i uses seed + i; -1 draws one
-        temperature: sampling temperature, 0-2 (0: greedy)
+        temperature: sampling temperature from 0 to 2 (0: greedy)
         num_variants: how many expansions (1-8)
         system_prompt: instruction models only; empty for the default one
     Returns:
-        {"variants": [...], "seeds": [...], "lm", "revision", "mode" ("chat" | "completion"),
-        "temperature", "system_prompt", "original", "seconds", "done"}; while it streams,
-        {"variants": [text so far...], "index": the variant being written, "done": false}
+        expansion: {"variants", "seeds", "lm", "revision", "mode", "temperature", "system_prompt", "original", "seconds", "done": true}; while it streams {"variants": texts so far, "index": the variant being written, "done": false}
     """
     req = expand_request(prompt, lm, seed, temperature, num_variants, system_prompt)
 

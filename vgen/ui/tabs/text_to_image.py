@@ -45,22 +45,20 @@ async def generate_images(
     Parameters:
         prompt: what to draw
         negative_prompt: what to avoid (empty for none)
-        model: Hub repo id (org/name[@revision]) or local model folder; empty for the default
+        model: Hub repo id (org/name[@revision]) or local model folder; empty for the default model
         steps: denoising steps; None for the model's default
         guidance: classifier-free guidance scale; None for the model's default
-        seed: seed of the first image (image i uses seed + i); ignored when randomize_seed
+        seed: seed of the first image (image i uses seed + i); ignored when randomize_seed is true
         randomize_seed: draw a fresh seed
         width: image width, a multiple of 8; None for the model's default
         height: image height, a multiple of 8; None for the model's default
-        num_images: how many images (seeds seed, seed+1, ...)
+        num_images: how many images (seeds seed, seed + 1, ...)
         scheduler: "model default" or a sampler key (dpm++2m, euler, euler-a, ddim, unipc, lcm, ...)
-        decoder: "full" (the model's VAE) or "fast" (tiny autoencoder TAESD, for Stable
-            Diffusion / SDXL latents; other models decode with their own VAE and say so)
+        decoder: "full" (the model's VAE) or "fast" (TAESD for SD and SDXL latents; other models say so)
     Returns:
-        gallery of PNG files (each with its generation parameters in the "parameters" text chunk,
-        caption "seed N"; while it runs, live previews captioned "preview"), an info line (it
-        names the decoder that made the images; while it runs, what the job is doing and for how
-        long), and a notice (words the model does not know, a size it was not trained at)
+        gallery: PNG files with their generation parameters in the "parameters" text chunk, captioned "seed N" (live previews while it runs)
+        info: the line that says what made the images (model, revision, sampler, size, steps, seeds, decoder, seconds)
+        notice: words the model does not know, or a size larger than the one it was trained at
     """
     try:
         req = generate_request(prompt, negative_prompt, model, steps, guidance, seed,
