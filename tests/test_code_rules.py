@@ -1,6 +1,6 @@
-"""Size rules of the engine (issue #21): no module over 600 lines and no function over 90 under
-``vgen/``, so every file and function can be read at once; and no module imports another's
-private (``_name``) name."""
+"""Size rules of vgen, the UI package included (issue #21): no module over 600 lines and no
+function over 90 under ``vgen/``, so every file and function can be read at once; and no module
+imports another's private (``_name``) name."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 VGEN = Path(__file__).resolve().parent.parent / "vgen"
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 90
-# Not checked yet: vgen/ui (the lead's, to be added) and the layout/GLIGEN modules in progress.
-NOT_YET = ("ui/*", "ui/**/*", "layout.py", "plan.py", "archs.py", "grounded*.py",
+# Not checked yet: the layout/GLIGEN modules in progress.
+NOT_YET = ("layout.py", "plan.py", "archs.py", "grounded*.py",
            "shapes/*grounded*.py", "shapes/*planner*.py")
 
 
