@@ -546,13 +546,7 @@ def test_on_zero_gpu_the_engine_call_runs_inside_spaces_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("how", ["aclose", "cancel"])
-@pytest.mark.parametrize("handler", [
-    "generate",
-    # Until edit.edit_image closes its run_job (contextlib.aclosing), as generate_images does:
-    # a closed edit handler returns before its engine stopped (the loop closes it later).
-    pytest.param("edit", marks=pytest.mark.xfail(
-        reason="vgen/ui/tabs/edit.py: edit_image iterates run_job without aclosing")),
-])
+@pytest.mark.parametrize("handler", ["generate", "edit"])
 def test_closing_a_handler_stops_its_engine_before_returning(slow_engine, handler, how, tmp_path):
     """What Gradio does on a client that went away (aclose) and on Stop (task cancel): the
     handler's generator only finishes once its engine thread has stopped."""
