@@ -74,7 +74,7 @@ def test_train_smoke_saves_and_reloads_through_the_engine(tmp_path):
 
     from vgen.shapes.model import DECODER_NOISE_STD
 
-    vae = AutoencoderKL.from_pretrained(out, subfolder="vae", torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(out, subfolder="vae", dtype=torch.float32)
     with torch.no_grad():
         std = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.std
     assert float(std.max()) == pytest.approx(DECODER_NOISE_STD, rel=0.01)  # pinned at export

@@ -25,6 +25,13 @@ not depend on the weights); the embedded shapes model is the real one. The TAESD
 saved in Hub layout and loaded through ``vgen.hub`` (``VGEN_TAESD``/``VGEN_TAESDXL`` set to it),
 unless those variables already name real weights.
 
+Precision (``vgen.precision``): the engine's variants run in the machine's precision
+(``conditions.precision``); stock always runs fp32, as diffusers' docs call it (under bf16 on fp32
+copies of the denoiser and VAE), so ``checks[].stock_vs_vgen_psnr_db`` is bf16 against fp32 on
+the same seed there (and 99 dB, identical, under fp32). ``--busy-core`` adds ``busy_core``: the
+embedded model with one core taken by another process against idle, per OpenMP wait policy
+(``vgen.bench_busy``).
+
 Also measured: ``app_overhead_ms`` (the same request through the launched ``app.py`` with
 ``gradio_client`` minus a direct engine call, medians; the client reuses one TLS context, as the
 README's API section shows; ``app_overhead_default_client_ms`` is the same with gradio_client's
@@ -65,6 +72,7 @@ from .bench_measure import (
     matmul_peak,
     median,
     pixels_equal,
+    psnr,
     source_image,
     timed,
 )
@@ -131,6 +139,8 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
     runs, cpu = _records(run, samples, flops.get("per_sample", 0.0), peak_gflops, rss)  # 6
     check = {"model": case.model, "unet_gflop_per_sample": round(flops.get("per_sample", 0.0) / 1e9, 2),
              "stock_vs_vgen_max_pixel_difference": max_diff,
+             # stock runs fp32: under bf16 this is bf16 against fp32 on the same seed (issue #23)
+             "precision": run.model.precision, "stock_vs_vgen_psnr_db": min(run.psnr),
              "vgen_fast": "run" if "vgen-fast" in run.variants else f"not run: {run.fast_note}"}
     if ablate:
         # vgen.decoders keeps both decoders in channels-last on a CPU, the UNet as it is.
@@ -147,7 +157,7 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
     from .catalog import model_defaults
     from .edit import edit
     from .generate import generate
-    from .pipelines import ModelCache
+    from .pipelines import ModelCache, share
     from .requests import EditRequest, GenerateRequest
 
     # 1. Load through the engine; the stock pipeline shares its components (from_pipe).
@@ -161,8 +171,13 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
     guidance = d.guidance if case.guidance is None else case.guidance
     # The engine keeps the VAE decoder in channels-last on a CPU (vgen.decoders.prepare_model);
     # stock gets its own copy of the VAE as loaded, everything else is shared.
-    stock_vae = copy.deepcopy(model.pipe.vae)
-    stock = type(model.pipe).from_pipe(model.pipe, vae=stock_vae)
+    # Under bf16 (vgen.precision) stock runs fp32, as diffusers' docs call it, on fp32 copies of
+    # the denoiser and the VAE. pipelines.share, not from_pipe: from_pipe converts the shared
+    # modules to fp32 in place.
+    bf16 = model.precision == "bf16"
+    stock_vae = copy.deepcopy(model.pipe.vae).float() if bf16 else copy.deepcopy(model.pipe.vae)
+    stock_unet = copy.deepcopy(model.pipe.unet).float() if bf16 else model.pipe.unet
+    stock = share(type(model.pipe), model.pipe, vae=stock_vae, unet=stock_unet)
     stock.set_progress_bar_config(disable=True)
     source = source_image(size) if case.task == "instruct" else None
     base = (EditRequest(prompt="", model=ref, mode="instruct", image=source, steps=steps, guidance=guidance,
@@ -174,7 +189,7 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
     parts = SimpleNamespace(text_encoder=model.pipe.text_encoder,
                             text_encoder_2=getattr(model.pipe, "text_encoder_2", None),
                             unet=model.pipe.unet, vae=model.pipe.vae)
-    stock_parts = SimpleNamespace(**{**vars(parts), "vae": stock_vae})
+    stock_parts = SimpleNamespace(**{**vars(parts), "vae": stock_vae, "unet": stock_unet})
 
     # 2. Which variants: vgen-fast only where a tiny autoencoder fits (else it would be vgen).
     variants = ["stock", "vgen"]
@@ -200,7 +215,8 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
         return timed(p, device, lambda: engine(req, cache=cache).images[0])
 
     return SimpleNamespace(case=case, cache=cache, model=model, device=device, size=size, steps=steps,
-                           guidance=guidance, stock_vae=stock_vae, variants=variants, tiny=tiny,
+                           guidance=guidance, stock_vae=stock_vae, stock_unet=stock_unet,
+                           variants=variants, tiny=tiny,
                            fast_note=fast_note, call=call)
 
 
@@ -215,7 +231,7 @@ def _warm_up(run: SimpleNamespace, log: Callable[[str], None], ablate: bool) -> 
     if run.tiny is not None:
         watched["tiny_decoder"] = run.tiny.decoder
     with capture_inputs(watched, inputs) if ablate else contextlib.nullcontext():
-        with count_unet_flops(run.model.pipe.unet, flops):
+        with count_unet_flops(run.stock_unet, flops):
             run.call("stock", PROMPTS[0])
         for v in run.variants[1:]:
             run.call(v, PROMPTS[0])
@@ -233,7 +249,7 @@ def _timed_runs(run: SimpleNamespace, repeats: int, rss: RssSampler,
     """Step 4: timed runs, interleaved, each repetition with a new prompt. Returns the samples
     per variant and the largest pixel difference between stock and vgen."""
     samples: dict[str, list[Sample]] = {v: [] for v in run.variants}
-    max_diff = 0.0
+    max_diff, run.psnr = 0.0, []
     for r in range(repeats):
         images = {}
         for v in run.variants:
@@ -244,6 +260,7 @@ def _timed_runs(run: SimpleNamespace, repeats: int, rss: RssSampler,
             log(f"  {v:9s} run {r + 1}/{repeats}: {s.wall:7.2f} s (text {s.times.text_s:.2f}, "
                 f"unet {s.times.unet_s:.2f}, decode {s.times.decode_s:.2f}; cpu {s.cpu:.2f} s)")
         max_diff = max(max_diff, pixels_equal(images["stock"], images["vgen"]))
+        run.psnr.append(psnr(images["stock"], images["vgen"]))
     return samples, max_diff
 
 
@@ -358,12 +375,14 @@ def _table(result: dict) -> str:
 
 def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, app: bool = True,
               models: list[str] | None = None, log: Callable[[str], None] = print,
-              ablate: bool = False, max_steps: int | None = None) -> dict:
+              ablate: bool = False, max_steps: int | None = None, busy: bool = False) -> dict:
     """Run ``suite`` and return the result (see the module docstring for its layout).
     ``max_steps`` caps the steps of the published architectures (a shorter full suite on a CPU:
-    their per-image figures are then for that many steps); the embedded model keeps its default."""
+    their per-image figures are then for that many steps); the embedded model keeps its default.
+    ``busy``: also the embedded model with one core busy against idle (``vgen.bench_busy``)."""
     from .bench_app import bench_app
-    from .pipelines import pick_device, pick_dtype
+    from .bench_busy import run_policies
+    from .pipelines import pick_device, pick_dtype, pick_precision
 
     if suite not in SUITES:
         raise InvalidRequestError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
@@ -407,6 +426,7 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
                 speedups.update(out["speedups"])
                 checks.append(out["check"])
             app_out = bench_app(APP_STEPS[suite], repeats, work, log) if app else {}
+            busy_out = run_policies(repeats, log, steps=APP_STEPS[suite]) if busy else None
     finally:
         if own_work:
             import shutil
@@ -422,9 +442,12 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
         "cpu_time": {"matmul_peak_gflops_per_cpu_second": round(peak[1], 2), "runs": cpu,
                      "app": app_out.get("cpu")},
         "speedups": speedups,
+        "busy_core": busy_out,
         "conditions": {
             "suite": suite, "repeats": repeats, "max_steps": max_steps, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+            "precision": pick_precision(device).name, "precision_reason": pick_precision(device).reason,
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": config.omp_num_threads(),
+            "OMP_WAIT_POLICY": config.omp_wait_policy(),
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "weights": "random at the published architectures "
@@ -442,7 +465,8 @@ def main(args) -> int:
     """``python -m vgen bench``: ``args`` has suite, json, repeats, work, no_app, models."""
     result = run_bench(args.suite, repeats=args.repeats, work=args.work, app=not args.no_app,
                        models=args.models, log=lambda m: print(m, flush=True),
-                       ablate=getattr(args, "ablations", False), max_steps=getattr(args, "max_steps", None))
+                       ablate=getattr(args, "ablations", False), max_steps=getattr(args, "max_steps", None),
+                       busy=getattr(args, "busy_core", False))
     print(_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

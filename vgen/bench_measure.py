@@ -156,6 +156,14 @@ def source_image(size: int):
     return im
 
 
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio of two 8-bit images in dB (99.0 when identical)."""
+    import numpy as np
+
+    mse = float(((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2).mean())
+    return 99.0 if mse == 0 else round(10 * float(np.log10(255.0 ** 2 / mse)), 2)
+
+
 def pixels_equal(a, b) -> float:
     import numpy as np
 

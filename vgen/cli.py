@@ -482,6 +482,8 @@ def _add_bench_parser(sub) -> None:
                    help="at most this many denoising steps for the published architectures (a shorter "
                    "full suite on a CPU; their figures are then for that many steps)")
     b.add_argument("--no-app", action="store_true", help="skip the app overhead and cold start")
+    b.add_argument("--busy-core", action="store_true", help="also time the embedded model with one core "
+                   "taken by a CPU-bound process against idle, under OMP_WAIT_POLICY PASSIVE and ACTIVE")
     b.add_argument("--ablations", action="store_true", help="also measure, per module, the channels-last "
                    "layout against the contiguous one, and torch.compile of the tiny decoder (slow to compile)")
     b.set_defaults(func=cmd_bench)

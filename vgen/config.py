@@ -213,9 +213,42 @@ def device_setting() -> str:
 
 
 def dtype_setting() -> str:
-    """VGEN_DTYPE: float32/float16/bfloat16 (or fp32/fp16/bf16) overriding the device's
-    default ("": automatic)."""
-    return raw("VGEN_DTYPE")
+    """VGEN_DTYPE: auto (the default, also when unset) or float32/float16/bfloat16 (or
+    fp32/fp16/bf16), lower-cased ("auto" when unset; see ``vgen.precision``)."""
+    return raw("VGEN_DTYPE", "auto").lower()
+
+
+def user_cache_dir() -> str:
+    """Where vgen keeps small per-machine facts (the precision micro-benchmark's verdict):
+    VGEN_CACHE_DIR, else $XDG_CACHE_HOME/vgen, else ~/.cache/vgen (not created here)."""
+    if raw("VGEN_CACHE_DIR"):
+        return os.path.expanduser(raw("VGEN_CACHE_DIR"))
+    base = raw("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vgen")
+
+
+def passive_openmp(env: dict | None = None) -> dict:
+    """OMP_WAIT_POLICY=PASSIVE in ``env`` (default: this process's ``os.environ``) unless the
+    user set OMP_WAIT_POLICY; returns ``env``. OpenMP threads that spin while they wait (the
+    default, ACTIVE) turn one core taken by another process into a 10x slower image (issue #23).
+    Only effective before the OpenMP runtime starts, i.e. before torch is imported in that
+    process: the CLI calls it first thing, the engine worker for its child's environment."""
+    env = os.environ if env is None else env
+    if not (env.get("OMP_WAIT_POLICY") or "").strip():
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
+def environment_with(**values: str) -> dict:
+    """A copy of this process's environment with ``values`` set, for a child process."""
+    env = os.environ.copy()
+    env.update(values)
+    return env
+
+
+def omp_wait_policy() -> str | None:
+    """OMP_WAIT_POLICY as set (None when unset), for the bench's record of its conditions."""
+    return os.environ.get("OMP_WAIT_POLICY")
 
 
 def model_roots_text() -> str:

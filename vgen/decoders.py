@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import config, hub
+from . import config, hub, precision
 from .errors import FastDecoderUnavailableError, ModelError, VgenError
 
 TINY_DECODERS = {  # latent space -> (default Hub repo, environment variable overriding it)
@@ -124,13 +124,14 @@ def _load(ref: str, model, progress) -> TinyDecoder:
     if cls != "AutoencoderTiny":
         raise FastDecoderUnavailableError(
             f"{ref} is not a tiny autoencoder (its config.json names {cls!r}, not AutoencoderTiny)")
-    kwargs = dict(torch_dtype=model.dtype, use_safetensors=True)
+    kwargs = dict(dtype=model.dtype, use_safetensors=True)
     if resolved.variant:
         kwargs["variant"] = resolved.variant
     module = AutoencoderTiny.from_pretrained(str(resolved.path), **kwargs)
     module = module.to(model.device).eval().requires_grad_(False)
     if model.device.type == "cpu":
         _channels_last(module.decoder)
+    precision.apply_vae(module, precision.named(model.precision, model.device))  # bf16 on a CPU
     return TinyDecoder(ref, resolved.commit, module)
 
 

@@ -7,7 +7,7 @@ The ``parameters`` text chunk is::
     Steps: 20, Sampler: DPM++ 2M, CFG scale: 4.0, Seed: 3, Size: 64x64, Model: REF, ...
 
 with vgen's own fields appended to the last line (model revision, task, strength, image
-guidance, decoder, vgen version). Values holding commas or quotes are JSON-quoted, as A1111
+guidance, decoder, precision, vgen version). Values holding commas or quotes are JSON-quoted, as A1111
 does. ``parse_parameters`` reads it back; ``request_from_parameters`` rebuilds a request.
 """
 

@@ -2,9 +2,13 @@
 
 A model is loaded once (even when two requests ask for it at the same moment) and every task
 of that model (text-to-image, img2img, inpainting) is a ``from_pipe`` view sharing its
-components, so nothing is loaded twice. Device and dtype are chosen automatically (CUDA with
-fp16 when present, else CPU with fp32) and can be overridden with ``VGEN_DEVICE`` and
-``VGEN_DTYPE``.
+components, so nothing is loaded twice. The device is chosen automatically (CUDA when present,
+else the CPU; ``VGEN_DEVICE`` overrides) and the precision by ``vgen.precision`` (fp16 on CUDA;
+on a CPU bf16 where it is measured faster, else fp32; ``VGEN_DTYPE`` overrides).
+
+Views are made with :func:`share`, not ``from_pipe``: ``DiffusionPipeline.from_pipe`` ends with
+``.to(dtype=float32)`` unless told a dtype, which converted the shared modules in place (an fp16
+model on CUDA, or a bf16 denoiser, became fp32 at the first job).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Callable
 
 import torch
 
-from . import config, hub
+from . import config, hub, precision
 from .catalog import default_model
-from .errors import ModelError, UnsupportedModelError
+from .errors import UnsupportedModelError
 
 TASKS = ("txt2img", "img2img", "inpaint", "instruct")
 
@@ -31,15 +35,14 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def pick_precision(device: torch.device) -> precision.Precision:
+    """The precision models on ``device`` run in (``vgen.precision.choose``)."""
+    return precision.choose(device)
+
+
 def pick_dtype(device: torch.device) -> torch.dtype:
-    name = config.dtype_setting()
-    if name:
-        try:
-            return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-                    "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[name]
-        except KeyError:
-            raise ModelError(f"VGEN_DTYPE={name!r} is not one of float32, float16, bfloat16") from None
-    return torch.float16 if device.type == "cuda" else torch.float32
+    """The denoiser's compute dtype on ``device`` (bf16, fp16 or fp32)."""
+    return pick_precision(device).compute_dtype
 
 
 @dataclass
@@ -54,9 +57,10 @@ class LoadedModel:
     resolved: hub.ResolvedModel
     pipe: object
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # what it loaded in: the latents' dtype (fp32 for bf16 on a CPU)
     load_s: float
     views: dict
+    precision: str = "fp32"  # fp32 / bf16 / fp16: what the denoiser computes in (vgen.precision)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Per-model caches of vgen.decoders (tiny decoders, or why one is unavailable) and
     # vgen.speed (text embeddings of recent prompts); ``cache_lock`` guards both.
@@ -97,6 +101,25 @@ def load_pipeline(resolved: hub.ResolvedModel, device: torch.device, dtype: torc
         raise UnsupportedModelError(f"{resolved.ref} is not a diffusion pipeline vgen can run")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def share(cls, pipe, **components):
+    """A ``cls`` pipeline on ``pipe``'s components, ``components`` replacing some (e.g. a job's
+    scheduler or VAE): diffusers' documented ``cls(**pipe.components)``, plus the pipeline
+    options ``cls`` takes from ``pipe``'s config (``requires_safety_checker``...). What
+    ``cls.from_pipe(pipe, **components)`` builds, without its final ``.to(dtype=float32)``,
+    which converts every shared module in place."""
+    expected, optional = cls._get_signature_keys(cls)
+    parts = {k: v for k, v in pipe.components.items() if k in expected}
+    parts.update({k: v for k, v in components.items() if k in expected})
+    for k in set(getattr(cls, "_optional_components", []) or []) & expected - parts.keys():
+        parts[k] = None
+    options = {k: pipe.config[k] for k in optional if k in pipe.config and k not in parts}
+    view = cls(**parts, **options)
+    name = pipe.config.get("_name_or_path")
+    if name is not None:
+        view.register_to_config(_name_or_path=name)
+    return view
 
 
 def task_view(model: LoadedModel, task: str):
@@ -153,9 +176,10 @@ class ModelCache:
             progress: Callable[[hub.DownloadProgress], None] | None = None) -> LoadedModel:
         ref = (reference or "").strip() or default_model()
         device = pick_device()
-        dtype = pick_dtype(device)
+        prec = pick_precision(device)
+        dtype = prec.load_dtype
         parsed = hub.parse_reference(ref)  # validate before touching the network
-        key = (str(parsed), str(device), str(dtype))
+        key = (str(parsed), str(device), prec.name)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -168,8 +192,11 @@ class ModelCache:
             t0 = time.perf_counter()
             resolved = hub.resolve(parsed, prefer_fp16=dtype == torch.float16, progress=progress)
             pipe = (self._loader or load_pipeline)(resolved, device, dtype)
+            if self._loader is None:
+                precision.apply(pipe, prec)
             model = LoadedModel(str(parsed), resolved, pipe, device, dtype,
-                                time.perf_counter() - t0, {})
+                                time.perf_counter() - t0, {},
+                                precision=prec.name if self._loader is None else precision.name_of(dtype))
             with self._lock:
                 self._models[key] = model
                 self._loading.pop(key, None)

@@ -127,6 +127,7 @@ class GenerationResult:
     sampler: str
     timings: Timings
     extras: dict[str, Any] = field(default_factory=dict, compare=False)
+    precision: str = "fp32"  # what the denoiser computed in: fp32, bf16 or fp16 (vgen.precision)
 
     @property
     def parameters(self) -> tuple[str, ...]:

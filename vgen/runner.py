@@ -15,7 +15,7 @@ from . import decoders, speed
 from .catalog import default_model, defaults_for, model_defaults
 from .jobs import JobControl
 from .metadata import attach, format_parameters
-from .pipelines import LoadedModel, ModelCache, model_cache, task_view
+from .pipelines import LoadedModel, ModelCache, model_cache, share, task_view
 from .requests import (
     GenerateRequest,
     GenerationResult,
@@ -67,8 +67,8 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
     view = model.views.get(key)
     if view is None:
         base = task_view(model, req.task)
-        view = type(base).from_pipe(base, scheduler=make_scheduler(base.scheduler.config, req.scheduler),
-                                    **swap)
+        view = share(type(base), base, scheduler=make_scheduler(base.scheduler.config, req.scheduler),
+                     **swap)
         view.set_progress_bar_config(disable=True)
         model.views[key] = view
     if control is not None and control.preview is not None:
@@ -121,7 +121,8 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     seeds = tuple(req.seed + i for i in range(req.num_images))
     req = replace(req, decoder=decoder.used)  # what made the images, recorded in each PNG
     images = tuple(
-        attach(im, format_parameters(req, s, sampler, req.model, model.revision, decoder.metadata))
+        attach(im, format_parameters(req, s, sampler, req.model, model.revision,
+                                     {**(decoder.metadata or {}), "Precision": model.precision}))
         for im, s in zip(pictures, seeds)
     )
     t = phases.times
@@ -131,7 +132,7 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
         images=images, seeds=seeds, request=req, model=req.model, revision=model.revision,
         sampler=sampler, timings=Timings(load_s=model.load_s, encode_s=t.text_s, denoise_s=t.unet_s,
                                          decode_s=t.decode_s, total_s=seconds),
-        extras=extras,
+        extras=extras, precision=model.precision,
     )
 
 

@@ -24,18 +24,21 @@ def base_status() -> dict:
 
 
 def engine_status(loaded_models: list[str] | None = None) -> dict:
-    """``base_status`` plus torch's version, the device, dtype and threads of this process, and
-    ``loaded_models`` (default: this process's model cache)."""
+    """``base_status`` plus torch's version, the device, the precision (``precision``: fp32,
+    bf16 or fp16, ``precision_reason``: why, and ``dtype``: the denoiser's torch dtype; see
+    ``vgen.precision``) and threads of this process, and ``loaded_models`` (default: this
+    process's model cache)."""
     import torch
 
-    from .pipelines import model_cache, pick_device, pick_dtype
+    from .pipelines import model_cache, pick_device, pick_precision
+    from .precision import describe
 
     device = pick_device()
     return {
         **base_status(),
         "torch": str(torch.__version__),  # a str: torch.__version__ is a TorchVersion
         "device": str(device),
-        "dtype": str(pick_dtype(device)).replace("torch.", ""),
+        **describe(pick_precision(device)),
         "torch_threads": torch.get_num_threads(),
         "loaded_models": model_cache().loaded() if loaded_models is None else loaded_models,
     }

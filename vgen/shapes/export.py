@@ -1,5 +1,6 @@
 """What every embedded-model trainer shares at export and at stop: a model folder is written
-beside its final place and swapped in whole, and SIGTERM/SIGINT end a run cleanly."""
+beside its final place and swapped in whole (with configs that plain diffusers loads in fp32),
+and SIGTERM/SIGINT end a run cleanly."""
 
 from __future__ import annotations
 
@@ -20,11 +21,38 @@ def partial_folder(final: str | Path) -> Path:
     return tmp
 
 
+HALF = ("float16", "bfloat16")
+
+
+def load_in_float32(folder: str | Path) -> list[Path]:
+    """Make the transformers configs in ``folder`` (its own ``config.json`` and each component's,
+    e.g. ``text_encoder/``) say ``"dtype": "float32"`` where they name a half type; returns the
+    files changed. The weights stay as stored (fp16 keeps a model small): transformers 5 loads a
+    model in its config's ``dtype`` (the saved one by default) while diffusers loads its own
+    models in fp32, so a pipeline saved in fp16 mixed an fp16 text encoder with an fp32 UNet
+    under ``DiffusionPipeline.from_pretrained(folder)`` without a dtype, and failed at the first
+    call ("mat1 and mat2 must have the same dtype"). With this, transformers upcasts at load."""
+    folder = Path(folder)
+    changed = []
+    for config in [folder / "config.json", *sorted(folder.glob("*/config.json"))]:
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("dtype") in HALF:
+            data["dtype"] = "float32"
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            changed.append(config)
+    return changed
+
+
 def publish(tmp: Path, final: str | Path, meta: dict, write_card: Callable[[Path], Path]) -> Path:
-    """Finish an export written to ``tmp`` and swap it in for ``final``: ``training.json``, the
+    """Finish an export written to ``tmp`` and swap it in for ``final``: its configs loadable
+    in fp32 by plain diffusers/transformers (:func:`load_in_float32`), ``training.json``, the
     scores of the previous export (kept until re-evaluated), the model card. The app or a commit
     never sees half a model."""
     final = Path(final)
+    load_in_float32(tmp)
     (tmp / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
     if (final / "eval.json").exists():
         shutil.copy2(final / "eval.json", tmp / "eval.json")

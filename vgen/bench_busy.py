@@ -1,0 +1,124 @@
+"""``python -m vgen bench --busy-core``: the embedded model's seconds per image with one core
+taken by another process, against idle, under each OpenMP wait policy.
+
+A busy core is a CPU-bound child (``python -c "while True: pass"``) pinned to core 0 where the
+OS allows it. OpenMP's wait policy is fixed when its runtime starts (when torch loads), so each
+policy is measured in a child process of its own (``python -m vgen.bench_busy``), started with
+``OMP_WAIT_POLICY`` set: PASSIVE (what the CLI and the app's engine workers set unless the user
+chose one) and ACTIVE (threads spin while they wait: what an unset policy gave here, 15x slower
+with one of two cores busy, issue #23). In each child, idle and busy runs of the embedded model at
+its defaults alternate after a warm-up; figures are medians, in wall and CPU seconds.
+
+Reported (``busy_core`` in the bench's JSON): per policy ``idle_seconds_per_image``,
+``busy_seconds_per_image``, ``busy_over_idle`` and the CPU seconds of the same runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import config
+
+SPIN = "while True: pass"
+PROMPT = "a red circle to the left of a blue square"
+POLICIES = ("PASSIVE", "ACTIVE")
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def busy_core(core: int = 0):
+    """A CPU-bound process for the duration of the block, pinned to ``core`` where possible."""
+    proc = subprocess.Popen([sys.executable, "-c", SPIN])
+    try:
+        if hasattr(os, "sched_setaffinity"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(proc.pid, {core})
+        time.sleep(0.3)  # let it take its core
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def measure_here(repeats: int = 3, model: str = "vgen-shapes", steps: int | None = None) -> dict:
+    """Idle and busy-core runs of ``model`` in this process, alternating after a warm-up."""
+    import torch
+
+    from .generate import generate
+    from .pipelines import ModelCache
+    from .requests import GenerateRequest
+
+    cache = ModelCache(max_models=1)
+    req = GenerateRequest(PROMPT, model=model, seed=1234, steps=steps)
+    generate(req, cache=cache)  # load and warm up
+
+    def one() -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        generate(req, cache=cache)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    idle, busy = [], []
+    for _ in range(repeats):
+        idle.append(one())
+        with busy_core():
+            busy.append(one())
+    out = {"omp_wait_policy": config.omp_wait_policy(), "torch_threads": torch.get_num_threads(),
+           "model": model, "repeats": repeats,
+           "idle_seconds_per_image": round(_median([w for w, _ in idle]), 4),
+           "busy_seconds_per_image": round(_median([w for w, _ in busy]), 4),
+           "idle_cpu_seconds_per_image": round(_median([c for _, c in idle]), 4),
+           "busy_cpu_seconds_per_image": round(_median([c for _, c in busy]), 4)}
+    out["busy_over_idle"] = round(out["busy_seconds_per_image"] / out["idle_seconds_per_image"], 3)
+    return out
+
+
+def run_policies(repeats: int = 3, log: Callable[[str], None] = print,
+                 policies: tuple[str, ...] = POLICIES, steps: int | None = None) -> dict:
+    """:func:`measure_here` in a child process per OpenMP wait policy; {policy: figures}."""
+    out = {}
+    for policy in policies:
+        env = config.environment_with(OMP_WAIT_POLICY=policy, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(REPO_DIR), config.raw("PYTHONPATH")])))
+        args = [sys.executable, "-m", "vgen.bench_busy", "--repeats", str(repeats)]
+        if steps:
+            args += ["--steps", str(steps)]
+        log(f"busy core: OMP_WAIT_POLICY={policy}, {repeats} idle and {repeats} busy runs")
+        done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        if done.returncode != 0 or not lines:
+            out[policy] = {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+            log(f"  failed: {out[policy]['error']}")
+            continue
+        out[policy] = json.loads(lines[-1])
+        f = out[policy]
+        log(f"  idle {f['idle_seconds_per_image']:.2f} s/image, one core busy "
+            f"{f['busy_seconds_per_image']:.2f} s/image ({f['busy_over_idle']:.2f}x); CPU "
+            f"{f['idle_cpu_seconds_per_image']:.2f} / {f['busy_cpu_seconds_per_image']:.2f} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vgen.bench_busy", description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None)
+    a = ap.parse_args(argv)
+    print(json.dumps(measure_here(a.repeats, steps=a.steps)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
