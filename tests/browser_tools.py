@@ -99,10 +99,19 @@ def visible(page, label: str):
     return page.get_by_label(label, exact=True).filter(visible=True)
 
 
-def number(page, label: str, value) -> None:
+def number(page, label: str, value, timeout_s: float = 10.0) -> None:
+    """Type ``value`` into a field and leave it, as a user would; typed again if the page drew
+    the field anew meanwhile (an accordion opening, a busy machine), so a test never runs on
+    the old value (regression: a phone Compare run used seed 0 instead of the typed 22)."""
     field = visible(page, label)
-    field.fill(str(value))
-    field.press("Tab")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        field.fill(str(value))
+        field.press("Tab")
+        time.sleep(0.2)
+        if field.input_value() == str(value) or time.monotonic() > deadline:
+            break
+    assert field.input_value() == str(value), f"{label} shows {field.input_value()!r}, not {value}"
 
 
 def gallery_images(page, gallery: str):
