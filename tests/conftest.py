@@ -37,6 +37,11 @@ from vgen.launch import free_port, stop
 # Browser fixtures (browser, page, phone_page) for tests/test_browser*.py.
 pytest_plugins = ["browser_tools"]
 
+# Tests compare pixels with diffusers' own fp32 calls and with fixed expectations: they run in
+# fp32 whatever the CPU (VGEN_DTYPE=auto may pick bf16 on one with bf16 matrix units). The
+# precision policy's own tests (tests/test_precision.py) set VGEN_DTYPE themselves.
+os.environ.setdefault("VGEN_DTYPE", "float32")
+
 
 @dataclass
 class LocalHub:
