@@ -51,7 +51,7 @@ def refused(info: str | None) -> tuple:
 
 def info_line(job: Job) -> str:
     """One line that says what made the images: model, revision, task, sampler, size, steps,
-    guidance (and strength or image guidance for edits), seeds, time and decoder."""
+    guidance (and strength or image guidance for edits), seeds, time, decoder and precision."""
     r = job.result
     req = r.request
     task = getattr(req, "mode", "txt2img")
@@ -67,6 +67,7 @@ def info_line(job: Job) -> str:
     if decoder:  # which decoder made the images (and why not "fast")
         note = r.extras.get("decoder_note")
         parts.append(f"decoder {decoder}" + (f" ({note})" if note else ""))
+    parts.append(r.precision)  # what the denoiser computed in (VGEN_DTYPE)
     return " · ".join(parts)
 
 
