@@ -12,7 +12,6 @@ import io
 import time
 
 import numpy as np
-import pytest
 from PIL import Image, ImageDraw
 
 from browser_tools import gallery_images, number, shot, visible, wait_for_text
@@ -78,12 +77,11 @@ def test_use_as_mask_opens_an_inpaint_edit_that_runs(page):
     shot(page, "features-mask-edited")
 
 
-@pytest.mark.xfail(strict=True, reason="Gradio 6.31's ImageEditor does not draw a layer set by "
-                   "the server (its add_layers_from_url loses a race: 'No draw texture found "
-                   "for layer'); the mask is applied but not shown (issue #21, 6)")
 def test_use_as_mask_draws_the_mask_in_the_editor(page):
-    """Defect 6: on a fresh page the mask was applied but not drawn in the editor. The
-    editor's canvas must show the mask (its translucent magenta) over the picture."""
+    """Defect 6: on a fresh page the mask was applied but not drawn in the editor (Gradio
+    6.31's editor does not draw a layer the server sets; the picture now carries the mask
+    tinted in, see features.mask_editor_value). The editor's canvas must show the mask (its
+    translucent magenta) over the picture."""
     _inspect(page)
     src = page.locator("#features-image img").get_attribute("src")
     picture = Image.open(io.BytesIO(page.request.get(src).body()))

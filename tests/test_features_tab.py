@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 pytest.importorskip("gradio_client")
 
 from vgen.ui.demo import build_demo  # noqa: E402
-from vgen.ui.forms import editor_image_and_mask  # noqa: E402
+from vgen.ui.forms import source_and_mask  # noqa: E402
 from vgen.ui.tabs import edit, features  # noqa: E402
 
 
@@ -72,20 +72,36 @@ def test_word_choices():
 
 
 def test_mask_round_trips_through_the_editor(tmp_path, monkeypatch):
+    """The picture "Use as mask" puts in the editor shows the mask tinted in (Gradio's editor
+    draws no layer the server sets); while the editor sends that picture back, the edit gets
+    the clean picture and the mask, with strokes painted since added."""
     monkeypatch.setattr(features, "cache_dir", lambda: tmp_path)
     image = Image.new("RGB", (64, 64), "white")
     ImageDraw.Draw(image).rectangle([40, 20, 59, 39], fill="blue")
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle([40, 20, 59, 39], fill=255)
-    value = features.mask_editor_value(image, mask)
-    assert all(Path(p).is_relative_to(tmp_path) for p in [value["background"], *value["layers"]])
-    layer = Image.open(value["layers"][0])
-    assert layer.mode == "RGBA" and layer.getpixel((50, 30)) == features.MASK_RGBA
-    assert value["composite"] is None  # the editor draws the background and the layer
-    assert layer.getpixel((5, 5))[3] == 0
-    source, back = editor_image_and_mask(value, "inpaint")
+    value, attached = features.mask_editor_value(image, mask)
+    assert all(Path(p).is_relative_to(tmp_path) for p in [value["background"], *attached.values()])
+    assert value["layers"] == [] and value["composite"] is None
+    shown = Image.open(value["background"]).convert("RGB")
+    assert shown.getpixel((5, 5)) == (255, 255, 255)  # outside the mask: the picture itself
+    r, g, b = shown.getpixel((50, 30))
+    assert r > g and b > 200  # inside: tinted magenta, the picture showing through
+    source, back = source_and_mask(value, attached, "inpaint")
     assert source.tobytes() == image.tobytes()
     assert np.array_equal(np.asarray(back), np.asarray(mask))
+    stroke = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(stroke).rectangle([0, 0, 7, 7], fill=(255, 0, 255, 140))
+    stroke_path = tmp_path / "stroke.png"
+    stroke.save(stroke_path)
+    _, both = source_and_mask({**value, "layers": [str(stroke_path)]}, attached, "inpaint")
+    assert both.getpixel((3, 3)) == 255 and both.getpixel((50, 30)) == 255
+    assert source_and_mask(value, attached, "img2img")[0].tobytes() == image.tobytes()
+    # Another picture in the editor (a new upload): the attached mask no longer applies.
+    other = tmp_path / "other.png"
+    Image.new("RGB", (64, 64), "red").save(other)
+    source, back = source_and_mask({"background": str(other), "layers": []}, attached, "inpaint")
+    assert source.getpixel((0, 0)) == (255, 0, 0) and back is None
 
 
 def test_use_as_mask_sends_to_edit(tmp_path, monkeypatch):
@@ -103,10 +119,11 @@ def test_use_as_mask_sends_to_edit(tmp_path, monkeypatch):
 
     Maps.prompt = "a red square"
     state = features.Inspected(Maps(), Image.new("RGB", (64, 64), "red"), "", "")
-    value, mode, prompt, tabs = features.use_as_mask(state, "2:square", 0.4, 3, 0, ["8x8"])
+    value, attached, mode, prompt, tabs = features.use_as_mask(state, "2:square", 0.4, 3, 0,
+                                                               ["8x8"])
     assert mode == "inpaint" and isinstance(tabs, gr.Tabs)
     assert prompt == "a red square"  # the instruction box gets the inspected prompt
-    _, mask = editor_image_and_mask(value, "inpaint")
+    _, mask = source_and_mask(value, attached, "inpaint")
     assert mask.getbbox() == (0, 0, 10, 10)
     with pytest.raises(gr.Error):
         features.use_as_mask(None, "2:square", 0.4, 0, 0, None)
@@ -168,8 +185,8 @@ def test_inspect_render_mask_and_features_in_process(tiny_env, tmp_path, monkeyp
     with pytest.raises(Exception, match="no attention recorded"):
         features.render_maps(state, "1:red", 0, 1, ["3x3"], 0.8)
     # Word -> mask -> Edit tab.
-    value, mode, prompt, _ = features.use_as_mask(state, "2:circle", 0.3, 0, 1, None)
-    source, mask = editor_image_and_mask(value, "inpaint")
+    value, attached, mode, prompt, _ = features.use_as_mask(state, "2:circle", 0.3, 0, 1, None)
+    source, mask = source_and_mask(value, attached, "inpaint")
     expected = state.maps.to_mask("2:circle", 0.3, step_range=(0, 1))
     assert mode == "inpaint" and np.array_equal(np.asarray(mask), np.asarray(expected))
     assert prompt == "a red circle"

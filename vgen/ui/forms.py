@@ -155,9 +155,37 @@ def editor_image_and_mask(editor: dict | None, mode: str):
     return source, mask
 
 
-def source_and_mask(image: str | dict | None, mask: str | None, mode: str):
-    """The edit's source image and mask: from the image editor's value (the UI) or from two
-    files (the API)."""
-    if isinstance(image, dict):
-        return editor_image_and_mask(image, mode)
-    return load_image(image), load_image(mask, "mask")
+def source_and_mask(image: str | dict | None, mask: str | dict | None, mode: str):
+    """The edit's source image and mask: from two files (the API), or from the image editor's
+    value (the UI) with the mask "Use as mask" attached (a dict of files, see
+    ``tabs.features.mask_editor_value``): while the editor still shows the tinted picture it
+    made, the clean picture is the source and that mask, with any strokes painted since, the
+    mask."""
+    if not isinstance(image, dict):
+        return load_image(image), load_image(mask, "mask")
+    source, painted = editor_image_and_mask(image, mode)
+    if not isinstance(mask, dict) or source is None or not _same_picture(source, mask["shown"]):
+        return source, painted
+    source = load_image(mask["source"])
+    if mode != "inpaint":
+        return source, None
+    attached = load_image(mask["mask"], "mask")
+    if painted is not None:
+        from PIL import ImageChops
+
+        attached = ImageChops.lighter(attached, painted.resize(attached.size))
+    return source, attached
+
+
+def _same_picture(image, path: str) -> bool:
+    """Whether ``image`` is the picture in ``path`` (the browser's editor sends it back re-encoded:
+    equal size and, on average, within one level)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as shown:
+        if shown.size != image.size:
+            return False
+        a = np.asarray(shown.convert("RGB"), dtype=np.int16)
+    b = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return float(np.abs(a - b).mean()) < 1.0

@@ -179,7 +179,9 @@ class EditTab:
     inspect: gr.Button  # -> the Features tab, with this edit's attention maps
     info: gr.Markdown
     notice: gr.Markdown
-    no_mask: gr.State  # the UI's mask is drawn in the editor: edit_image's mask stays None
+    # edit_image's mask in the UI: None, or the mask "Use as mask" attached to the picture it
+    # put in the editor (features.mask_editor_value); painted strokes are the editor's layers.
+    attached_mask: gr.State
     api_image: gr.File  # the /edit endpoint's image, mask, image guidance and model
     api_mask: gr.File
     api_image_guidance: gr.Number
@@ -190,7 +192,7 @@ class EditTab:
 
     def settings(self) -> list:
         """edit_image's inputs after the image (the mask slot is the UI's empty mask)."""
-        return [self.prompt, self.mode, self.no_mask, self.strength, self.image_guidance,
+        return [self.prompt, self.mode, self.attached_mask, self.strength, self.image_guidance,
                 self.negative_prompt, self.model, self.steps, self.guidance, self.seed,
                 self.randomize_seed, self.width, self.height, self.num_images, self.scheduler,
                 self.decoder]

@@ -177,36 +177,42 @@ def update_word_choices(state: Inspected | None, include_special: bool, key):
 MASK_RGBA = (255, 61, 245, 140)  # the Edit tab's brush colour, translucent: the picture shows
 
 
-def mask_editor_value(image, mask) -> dict:
-    """An ImageEditor value: ``image`` as the background and one layer painted in the brush's
-    translucent colour where ``mask`` is 255 (transparent elsewhere), as PNG files in Gradio's
-    cache folder; ``editor_image_and_mask(value, "inpaint")`` gives back the image and the mask.
-    No composite: the browser's editor draws a given composite instead of the background (so the
-    mask would be baked into the picture it sends back), and makes its own from the layers."""
+def mask_editor_value(image, mask) -> tuple[dict, dict]:
+    """What "Use as mask" puts in the Edit tab: (the ImageEditor's value, the attached mask).
+
+    Gradio 6.31's image editor does not draw a layer the server sets ("No draw texture found
+    for layer"), so a mask sent as a layer would be applied but not seen. Instead the editor's
+    picture is ``image`` with the mask tinted in the brush's translucent colour, and the
+    attached mask (a ``gr.State`` of the Edit tab: the tinted picture, the clean one and the
+    mask, as PNG files in Gradio's cache folder) tells the edit to use the clean picture and
+    this mask whenever the editor still shows that picture (``forms.source_and_mask``)."""
     from PIL import Image
 
     background = image.convert("RGB")
-    mask = mask.convert("L").resize(background.size, Image.NEAREST)
-    layer = Image.new("RGBA", background.size, MASK_RGBA[:3] + (0,))
-    layer.putalpha(mask.point(lambda v: MASK_RGBA[3] if v > 127 else 0))
+    mask = mask.convert("L").resize(background.size, Image.NEAREST).point(
+        lambda v: 255 if v > 127 else 0)
+    tint = Image.new("RGBA", background.size, MASK_RGBA[:3] + (0,))
+    tint.putalpha(mask.point(lambda v: MASK_RGBA[3] if v else 0))
+    shown = Image.alpha_composite(background.convert("RGBA"), tint).convert("RGB")
     folder = Path(tempfile.mkdtemp(prefix="vgen-mask-", dir=cache_dir()))
     paths = {}
-    for name, im in (("background", background), ("layer", layer)):
+    for name, im in (("shown", shown), ("source", background), ("mask", mask)):
         paths[name] = str(folder / f"{name}.png")
         im.save(paths[name], format="PNG")
-    return {"background": paths["background"], "layers": [paths["layer"]], "composite": None}
+    return {"background": paths["shown"], "layers": [], "composite": None}, paths
 
 
 def use_as_mask(state: Inspected | None, key, threshold, first, last, resolutions):
     """The chosen word's map, thresholded, as an inpainting mask on the image in the Edit tab:
-    (editor value, mode, the inspected prompt for the instruction box, the Edit tab)."""
+    (editor value, attached mask, mode, the inspected prompt for the instruction box, the Edit
+    tab)."""
     if state is None or not key:
         raise gr.Error("Inspect an image and pick a word first.", print_exception=False)
     mask = state.maps.to_mask(key, float(threshold), **_filters(first, last, resolutions))
     if mask.getbbox() is None:
         raise gr.Error("The mask is empty at this threshold: lower it.", print_exception=False)
-    return (mask_editor_value(state.image, mask), "inpaint", state.maps.prompt,
-            gr.Tabs(selected="edit"))
+    value, attached = mask_editor_value(state.image, mask)
+    return value, attached, "inpaint", state.maps.prompt, gr.Tabs(selected="edit")
 
 
 @endpoint
@@ -405,7 +411,7 @@ def wire(f: FeaturesTab, edit, tabs) -> None:
     pending = gr.State(None)
     f.to_mask.click(endpoint(use_as_mask),
                     [f.state, f.word, f.threshold, f.first, f.last, f.resolutions],
-                    [pending, edit.mode, edit.prompt, tabs], **quick
+                    [pending, edit.attached_mask, edit.mode, edit.prompt, tabs], **quick
                     ).success(lambda value: value, pending, edit.editor, **quick)
     f.use_inspected.click(lambda path: path, f.image, f.feat_image, **quick)
     f.show.click(show_features, [f.feat_image, f.backbone, f.model, f.prompt], f.views,
