@@ -32,7 +32,10 @@ def chromium_path() -> str:
     pytest.fail("Chromium is not installed (apt-get install -y chromium, or set VGEN_CHROMIUM)")
 
 
-@pytest.fixture(scope="session")
+# Per test module, not per session: Playwright's sync API runs an event loop in the main thread
+# while it is started, and every later test's asyncio.run() would then fail ("cannot be called
+# from a running event loop").
+@pytest.fixture(scope="module")
 def browser():
     try:
         from playwright.sync_api import sync_playwright

@@ -307,6 +307,8 @@ def test_a_size_larger_than_the_models_own_gets_a_notice():
 def test_stop_and_failure_lines_replace_a_running_jobs_output():
     """Defect 2: Stop and errors left the preview and the previous info line. Stop acts only
     while a job runs (its progress line is on screen); a refusal leaves a failure line."""
+    import asyncio
+
     from vgen.ui import results
     from vgen.ui.handlers import Progress
 
@@ -315,11 +317,12 @@ def test_stop_and_failure_lines_replace_a_running_jobs_output():
     assert first[0] is None and first[1].startswith(results.RUNNING) and first[2] == ""
     later = results.running(Progress("denoising: step 3/20", 1.4, preview=("p.png", "preview")))
     assert later[0] == [("p.png", "preview")] and later[1].endswith("· 1 s") and later[2] == skip
-    assert results.stopped(later[1]) == (None, results.STOPPED_LINE, "")
-    assert results.stopped("**tiny** · seed 4") == (skip, skip, skip)  # nothing ran: kept
+    assert asyncio.run(results.stopped(later[1])) == (None, results.STOPPED_LINE, "")
+    assert asyncio.run(results.stopped("**tiny** · seed 4")) == (skip, skip, skip)  # kept
     line = results.failed_line(ValueError("steps must be from 1 to 150"))
     assert line.startswith(results.FAILED) and "steps must be" in line
     assert results.refused(line) == (skip, skip, skip)  # the endpoint said why already
+    assert results.refused(later[1]) == (skip, skip, skip)  # a stopped job: Stop's line says so
     assert results.refused("**tiny** · seed 4")[1].startswith(results.FAILED)
 
 

@@ -387,3 +387,27 @@ def test_the_module_is_gradio_and_torch_free():
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_stop_waits_until_the_sessions_job_has_left_the_queue():
+    """Stop's line is sent once the stopped job has ended (results.stopped), so a late update
+    of the job cannot overwrite it: until_idle returns when the session's last job leaves."""
+    async def scenario():
+        q = FairQueue(slots=1, max_waiting=4, per_session=2)
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def job():
+            async with q.slot("A"):
+                entered.set()
+                await release.wait()
+
+        task = asyncio.create_task(job())
+        await entered.wait()
+        assert q.session_jobs("A") == 1 and q.session_jobs("B") == 0
+        assert not await q.until_idle("A", timeout_s=0.1)  # still running
+        asyncio.get_running_loop().call_later(0.1, release.set)
+        assert await q.until_idle("A", timeout_s=5) and q.session_jobs("A") == 0
+        await task
+        assert await q.until_idle(None, timeout_s=0)  # no session: nothing to wait for
+
+    asyncio.run(scenario())

@@ -35,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 
 from vgen import config
@@ -98,6 +99,22 @@ class FairQueue:
             yield
         finally:  # normal exit, error, cancellation while waiting or running, generator closed
             self._leave(ticket)
+
+    def session_jobs(self, session: str | None) -> int:
+        """How many jobs ``session`` has waiting or running (0 for None)."""
+        with self._lock:
+            return self._sessions.get(session, 0) if session is not None else 0
+
+    async def until_idle(self, session: str | None, timeout_s: float) -> bool:
+        """Wait until ``session`` has no job waiting or running, at most ``timeout_s``; whether
+        it has none. (Stop waits for it: a job leaves the queue only once its engine stopped
+        and its handler yielded its last update.)"""
+        deadline = time.monotonic() + timeout_s
+        while self.session_jobs(session):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def stats(self) -> dict:
         """For /status: ``slots``, ``running``, ``waiting``, ``max_waiting``, ``per_session``

@@ -8,12 +8,13 @@ import gradio as gr
 from vgen.catalog import entry_for
 
 from .components import HUB_POINTER
-from .handlers import Job, Progress
+from .handlers import Job, Progress, fair_queue, session_of
 
 # The info line's first character says what it describes (the Stop and failure handlers read it);
 # geometric shapes, not emoji, so a browser without an emoji font draws them too.
 RUNNING, STOPPED, FAILED = "▶", "■", "✖"
 STOPPED_LINE = f"{STOPPED} Stopped: no image was finished."
+STOP_WAIT_S = 15.0  # at most this long for the stopped job to end (it stops within one step)
 
 
 def running(p: Progress) -> tuple:
@@ -28,11 +29,15 @@ def is_running(info: str | None) -> bool:
     return (info or "").startswith(RUNNING)
 
 
-def stopped(info: str | None) -> tuple:
+async def stopped(info: str | None, request: gr.Request = None) -> tuple:
     """Stop pressed: while a job ran, no half-denoised preview stays and the info line says it
-    stopped; with none running nothing changes (the last results stay)."""
+    stopped; with none running nothing changes (the last results stay). The line is sent once
+    the session's job has really ended: an update the job sent just before the cancel reached
+    it then comes first, and cannot overwrite "Stopped" (regression: the Edit tab's line went
+    back to "Denoising: step 5/112")."""
     if not is_running(info):
         return gr.skip(), gr.skip(), gr.skip()
+    await fair_queue().until_idle(session_of(request), STOP_WAIT_S)
     return None, STOPPED_LINE, ""
 
 
@@ -43,8 +48,10 @@ def failed_line(error: BaseException) -> str:
 
 def refused(info: str | None) -> tuple:
     """A failed event whose endpoint did not say why (its inputs were refused before it ran):
-    the info line says so, and the results of an earlier job are cleared."""
-    if (info or "").startswith((FAILED, STOPPED)):
+    the info line says so, and the results of an earlier job are cleared. Not after a job
+    that started (its line is a progress line): one stopped says so itself (``stopped``; Gradio
+    counts a cancelled event as failed), one that failed wrote its error."""
+    if (info or "").startswith((FAILED, STOPPED, RUNNING)):
         return gr.skip(), gr.skip(), gr.skip()
     return None, f"{FAILED} No image was made: the request was refused (see the message).", ""
 

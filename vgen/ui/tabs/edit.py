@@ -272,10 +272,10 @@ def build() -> EditTab:
                    gr.State({"mode": "img2img"}))
 
 
-def stopped(info: str | None) -> tuple:
+async def stopped(info: str | None, request: gr.Request = None) -> tuple:
     """Stop pressed: as in Text to Image (while an edit ran, no result stays and the info line
     says it stopped; with none running nothing changes); nothing is left to inspect."""
-    out = results.stopped(info)
+    out = await results.stopped(info, request)
     return (*out, None if out[0] is None else gr.skip())
 
 
@@ -296,7 +296,8 @@ def wire(e: EditTab) -> None:
                                        e.height], reveal=e.gallery.elem_id),
     )
     e.event.failure(refused, e.info, e.outputs(), **quick)
-    e.stop.click(stopped, e.info, e.outputs(), cancels=[e.event], **quick)
+    e.stop.click(fn=None, cancels=[e.event])  # first: see text_to_image.wire
+    e.stop.click(stopped, e.info, e.outputs(), **quick)
     # The /edit endpoint: the same function, with files for the image and the mask.
     api = [e.api_image, e.prompt, e.mode, e.api_mask, e.strength, e.api_image_guidance,
            e.negative_prompt, e.api_model, *e.settings()[7:]]

@@ -225,7 +225,10 @@ def wire(t: TextToImageTab) -> None:
     # Inputs refused before the endpoint ran (it says why itself otherwise).
     for event in (t.event, generating):
         event.failure(results.refused, t.info, t.outputs(), **quick)
-    t.stop.click(results.stopped, t.info, t.outputs(), cancels=[t.event, generating], **quick)
+    # Stop: the cancel first (the browser runs a trigger's events in order), then the line,
+    # sent once the job has ended (results.stopped).
+    t.stop.click(fn=None, cancels=[t.event, generating])
+    t.stop.click(results.stopped, t.info, t.outputs(), **quick)
     t.gallery.select(selected_index, None, t.selected, **quick)
     t.gallery.change(lambda: None, None, t.selected, **quick)
     t.restore_file.upload(
