@@ -127,3 +127,11 @@ class InvalidLayoutError(InvalidRequestError):
     def __init__(self, message: str, field: str = ""):
         super().__init__(message)
         self.field = field
+
+
+class PlanParseError(InvalidRequestError):
+    """A layout planner's output is not a layout; the message shows the raw text."""
+
+    def __init__(self, message: str, raw: str = ""):
+        super().__init__(message)
+        self.raw = raw

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, PlanParseError
 from ..layout import Layout, LayoutObject
 from . import captions, world
 from .gligen import canonical_phrase
@@ -23,14 +23,6 @@ SEPARATOR = ";"
 NUMBERS = [str(i) for i in range(world.IMAGE_SIZE + 1)]
 PLANNER_WORDS = [SEPARATOR, "[", "]"] + NUMBERS
 MAX_POSITIONS = 96  # caption (<= ~28 tokens) + ';' + 4 objects of <= 11 tokens, with room
-
-
-class PlanParseError(InvalidRequestError):
-    """The planner's output is not a layout; the message shows the raw text."""
-
-    def __init__(self, message: str, raw: str = ""):
-        super().__init__(message)
-        self.raw = raw
 
 
 def ordered_objects(caption: str, scene: world.Scene) -> list[world.Obj]:
