@@ -185,6 +185,34 @@ def edit_batch(rng: random.Random, batch: int, kind_weights: dict | None, hard_r
     return channels_first(np.concatenate([after, before])), texts
 
 
+def save_pipeline_state(trainer, **extra) -> None:
+    """Write a pipeline trainer's resumable state (its tokenizer, text encoder, VAE, UNet and
+    scheduler with their configs, optimizer, EMA, step, RNGs; plus ``extra``) to
+    ``trainer.state_path``, atomically: a kill mid-save never corrupts the state. Shared by the
+    editor's and the grounded generator's trainers."""
+    t = trainer
+    t.state_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = t.state_path.with_suffix(".tmp")
+    torch.save(
+        {
+            "tokenizer": t.tok.backend_tokenizer.to_str(),
+            "tokenizer_special": dict(
+                bos_token=t.tok.bos_token, eos_token=t.tok.eos_token,
+                unk_token=t.tok.unk_token, pad_token=t.tok.pad_token,
+                model_max_length=t.tok.model_max_length),
+            "text_config": t.text.config.to_dict(), "text": t.text.state_dict(),
+            "vae_config": dict(t.vae.config), "vae": t.vae.state_dict(),
+            "unet_config": dict(t.unet.config), "unet": t.unet.state_dict(),
+            "scheduler_config": dict(t.sample_scheduler.config),
+            "opt": t.opt.state_dict(), "ema": t.ema.shadow, "step": t.step,
+            "warmup_from": t.warmup_from, "init_info": t.init_info,
+            "rng": t.rng.getstate(), "torch_rng": torch.get_rng_state(), **extra,
+        },
+        tmp,
+    )
+    tmp.replace(t.state_path)
+
+
 class EditTrainer:
     def __init__(self, cfg: EditTrainConfig, log=print):
         self.cfg, self.log = cfg, log
@@ -274,27 +302,7 @@ class EditTrainer:
         return False
 
     def save_state(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "tokenizer": self.tok.backend_tokenizer.to_str(),
-                "tokenizer_special": dict(
-                    bos_token=self.tok.bos_token, eos_token=self.tok.eos_token,
-                    unk_token=self.tok.unk_token, pad_token=self.tok.pad_token,
-                    model_max_length=self.tok.model_max_length),
-                "text_config": self.text.config.to_dict(), "text": self.text.state_dict(),
-                "vae_config": dict(self.vae.config), "vae": self.vae.state_dict(),
-                "unet_config": dict(self.unet.config), "unet": self.unet.state_dict(),
-                "scheduler_config": dict(self.sample_scheduler.config),
-                "opt": self.opt.state_dict(), "ema": self.ema.shadow, "step": self.step,
-                "warmup_from": self.warmup_from,
-                "init_info": self.init_info, "rng": self.rng.getstate(),
-                "torch_rng": torch.get_rng_state(),
-            },
-            tmp,
-        )
-        tmp.replace(self.state_path)  # atomic: a kill mid-save never corrupts the state
+        save_pipeline_state(self)
 
     # -- one step -------------------------------------------------------------------------------
     def batches(self):

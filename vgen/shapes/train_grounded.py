@@ -53,7 +53,7 @@ from .train import (
     to_unit,
     train_device,
 )
-from .train_edit import init_folder, train_scheduler_for
+from .train_edit import init_folder, save_pipeline_state, train_scheduler_for
 
 DEFAULT_BETA = 0.3  # diffusers' gligen_scheduled_sampling_beta default, until the eval picks one
 
@@ -182,26 +182,7 @@ class GroundedTrainer:
         return True
 
     def save_state(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "tokenizer": self.tok.backend_tokenizer.to_str(),
-                "tokenizer_special": dict(
-                    bos_token=self.tok.bos_token, eos_token=self.tok.eos_token,
-                    unk_token=self.tok.unk_token, pad_token=self.tok.pad_token,
-                    model_max_length=self.tok.model_max_length),
-                "text_config": self.text.config.to_dict(), "text": self.text.state_dict(),
-                "vae_config": dict(self.vae.config), "vae": self.vae.state_dict(),
-                "unet_config": dict(self.unet.config), "unet": self.unet.state_dict(),
-                "scheduler_config": dict(self.sample_scheduler.config),
-                "opt": self.opt.state_dict(), "ema": self.ema.shadow, "step": self.step,
-                "warmup_from": self.warmup_from, "init_info": self.init_info,
-                "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
-            },
-            tmp,
-        )
-        tmp.replace(self.state_path)  # atomic: a kill mid-save never corrupts the state
+        save_pipeline_state(self)
 
     # -- one step -------------------------------------------------------------------------------
     def batches(self):
