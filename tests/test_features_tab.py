@@ -182,6 +182,9 @@ def test_inspect_render_mask_and_features_in_process(tiny_env, tmp_path, monkeyp
     # Re-render from the stored maps: one step, one resolution.
     over, grid2 = features.render_maps(state, "1:red", 1, 1, res["value"][:1], 0.8)
     assert over.size == (features.DISPLAY_PX,) * 2 and grid2.size == grid.size
+    # No word yet (a new inspection's controls arrive together): the overlay is left as it is.
+    kept, _ = features.render_maps(state, None, 0, 1, res["value"], 0.8)
+    assert kept == {"__type__": "update"}
     with pytest.raises(Exception, match="no attention recorded"):
         features.render_maps(state, "1:red", 0, 1, ["3x3"], 0.8)
     # Word -> mask -> Edit tab.

@@ -157,13 +157,17 @@ def show_inspection(state: Inspected | None, include_special, opacity):
 
 
 def render_maps(state: Inspected | None, key, first, last, resolutions, opacity):
-    """Overlay of the chosen word and the small-multiples grid, from the stored maps."""
+    """Overlay of the chosen word and the small-multiples grid, from the stored maps. With no
+    word picked the overlay stays as it is: a new inspection's controls change together, and a
+    render triggered by its resolutions before its word arrived cleared the word's overlay
+    (regression: test_features_shows_small_pictures_enlarged_and_the_path_in_rows)."""
     if state is None:
         return None, None
     filters = _filters(first, last, resolutions)
     grid = state.maps.grid(state.image, opacity=float(opacity), **filters)
-    overlay = state.maps.overlay(state.image, key, float(opacity), **filters) if key else None
-    return enlarged(overlay), grid
+    if not key:
+        return gr.skip(), grid
+    return enlarged(state.maps.overlay(state.image, key, float(opacity), **filters)), grid
 
 
 def update_word_choices(state: Inspected | None, include_special: bool, key):
