@@ -77,7 +77,6 @@ def stand_in_tokenizer():
     return build_tokenizer(max_length=77)
 
 
-_stand_in_tokenizer = stand_in_tokenizer  # the old name, until vgen/bench_models.py uses the new one
 
 TINY_SIZE = 64  # native size of the tiny versions (8x8 latents)
 

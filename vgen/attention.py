@@ -310,17 +310,19 @@ def combine_hooks(*hooks):
     return combined
 
 
-def with_step_observers(control: JobControl | None, *observers) -> JobControl:
+def with_step_observers(control: JobControl | None, *observers, last: bool = False) -> JobControl:
     """A copy of ``control`` (sharing its cancel event) whose ``on_step`` also calls each
-    observer's ``on_step`` first."""
+    observer's ``on_step``: before its own, or after it with ``last``."""
     control = control or JobControl()
     previous = control.on_step
     watchers = [o for o in observers if o is not None]
 
     def on_step(pipe, i, t, kwargs):
+        if previous is not None and last:
+            previous(pipe, i, t, kwargs)
         for o in watchers:
             o.on_step(pipe, i, t, kwargs)
-        if previous is not None:
+        if previous is not None and not last:
             previous(pipe, i, t, kwargs)
 
     return replace(control, on_step=on_step)

@@ -28,13 +28,20 @@ def output_name(index: int, image: int, n_images: int) -> str:
 
 
 def generate_file(prompts_file: Path, out_dir: Path, base: GenerateRequest,
-                  indices: range | None = None) -> list[Path]:
+                  indices: range | None = None, plan: bool = False,
+                  planner: str | None = None) -> list[Path]:
     """Generate every prompt of ``prompts_file`` (or those at ``indices``) with the settings of
-    ``base``; returns the files written."""
+    ``base``; returns the files written. ``plan``: plan each prompt's layout first
+    (``vgen.plan.with_planned_layout``) and draw it."""
     prompts = read_prompts(prompts_file)
     written = []
     for i in indices if indices is not None else range(len(prompts)):
-        result = generate(replace(base, prompt=prompts[i]))
+        req = replace(base, prompt=prompts[i])
+        if plan:
+            from .plan import with_planned_layout
+
+            req = with_planned_layout(req, planner=planner)
+        result = generate(req)
         for j, im in enumerate(result.images):
             written.append(save_png(im, out_dir / output_name(i, j, len(result.images))))
     return written

@@ -20,11 +20,11 @@ def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .archs import _stand_in_tokenizer
+    from .archs import stand_in_tokenizer
     from .shapes.train import fix_tokenizer_class
 
     torch.manual_seed(seed)
-    tok = _stand_in_tokenizer()
+    tok = stand_in_tokenizer()
     text = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=2, max_position_embeddings=77, projection_dim=32,

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "vgen-shapes"
 EMBEDDED_EDIT_MODEL = "vgen-shapes-edit"
+EMBEDDED_GROUNDED_MODEL = "vgen-shapes-grounded"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ SHAPES_DEFAULTS = ModelDefaults(width=64, height=64, steps=20, guidance=4.0)
 CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(EMBEDDED_MODEL, "vgen-shapes (embedded, offline)", SHAPES_DEFAULTS,
                  ("txt2img", "img2img", "inpaint")),
+    CatalogEntry(EMBEDDED_GROUNDED_MODEL, "vgen-shapes-grounded (layouts, offline)",
+                 replace(SHAPES_DEFAULTS, gligen_beta=0.3, layout_guidance=0.3), ("txt2img",)),
     # 15 steps: one edit runs 3 UNet branches a step (instruction, image, neither), ~0.8 s of
     # one CPU core at 15 steps. Image guidance 2.5 by `eval edit --n 15` at step 11200: overall
     # 0.322 at 1.5, 0.378 at 2.5, 0.356 at 3.5 (more of the source kept, fewer right changes);
@@ -78,7 +81,9 @@ def entry_for(ref: str) -> CatalogEntry | None:
 # ``inference: parameters:``, as the Hub's widgets read it), mapped to ModelDefaults' fields.
 CARD_PARAMETERS = {"num_inference_steps": ("steps", int), "guidance_scale": ("guidance", float),
                    "width": ("width", int), "height": ("height", int),
-                   "image_guidance_scale": ("image_guidance", float)}
+                   "image_guidance_scale": ("image_guidance", float),
+                   "gligen_scheduled_sampling_beta": ("gligen_beta", float),
+                   "layout_guidance_scale": ("layout_guidance", float)}
 
 
 def card_defaults(folder: Path | str | None) -> dict:

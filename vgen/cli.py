@@ -107,15 +107,16 @@ def cmd_generate(a: argparse.Namespace) -> int:
             raise VgenError("--prompts-file needs --out-dir DIR")
         from .batch import generate_file
 
-        if a.expand:
-            raise VgenError("--expand works with one PROMPT, not with --prompts-file")
+        if a.expand or a.layout:
+            raise VgenError("--expand and --layout work with one PROMPT, not with --prompts-file")
         from .batch import read_prompts, split_for_processes
 
         # Under `accelerate launch`, each process generates its share of the prompts (same
         # file names as one process would write); alone, all of them.
         indices, state = split_for_processes(len(read_prompts(Path(a.prompts_file))))
         written = generate_file(Path(a.prompts_file), Path(a.out_dir),
-                                GenerateRequest(prompt="", **_request_kwargs(a)), indices=indices)
+                                GenerateRequest(prompt="", **_request_kwargs(a)), indices=indices,
+                                plan=a.plan, planner=a.planner)
         who = f"process {state.process_index + 1}/{state.num_processes}: " if state.num_processes > 1 else ""
         print(f"{who}wrote {len(written)} images to {a.out_dir}")
         return 0
@@ -126,6 +127,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         from .expand_cli import expand_first
 
         req = expand_first(a, req)
+    from .plan_cli import apply_layout
+
+    req = apply_layout(a, req)  # --plan / --layout: objects in boxes, for a GLIGEN model
     try:
         result = generate(req, control=bars.control())
     finally:
@@ -270,6 +274,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         train_edit(cfg, resume=a.resume, log=lambda m: print(m, flush=True),
                    reset_optimizer=a.reset_optimizer)
         return 0
+    if a.what == "plan":  # prompt -> plan -> grounded image, end to end
+        from .shapes.evaluate_plan import main as plan_eval_main
+
+        return plan_eval_main(a)
     if a.what in ("grounded", "planner"):  # issue #22: vgen/shapes/grounded_cli.py
         from .shapes.grounded_cli import train as grounded_train
 
@@ -294,11 +302,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from .shapes.lm_eval import main as lm_eval_main
 
         return lm_eval_main(a)
+    if a.what == "plan":  # prompt -> plan -> grounded image, end to end
+        from .shapes.evaluate_plan import main as plan_eval_main
+
+        return plan_eval_main(a)
     if a.what in ("grounded", "planner"):  # issue #22: vgen/shapes/grounded_cli.py
         from .shapes.grounded_cli import evaluate as grounded_eval
 
         return grounded_eval(a)
-    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes, attention, edit, lm, grounded, planner")
+    raise VgenError(f"unknown evaluation {a.what!r}; known: shapes, attention, edit, lm, grounded, planner, plan")
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
@@ -343,6 +355,9 @@ def _add_generate_parser(sub) -> None:
     from .expand_cli import add_lm_options
 
     add_lm_options(g)
+    from .plan_cli import add_layout_options
+
+    add_layout_options(g)
     g.set_defaults(func=cmd_generate)
 
 
@@ -433,6 +448,7 @@ def _add_eval_parser(sub) -> None:
     v.add_argument("--steps", type=int, default=None)
     v.add_argument("--guidance", type=float, default=None)
     v.add_argument("--image-guidance", type=float, default=None, help="edit: image guidance scale")
+    v.add_argument("--layout-guidance", type=float, default=None, help="plan: layout guidance step size")
     v.add_argument("--scheduler", default=None)
     v.add_argument("--json", default=None)
     v.add_argument("--save-dir", default=None, help="also write every generated image here")
@@ -450,7 +466,8 @@ def _add_compare_parser(sub) -> None:
     c.add_argument("prompt", nargs="?", default="", help="base prompt (optional with --x prompt=A|B)")
     c.add_argument("--x", required=True, metavar="PARAM=V1,V2,...",
                    help="columns: model, guidance, steps, scheduler, size (WxH), negative_prompt "
-                   "prompt (text values separated by |) or expand (on,off), e.g. guidance=1,3,7")
+                   "prompt (text values separated by |), expand (on,off) or plan (on,off: a "
+                   "planned layout drawn on vgen-shapes-grounded), e.g. guidance=1,3,7")
     c.add_argument("--y", default=None, metavar="PARAM=V1,V2,...", help="rows, as --x")
     c.add_argument("--out", required=True, help="grid PNG (labels drawn in, comparison in its metadata)")
     c.add_argument("--zip", default=None, help="also a ZIP of the cells, each with its parameters")
@@ -502,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .expand_cli import add_expand_parser
 
     add_expand_parser(sub)
+    from .plan_cli import add_plan_parser
+
+    add_plan_parser(sub)
     _add_compare_parser(sub)
     _add_bench_parser(sub)
     return ap

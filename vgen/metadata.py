@@ -24,7 +24,8 @@ from PIL import Image, PngImagePlugin
 
 from . import __version__
 from .errors import InvalidImageError
-from .requests import EditRequest, Expansion, GenerateRequest
+from .layout import Layout
+from .requests import EditRequest, Expansion, GenerateRequest, LayoutPlan
 from .schedulers import key_for_sampler
 
 KEY = "parameters"
@@ -62,6 +63,7 @@ def format_parameters(req: GenerateRequest, seed: int, sampler: str, model: str,
             pairs["Image CFG scale"] = req.image_guidance
     pairs["Decoder"] = req.decoder
     pairs.update(expansion_fields(req.expansion))
+    pairs.update(layout_fields(req))
     pairs.update(extra or {})
     pairs["vgen version"] = __version__
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items() if v is not None))
@@ -100,6 +102,41 @@ def expansion_from_parameters(p: dict[str, Any]) -> Expansion | None:
     if "temperature" in kw:
         kw["temperature"] = float(kw["temperature"])
     return Expansion(**kw)
+
+
+# How the layout was planned (vgen.plan): PNG field -> LayoutPlan attribute.
+LAYOUT_PLAN_FIELDS = {"Layout planner": "planner", "Layout planner revision": "revision",
+                      "Layout seed": "seed", "Layout temperature": "temperature"}
+
+
+def layout_fields(req: GenerateRequest) -> dict[str, Any]:
+    """The PNG fields recording the request's layout: ``Layout`` (its JSON, quoted as A1111
+    quotes values with commas), the layout guidance, and the planner that wrote it."""
+    if req.layout is None:
+        return {}
+    out: dict[str, Any] = {"Layout": req.layout.to_json(), "Layout guidance": req.layout_guidance}
+    if req.layout_plan is not None:
+        out.update({k: getattr(req.layout_plan, a) for k, a in LAYOUT_PLAN_FIELDS.items()
+                    if getattr(req.layout_plan, a) not in (None, "")})
+    return out
+
+
+def layout_from_parameters(p: dict[str, Any]) -> dict[str, Any]:
+    """``layout``, ``layout_guidance`` and ``layout_plan`` of a request, from parsed parameters
+    ({} for an image made without a layout; a damaged layout is an InvalidLayoutError)."""
+    if "Layout" not in p:
+        return {}
+    out: dict[str, Any] = {"layout": Layout.from_json(p["Layout"])}
+    if "Layout guidance" in p:
+        out["layout_guidance"] = float(p["Layout guidance"])
+    if "Layout planner" in p:
+        kw = {a: p[k] for k, a in LAYOUT_PLAN_FIELDS.items() if k in p}
+        if "seed" in kw:
+            kw["seed"] = int(kw["seed"])
+        if "temperature" in kw:
+            kw["temperature"] = float(kw["temperature"])
+        out["layout_plan"] = LayoutPlan(**kw)
+    return out
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
@@ -147,7 +184,7 @@ def request_from_parameters(text: str) -> GenerateRequest:
     )
     task = p.get("Task", "txt2img")
     if task == "txt2img":
-        return GenerateRequest(**kwargs)
+        return GenerateRequest(**kwargs, **layout_from_parameters(p))
     edit = EditRequest(**kwargs, mode=task)
     if "Denoising strength" in p:
         edit = replace(edit, strength=float(p["Denoising strength"]))

@@ -147,6 +147,12 @@ def task_view(model: LoadedModel, task: str):
         )
     if task == "instruct":
         view = pipe
+    elif task == "txt2img" and "GLIGEN" in type(pipe).__name__:
+        # A GLIGEN model draws text to image through the plain pipeline; its grounding goes to
+        # the UNet's cross_attention_kwargs (vgen.grounded). The auto pipelines map no GLIGEN.
+        from diffusers import StableDiffusionPipeline
+
+        view = share(StableDiffusionPipeline, pipe)
     else:
         auto = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
                 "inpaint": AutoPipelineForInpainting}[task]

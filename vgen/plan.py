@@ -81,23 +81,29 @@ class _Loaded:
     revision: str
 
 
-_CACHE: dict[str, _Loaded] = {}
+_CACHE: dict[str, _Loaded] = {}  # bounded (MAX_PLANNERS, oldest out), under _LOCK
 _LOCK = threading.Lock()
+MAX_PLANNERS = 2
 
 
 def _load(ref: str) -> _Loaded:
     with _LOCK:
         if ref not in _CACHE:
             from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+            from transformers.utils import logging as tlogging
 
+            from .hub import CHECKPOINTS_DIR
             from .shapes.train_edit import init_folder
 
+            tlogging.disable_progress_bar()  # the CLI's stdout is the layouts, stderr its bars
             folder = Path(ref) if Path(ref).is_dir() else (
-                Path("checkpoints") / ref if (Path("checkpoints") / ref).is_dir() else init_folder(ref))
+                CHECKPOINTS_DIR / ref if (CHECKPOINTS_DIR / ref).is_dir() else init_folder(ref))
             model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
             tok = PreTrainedTokenizerFast.from_pretrained(folder)
             meta = folder / "training.json"
             revision = f"step {json.loads(meta.read_text())['step']}" if meta.exists() else ""
+            while len(_CACHE) >= MAX_PLANNERS:
+                _CACHE.pop(next(iter(_CACHE)))
             _CACHE[ref] = _Loaded(model, tok, ref, revision)
         return _CACHE[ref]
 
@@ -168,3 +174,21 @@ def plan(req: PlanRequest) -> PlanResult:
                                  getattr(last_error, "raw", ""))
     return PlanResult(tuple(layouts), tuple(seeds), tuple(texts), ref, lm.revision, req.prompt,
                       float(req.temperature), tuple(skipped))
+
+
+def with_planned_layout(req, planner: str | None = None,
+                        temperature: float = DEFAULT_TEMPERATURE):
+    """``req`` (a GenerateRequest) with a layout planned for its prompt (one variant, the image
+    seed, or 0 when it has none; an unparsable plan moves on to the next seeds) and the
+    ``layout_plan`` that records how; on the embedded grounded model when it names none."""
+    from dataclasses import replace
+
+    from .catalog import EMBEDDED_GROUNDED_MODEL
+    from .requests import LayoutPlan
+
+    seed = req.seed if isinstance(req.seed, int) and req.seed >= 0 else 0
+    result = plan(PlanRequest(req.prompt, planner=planner, seed=seed, temperature=temperature,
+                              on_unparsable="next_seed"))
+    record = LayoutPlan(result.planner, result.revision, result.seeds[0], result.temperature)
+    return replace(req, layout=result.layouts[0], layout_plan=record,
+                   model=req.model or EMBEDDED_GROUNDED_MODEL)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from . import config
 from .errors import InvalidRequestError
+from .layout import Layout
 
 EDIT_MODES = ("img2img", "instruct", "inpaint")
 DECODERS = ("full", "fast")
@@ -59,6 +60,17 @@ class Expansion:
 
 
 @dataclass(frozen=True)
+class LayoutPlan:
+    """How a language model planned the request's layout (``vgen.plan``), recorded in the PNG
+    so the layout can be planned again."""
+
+    planner: str
+    revision: str = ""
+    seed: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """Text to image. Image ``i`` of the request uses seed ``seed + i``."""
 
@@ -74,6 +86,9 @@ class GenerateRequest:
     scheduler: str | None = None  # a key of vgen.schedulers.SCHEDULERS; None: the model's own
     decoder: str = "full"  # "full" VAE, or "fast" tiny autoencoder (TAESD)
     expansion: Expansion | None = None  # the prompt was written by a language model
+    layout: Layout | None = None  # objects in boxes, for a GLIGEN model (vgen.grounded)
+    layout_plan: LayoutPlan | None = None  # the layout was planned by a language model
+    layout_guidance: float | None = None  # layout guidance step size; None: the model's; 0: off
 
     task = "txt2img"
 
@@ -103,6 +118,8 @@ class ModelDefaults:
     steps: int
     guidance: float
     image_guidance: float = 1.5  # instruct edits (InstructPix2Pix's own default)
+    gligen_beta: float = 0.3  # layouts: the share of steps grounded (diffusers' default)
+    layout_guidance: float = 0.3  # layouts: layout guidance step size (vgen.layout_guidance)
 
 
 @dataclass(frozen=True)
@@ -153,6 +170,8 @@ def with_model_defaults(req: GenerateRequest, defaults: ModelDefaults) -> Genera
         width, height = fit_size(req.image, width, height)
     if isinstance(req, EditRequest) and req.image_guidance is None:
         req = replace(req, image_guidance=defaults.image_guidance)
+    if req.layout is not None and req.layout_guidance is None:
+        req = replace(req, layout_guidance=defaults.layout_guidance)
     return replace(
         req,
         steps=defaults.steps if req.steps is None else req.steps,
@@ -199,6 +218,7 @@ def check_inputs(req: GenerateRequest, limits: Limits | None = None) -> None:
         _check_number("seed", req.seed, 0, 2**32 - 1 - lim.max_images, integer=True)
     if req.expansion is not None:
         _check_expansion(req.expansion, lim)
+    _check_layout(req)
     if req.decoder not in DECODERS:
         raise InvalidRequestError(f"decoder must be one of {', '.join(DECODERS)}, got {req.decoder!r}")
     if req.scheduler is not None:
@@ -222,6 +242,22 @@ def _check_expansion(e: Expansion, lim: Limits) -> None:
                 f"expansion {name.replace('_', ' ')} must be text without NUL of at most "
                 f"{4 * lim.max_prompt_chars} characters"
             )
+
+
+def _check_layout(req: GenerateRequest) -> None:
+    if req.layout is None:
+        if req.layout_plan is not None:
+            raise InvalidRequestError("layout_plan says how a layout was planned; the request has no layout")
+        return
+    if not isinstance(req.layout, Layout):
+        raise InvalidRequestError(f"layout must be a vgen.layout.Layout, got {type(req.layout).__name__}")
+    if isinstance(req, EditRequest):
+        raise InvalidRequestError("a layout is drawn by text to image; edits take none")
+    if req.layout_plan is not None and not isinstance(req.layout_plan, LayoutPlan):
+        raise InvalidRequestError(
+            f"layout_plan must be a vgen.requests.LayoutPlan, got {type(req.layout_plan).__name__}")
+    if req.layout_guidance is not None:
+        _check_number("layout guidance", req.layout_guidance, 0.0, 5.0, integer=False)
 
 
 def _check_edit(req: EditRequest) -> None:

@@ -62,7 +62,7 @@ def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
     """The engine work of one app job: generate or edit (a GenerateRequest / EditRequest),
     ``inspect`` (Features tab: the generation or edit with its attention maps and denoising
     path; an ``Inspection``), ``compare`` (a CompareRequest), ``features`` (a
-    FeaturesRequest: feature maps of an image) or ``expand`` (an ExpandRequest: the language
+    FeaturesRequest: feature maps of an image), ``plan`` (a PlanRequest: layouts) or ``expand`` (an ExpandRequest: the language
     model writes prompt variants, streamed through ``control.text``). Returns the result and the
     model's vocabulary when the prompt had words it does not know."""
     if kind == "inspect":
@@ -86,6 +86,10 @@ def run_job(kind: str, request, control: JobControl) -> tuple[Any, list[str]]:
         from .expand import expand
 
         return expand(request, control=control), []
+    if kind == "plan":  # layout planning: a PlanRequest, a PlanResult
+        from .plan import plan
+
+        return plan(request), []
     if kind == "generate":
         from .generate import generate
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import world
 
 STEPS, GUIDANCE = 20, 4.0  # the text-to-image model's app defaults (vgen.catalog)
+LAYOUT_GUIDANCE = 0.3  # vgen's layout guidance step size for this model (vgen.catalog)
 # The learning rates before the current run's (a run's config keeps only its own): the first
 # run, on one niced CPU thread, got ~4-8 s/step and its gates moved little by step 455.
 GROUNDED_LR_HISTORY = {"vgen-shapes-grounded": "5e-4 (the gates 5x) up to step 455, then"}
@@ -87,6 +88,7 @@ inference:
     width: 64
     height: 64
     gligen_scheduled_sampling_beta: {beta_of(folder):g}
+    layout_guidance_scale: {LAYOUT_GUIDANCE:g}
 ---
 
 # vgen-shapes-grounded
@@ -105,6 +107,11 @@ image = pipe("a red circle to the left of a blue square", num_inference_steps={S
              gligen_boxes=[[0.1, 0.4, 0.4, 0.7], [0.6, 0.4, 0.9, 0.7]],
              gligen_scheduled_sampling_beta={beta_of(folder):g}).images[0]
 ```
+
+In vgen (`python -m vgen generate PROMPT --plan`, or a `layout` on `/generate`) the model also
+runs layout guidance (`vgen.layout_guidance`, step size `layout_guidance_scale`), which moves
+the early latents so each phrase's words attend inside their box; `python -m vgen eval plan`
+scores the whole pipeline (see the project README, "Planning the picture").
 
 ## Parts
 - `vgen-shapes`' tokenizer (the end token moved to the last id, so the text encoder's pooled

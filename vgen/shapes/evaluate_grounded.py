@@ -80,7 +80,7 @@ def _summary(ious: list[float], passed: list[bool], seconds: float, images: int)
             "seconds_per_image": seconds / max(1, images)}
 
 
-def _load(folder: str, cls_name: str):
+def load_eval_pipeline(folder: str, cls_name: str):
     import torch
 
     import diffusers
@@ -102,7 +102,7 @@ def evaluate(model: str = DEFAULT_MODEL, n: int = DEFAULT_N, seed: int = 0,
 
     steps, guidance = steps or STEPS, guidance if guidance is not None else GUIDANCE
     cases = eval_scenes(n, seed)
-    pipe = _load(model, "StableDiffusionGLIGENPipeline")
+    pipe = load_eval_pipeline(model, "StableDiffusionGLIGENPipeline")
     by_beta, failures = {}, []
     if save_dir:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def evaluate(model: str = DEFAULT_MODEL, n: int = DEFAULT_N, seed: int = 0,
               "seconds_per_image": by_beta[chosen]["seconds_per_image"],
               "failures": failures[:30]}
     if plain:
-        base = _load(plain, "StableDiffusionPipeline")
+        base = load_eval_pipeline(plain, "StableDiffusionPipeline")
         ious, passed, t0 = [], [], time.perf_counter()
         for i, (scene, caption) in enumerate(cases):
             image = base(caption, num_inference_steps=steps, guidance_scale=guidance, height=64,

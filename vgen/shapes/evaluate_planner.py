@@ -92,7 +92,7 @@ def end_to_end(prompts: dict[str, list[str]], k: int, planner_model: str | None 
     from ..plan import DEFAULT_TEMPERATURE, PlanRequest, plan
     from .analyzer import score
     from .card_grounded import GUIDANCE, STEPS, beta_of
-    from .evaluate_grounded import _load as load_pipe
+    from .evaluate_grounded import load_eval_pipeline as load_pipe
 
     temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
     gpipe = load_pipe(grounded, "StableDiffusionGLIGENPipeline")
