@@ -177,3 +177,17 @@ def test_cli_generate_with_a_layout_file_and_with_plan(tiny_gligen, tmp_path):
     r = _cli("generate", PROMPT, "--model", str(tiny_gligen), "--layout", str(bad), "--out",
              str(tmp_path / "c.png"), env_extra=env)
     assert r.returncode == 2 and "x1" in r.stderr
+
+
+def test_a_prompts_file_with_plan_draws_each_prompt_on_its_own_layout(gligen_env, tmp_path):
+    from vgen.batch import generate_file
+    from vgen.metadata import read_parameters, request_from_parameters
+    from vgen.requests import GenerateRequest
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle above a blue square\ntwo green triangles\n")
+    base = GenerateRequest("", model=str(gligen_env), steps=2, seed=4, width=64, height=64)
+    written = generate_file(prompts, tmp_path / "out", base, plan=True)
+    made = [request_from_parameters(read_parameters(str(p))) for p in written]
+    assert len(made) == 2 and all(r.layout is not None and r.layout_plan.seed == 4 for r in made)
+    assert made[0].layout != made[1].layout

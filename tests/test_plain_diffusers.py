@@ -67,7 +67,7 @@ def test_shipped_pipeline_runs_in_plain_diffusers_and_matches_vgen(name, monkeyp
     assert diff.max() <= 3, f"plain diffusers and vgen differ by up to {diff.max()} levels"
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED + ["vgen-shapes-grounded"])  # GLIGEN: tests/test_grounded.py
 def test_shipped_text_encoder_says_float32_and_every_file_stays_small(name):
     folder = REPO / "checkpoints" / name
     assert json.loads((folder / "text_encoder" / "config.json").read_text())["dtype"] == "float32"
