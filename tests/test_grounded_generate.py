@@ -191,3 +191,11 @@ def test_a_prompts_file_with_plan_draws_each_prompt_on_its_own_layout(gligen_env
     made = [request_from_parameters(read_parameters(str(p))) for p in written]
     assert len(made) == 2 and all(r.layout is not None and r.layout_plan.seed == 4 for r in made)
     assert made[0].layout != made[1].layout
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpm++2m"])
+def test_layout_guidance_runs_on_sigma_and_ddpm_schedulers(gligen_env, scheduler):
+    from vgen.generate import generate
+
+    result = generate(_request(gligen_env, layout_guidance=0.3, scheduler=scheduler))
+    assert np.asarray(result.images[0]).std() > 0

@@ -9,7 +9,7 @@ text encoder's pooled output; the unconditional half of classifier-free guidance
 Its scheduled sampling (``gligen_scheduled_sampling_beta``: the fusers run for the first
 ``beta`` of the steps) is a step observer that switches the fusers' public ``enabled`` flag, and
 restores it when the job ends. The pixels equal the GLIGEN pipeline's for the same inputs
-(``tests/test_grounded_generate.py``). Runnning inside vgen's own call gives the layout
+(``tests/test_grounded_generate.py``). Running inside vgen's own call gives the layout
 everything a text-to-image job has (progress, Stop, previews, the time limit, attention maps,
 metadata) and lets layout guidance (``vgen.layout_guidance``) move the early latents.
 """

@@ -129,10 +129,13 @@ class LayoutGuidance:
         timesteps = pipe.scheduler.timesteps
         if not self.active() or i >= self.steps or i + 1 >= len(timesteps) or "latents" not in kwargs:
             return
-        kwargs["latents"] = self.guide(kwargs["latents"], timesteps[i + 1])
+        kwargs["latents"] = self.guide(kwargs["latents"], timesteps[i + 1], pipe.scheduler)
 
-    def guide(self, latents: torch.Tensor, t) -> torch.Tensor:
-        """``iterations`` rounds of guidance on ``latents`` (B, C, h, w) at timestep ``t``."""
+    def guide(self, latents: torch.Tensor, t, scheduler=None) -> torch.Tensor:
+        """``iterations`` rounds of guidance on ``latents`` (B, C, h, w) at timestep ``t`` (the
+        next step's; ``scheduler.scale_model_input`` makes the UNet's input, as the pipeline
+        does: the identity for DDPM-family solvers, the sigma scaling for Euler's)."""
+        scale = scheduler.scale_model_input if scheduler is not None else (lambda x, _t: x)
         grid = tuple(latents.shape[-2:])
         saved = self.unet.attn_processors
         probs: list[torch.Tensor] = []
@@ -152,7 +155,7 @@ class LayoutGuidance:
                 for _ in range(self.iterations):
                     probs.clear()
                     z.requires_grad_(True)
-                    self.unet(z.to(cond.dtype), t, cond, cross_attention_kwargs=extra)
+                    self.unet(scale(z, t).to(cond.dtype), t, cond, cross_attention_kwargs=extra)
                     e = energy(probs, masks, weight, grid)
                     (g,) = torch.autograd.grad(e, z)
                     z = (z - self.strength * g / g.pow(2).mean().sqrt().clamp_min(1e-12)).detach()
