@@ -4,11 +4,12 @@ An X/Y plot in the manner of AUTOMATIC1111's "X/Y/Z plot" script: a :class:`Comp
 is a base :class:`~vgen.requests.GenerateRequest` plus one or two :class:`Axis` (a parameter
 and a list of values). :func:`expand` turns it into a grid of ordinary requests that differ
 only in the axes' parameters and share one seed, so only the thing under test changes;
-:func:`vgen.compare_run.compare` runs them and returns a :class:`CompareResult` (per cell: the request as run,
-the image with its ``parameters`` text, the seconds it took, and, for the embedded shapes
-model, the shapes analyzer's strict pass/fail with per-column and per-row pass rates: the
-same rule ``python -m vgen eval shapes`` scores by; rates and counts are over judged cells
-only). A cell whose model cannot be loaded is an error cell; the rest of the grid still runs.
+:func:`vgen.compare_run.compare` runs them and returns a :class:`CompareResult` (per cell: the
+request as run, the image with its ``parameters`` text, the seconds it took, and, for the
+embedded shapes models (plain and grounded), the shapes analyzer's strict pass/fail with
+per-column and per-row pass rates: the same rule ``python -m vgen eval shapes`` scores by;
+rates and counts are over judged cells only). A cell whose model cannot be loaded is an error
+cell; the rest of the grid still runs.
 
 Running a grid costs what running its cells one by one costs, minus repeated work:
 
@@ -21,11 +22,13 @@ Running a grid costs what running its cells one by one costs, minus repeated wor
 3. progress, cancel and the time limit of one :class:`~vgen.jobs.JobControl` span the grid.
 
 Parameters an axis can vary: ``model``, ``guidance``, ``steps``, ``scheduler``, ``size``
-(``WxH``), ``negative_prompt``, ``prompt`` (whole prompt variants) and ``expand`` (language-
+(``WxH``), ``negative_prompt``, ``prompt`` (whole prompt variants), ``expand`` (language-
 model prompt expansion on/off, :mod:`vgen.expand`: an ``on`` cell's prompt is first rewritten by
 the language model with the cell's seed, exactly as ``python -m vgen generate PROMPT --expand
---seed S`` does, and the image records how its prompt was made). The number of cells is
-capped by ``VGEN_MAX_COMPARE_CELLS`` (default 16).
+--seed S`` does, and the image records how its prompt was made) and ``plan`` (on/off: an ``on``
+cell's layout is planned with its seed and drawn by a GLIGEN model, as ``generate PROMPT --plan``
+does; :mod:`vgen.compare_plan`). The number of cells is capped by ``VGEN_MAX_COMPARE_CELLS``
+(default 16).
 
 This module holds what a comparison is and what it returns (axes, :class:`CompareRequest`,
 :func:`expand`, :class:`CompareResult`), torch-free: the web server builds requests and renders
@@ -46,12 +49,15 @@ from .requests import EditRequest, GenerateRequest, GenerationResult, Limits, ch
 MAX_CELLS_ENV = config.MAX_COMPARE_CELLS_ENV  # named in messages
 DEFAULT_MAX_CELLS = 16
 PARAMETERS = ("model", "guidance", "steps", "scheduler", "size", "negative_prompt", "prompt",
-              "expand")
+              "expand", "plan")
+SWITCHES = ("expand", "plan")  # on/off axes: what happens to a cell, not one of its fields
 ALIASES = {"cfg": "guidance", "cfg_scale": "guidance", "sampler": "scheduler",
            "negative": "negative_prompt", "negative prompt": "negative_prompt",
            "neg": "negative_prompt", "prompts": "prompt", "models": "model"}
 TEXT_PARAMETERS = ("prompt", "negative_prompt")  # values separated by "|" (prompts hold commas)
 MODEL_DEFAULT = "default"  # scheduler value: the model's own scheduler
+# Request fields a cell gets when the grid runs (expand=on, plan=on), never from the base.
+MADE_WHEN_RUN = ("expansion", "layout", "layout_plan")
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
 
@@ -134,12 +140,12 @@ def _coerce(param: str, value: Any) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise _bad(param, value, "a prompt variant is non-empty text")
         return value.strip()
-    if param == "expand":
+    if param in SWITCHES:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise _bad(param, value, "expand is on or off")
+        raise _bad(param, value, f"{param} is on or off")
     raise AssertionError(param)
 
 
@@ -209,7 +215,7 @@ def format_value(param: str, value: Any) -> str:
         return MODEL_DEFAULT if value is None else value
     if param == "guidance":
         return f"{value:g}"
-    if param == "expand":
+    if param in SWITCHES:
         return "on" if value else "off"
     if param == "model":
         return short_model_name(value)
@@ -264,13 +270,13 @@ def parse_axis(text: str) -> Axis:
 
 
 def apply(req: GenerateRequest, param: str, value: Any) -> GenerateRequest:
-    """``req`` with one axis value set (``expand`` changes nothing here: an ``on`` cell's
-    prompt is rewritten when the grid runs, see :func:`compare`)."""
+    """``req`` with one axis value set (``expand`` and ``plan`` change nothing here: an ``on``
+    cell's prompt is rewritten, or its layout planned, when the grid runs)."""
     if param == "size":
         return replace(req, width=value[0], height=value[1])
     if param in ("model", "guidance", "steps", "scheduler", "negative_prompt", "prompt"):
         return replace(req, **{param: value})
-    if param == "expand":
+    if param in SWITCHES:
         return req
     raise InvalidRequestError(f"the {param} axis is not supported")
 
@@ -283,17 +289,22 @@ class CompareRequest:
     optional ``y`` (rows). Every cell uses the base's seed (one is drawn for the grid when the
     base has none). ``attention``: also record each cell's cross-attention maps (DAAM, see
     :mod:`vgen.attention`) so a word's map can be shown in every cell. ``lm``: the language
-    model of an ``expand`` axis (None: ``vgen.expand.default_lm()``)."""
+    model of an ``expand`` axis (None: ``vgen.expand.default_lm()``); ``planner``: the layout
+    planner of a ``plan`` axis (None: ``vgen.plan.DEFAULT_PLANNER``)."""
 
     base: GenerateRequest
     x: Axis
     y: Axis | None = None
     attention: bool = False
     lm: str | None = None
+    planner: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, GenerateRequest) or isinstance(self.base, EditRequest):
             raise InvalidRequestError("a comparison's base is a text-to-image GenerateRequest")
+        if self.base.layout is not None or self.base.layout_plan is not None:
+            raise InvalidRequestError("a comparison's base takes no layout; a plan=on,off axis "
+                                      "plans one per cell")
         if not isinstance(self.x, Axis) or not (self.y is None or isinstance(self.y, Axis)):
             raise InvalidRequestError("the axes of a comparison are Axis values (x, and y or None)")
         if self.y is not None and self.y.param == self.x.param:
@@ -314,10 +325,10 @@ class CompareRequest:
     def to_json(self) -> dict:
         from dataclasses import asdict
 
-        base = {k: v for k, v in asdict(self.base).items() if k != "expansion"}  # made when run
+        base = {k: v for k, v in asdict(self.base).items() if k not in MADE_WHEN_RUN}
         return {"base": base, "x": self.x.to_json(),
                 "y": self.y.to_json() if self.y is not None else None,
-                "attention": self.attention, "lm": self.lm}
+                "attention": self.attention, "lm": self.lm, "planner": self.planner}
 
     @classmethod
     def from_json(cls, data: dict) -> "CompareRequest":
@@ -325,11 +336,11 @@ class CompareRequest:
 
         if not isinstance(data, dict) or not isinstance(data.get("base"), dict) or "x" not in data:
             raise InvalidRequestError("a comparison is recorded as {'base': {...}, 'x': {...}, 'y': ...}")
-        names = set(request_fields(GenerateRequest)) - {"expansion"}  # made when run
+        names = set(request_fields(GenerateRequest)) - set(MADE_WHEN_RUN)
         base = GenerateRequest(**{k: v for k, v in data["base"].items() if k in names})
         y = data.get("y")
         return cls(base, Axis.from_json(data["x"]), Axis.from_json(y) if y else None,
-                   bool(data.get("attention", False)), data.get("lm"))
+                   bool(data.get("attention", False)), data.get("lm"), data.get("planner"))
 
 
 def expand(req: CompareRequest, limits: Limits | None = None) -> tuple[tuple[GenerateRequest, ...], ...]:
@@ -337,13 +348,17 @@ def expand(req: CompareRequest, limits: Limits | None = None) -> tuple[tuple[Gen
     base has none). Every cell is validated before anything runs (bounds as for a single
     request, each model reference, the cell cap), so a bad value in the last cell fails at once
     with a message naming it. A cell on an ``expand=on`` value is listed with its prompt as
-    typed: :func:`vgen.compare_run.compare` has the language model rewrite it first."""
-    return tuple(tuple(cell for cell, _ in row) for row in expand_grid(req, limits))
+    typed: :func:`vgen.compare_run.compare` has the language model rewrite it first; one on a
+    ``plan=on`` value on the model that draws its layout, which the run plans first."""
+    return tuple(tuple(cell for cell, _, _ in row) for row in expand_grid(req, limits))
 
 
 def expand_grid(req: CompareRequest, limits: Limits | None = None):
-    """:func:`expand`'s grid with, per cell, whether its prompt is to be expanded."""
+    """:func:`expand`'s grid with, per cell, whether its prompt is to be expanded and whether
+    its layout is to be planned: ``(cell, expand, plan)``; a ``plan`` cell is already on the
+    model that draws its layout (:func:`vgen.compare_plan.planned_cell`)."""
     from .catalog import default_model, defaults_for
+    from .compare_plan import planned_cell
     from .errors import InvalidModelReferenceError
     from .hub import parse_reference
     from .requests import with_model_defaults
@@ -365,16 +380,18 @@ def expand_grid(req: CompareRequest, limits: Limits | None = None):
     for yv in (y_axis.values if y_axis is not None else (None,)):
         row = []
         for xv in req.x.values:
-            cell, wants = base, False
+            cell, on = base, set()
             for axis, value in ((y_axis, yv), (req.x, xv)):
                 if axis is not None:
                     cell = apply(cell, axis.param, value)
-                    wants = wants or (axis.param == "expand" and value)
-            row.append((cell, wants))
+                    on |= {axis.param} if axis.param in SWITCHES and value else set()
+            # After both axes: a model axis on the other one decides what a plan is drawn on.
+            cell = planned_cell(cell) if "plan" in on else cell
+            row.append((cell, "expand" in on, "plan" in on))
         rows.append(tuple(row))
     checked: set[str] = set()
     for r, row in enumerate(rows):
-        for c, (cell, wants) in enumerate(row):
+        for c, (cell, wants, _) in enumerate(row):
             where = _where(req, r, c)
             ref = (cell.model or "").strip() or default_model()
             try:
@@ -534,7 +551,7 @@ class CompareResult:
             "x_labels": list(self.x_labels),
             "y_labels": list(self.y_labels) if has_y else [],
             "cells": [[{"row": c.row, "col": c.col, "seed": c.request.seed,
-                        "seconds": round(c.seconds, 3),
+                        "model": c.request.model, "seconds": round(c.seconds, 3),
                         "passed": None if c.score is None else c.score.passed,
                         "reason": None if c.score is None else c.score.reason,
                         "error": c.error,

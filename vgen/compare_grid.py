@@ -22,7 +22,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from . import __version__
-from .compare import CompareRequest, CompareResult
+from .compare import CompareRequest, CompareResult, short_model_name
+from .compare_plan import plan_note
 from .errors import InvalidImageError
 from .metadata import png_bytes, save_png
 
@@ -158,13 +159,14 @@ def render_grid(result: CompareResult, word: str | None = None, opacity: float =
     scored = result.scored
     # 1. Header texts, wrapped to their boxes.
     x_heads = [_wrap(scratch, f"{req.x.param}: {lab}" if req.x.param not in ("prompt",) else lab,
-                     f_head, col_w[c] - 4) for c, lab in enumerate(result.x_labels)]
+                     f_head, col_w[c] - 4)
+               for c, lab in enumerate(heading_labels(result, "x"))]
     head_lines = max(len(h) for h in x_heads)
     left_w = 0
     y_heads: list[list[str]] = [[] for _ in range(rows)]
     if has_y:
         left_w = 170
-        for r, lab in enumerate(result.y_labels):
+        for r, lab in enumerate(heading_labels(result, "y")):
             text = f"{req.y.param}: {lab}" if req.y.param != "prompt" else lab
             y_heads[r] = _wrap(scratch, text, f_head, left_w - 2 * PAD, max_lines=6)
     total_w = left_w + sum(col_w) + PAD * (cols + 1)
@@ -173,9 +175,10 @@ def render_grid(result: CompareResult, word: str | None = None, opacity: float =
         title += _wrap(scratch, req.base.prompt or "(empty prompt)", f_title, total_w - 2 * PAD, 2)
     sub = f"x: {req.x.param}" + (f" · y: {req.y.param}" if has_y else "") + f" · seed {req.base.seed}"
     if req.x.param != "model" and (req.y is None or req.y.param != "model"):
-        ran = [c.result.model for c in result.flat() if c.result is not None]
-        model = ran[0] if ran else (req.base.model or "")
-        sub += f" · {model.rstrip('/').rsplit('/', 1)[-1]}"
+        # Every model that drew a cell (a plan axis draws its on cells on the grounded one).
+        ran = list(dict.fromkeys(c.result.model for c in result.flat() if c.result is not None))
+        models = ran or [req.base.model or ""]
+        sub += " · " + " / ".join(m.rstrip('/').rsplit('/', 1)[-1] for m in models)
     sub += f" · {result.seconds:.1f} s in all"
     if word:
         sub += f" · attention: “{word}”"
@@ -228,6 +231,23 @@ def render_grid(result: CompareResult, word: str | None = None, opacity: float =
         for c, tally in enumerate(result.column_tallies()):
             draw.text((xs[c] + 2, y), rate_text(tally), fill=MUTED, font=f_small)
     return canvas
+
+
+def heading_labels(result: CompareResult, which: str) -> list[str]:
+    """An axis' labels as the grid heads them: a ``plan`` value whose cells were drawn from
+    planned layouts also names the model that drew them (``on · vgen-shapes-grounded``), since
+    the planned pipeline's model is not the one the cells were given."""
+    axis = result.request.x if which == "x" else result.request.y
+    labels = list(result.x_labels if which == "x" else result.y_labels)
+    if axis is None or axis.param != "plan":
+        return labels
+    for i in range(len(labels)):
+        line = [row[i] for row in result.cells] if which == "x" else result.cells[i]
+        drawn = dict.fromkeys(c.request.model for c in line
+                              if c.error is None and c.request.layout_plan is not None)
+        if drawn:
+            labels[i] += " · " + ", ".join(short_model_name(m or "") for m in drawn)
+    return labels
 
 
 def comparison_record(result: CompareResult) -> dict:
@@ -325,7 +345,8 @@ def summary_text(result: CompareResult) -> str:
     if result.scored:
         total += f"; pass {_tally_text(result.tally())}"
     errors = [f"{cell_name(result, c.row, c.col)}: {c.error}" for c in result.errors]
-    return "\n".join(lines + [total] + errors)
+    notes = list(dict.fromkeys(n for c in result.flat() if (n := plan_note(c.request))))
+    return "\n".join(lines + [total] + [f"plan=on: {n}" for n in notes] + errors)
 
 
 def _tally_text(tally) -> str:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from .compare import Cell, CellScore, CompareRequest, CompareResult, expand_grid, expand_request
-from .errors import CancelledError, CaptionParseError
+from .compare_plan import is_model, layout_call, plan_layouts
+from .errors import CancelledError, CaptionParseError, InvalidRequestError
 from .jobs import JobControl, TimeLimitError
 from .requests import GenerateRequest, Limits
 
@@ -24,16 +25,12 @@ logger = logging.getLogger(__name__)
 # ---- scoring ------------------------------------------------------------------------------
 
 def is_shapes_model(ref: str) -> bool:
-    """Whether ``ref`` names the embedded shapes model (``checkpoints/vgen-shapes``), whose
-    world the shapes analyzer can check exactly."""
-    from .catalog import EMBEDDED_MODEL
-    from .hub import parse_reference
+    """Whether ``ref`` names an embedded shapes model (``checkpoints/vgen-shapes``, or the
+    grounded ``vgen-shapes-grounded`` that draws the same world from a layout), whose pictures
+    the shapes analyzer can check exactly (``eval plan`` scores the grounded one so too)."""
+    from .catalog import EMBEDDED_GROUNDED_MODEL, EMBEDDED_MODEL
 
-    try:
-        mine, embedded = parse_reference(ref), parse_reference(EMBEDDED_MODEL)
-    except Exception:  # the embedded model is missing, or ref is not local
-        return False
-    return mine.is_local and mine.local_path == embedded.local_path
+    return any(is_model(ref, name) for name in (EMBEDDED_MODEL, EMBEDDED_GROUNDED_MODEL))
 
 
 def score_cell(image, request: GenerateRequest) -> CellScore | None:
@@ -75,7 +72,7 @@ def _encode(view, model, req: GenerateRequest) -> dict:
     return {"prompt_embeds": pe, "negative_prompt_embeds": ne}
 
 
-def _plan(grid: tuple[tuple[GenerateRequest, ...], ...]) -> list[tuple[int, int]]:
+def _run_order(grid: tuple[tuple[GenerateRequest, ...], ...]) -> list[tuple[int, int]]:
     """Run order: cells grouped by model (in order of first appearance), then by prompt and
     negative prompt, so a model is loaded and a prompt encoded once."""
     from .catalog import default_model
@@ -103,8 +100,9 @@ def compare(req: CompareRequest, control: JobControl | None = None,
     whole grid (step ``k`` of the sum of all cells' steps), Stop cancels the grid within one
     denoising step, and the time limit bounds the grid's own work (loading not counted).
     ``on_cell(cell, done, total)`` is called after each cell. A model that cannot be loaded
-    (not on the Hub, offline, not a model folder) fails only its own cells: they come back as
-    error cells (``Cell.error``, a grey tile saying why) and the other cells still run."""
+    (not on the Hub, offline, not a model folder), a layout the planner cannot write or a
+    layout on a model without GLIGEN layers fails only its own cells: they come back as error
+    cells (``Cell.error``, a grey tile saying why) and the other cells still run."""
     from .catalog import default_model, defaults_for, model_defaults
     from .pipelines import model_cache
 
@@ -117,57 +115,60 @@ def compare(req: CompareRequest, control: JobControl | None = None,
     seed = flagged[0][0][0].seed
     req = replace(req, base=replace(req.base, seed=seed))
     clock = _Clock(control)
-    # 2. Cells of an expand=on value: the language model writes their prompt first (once per
-    #    distinct prompt; the seed is the grid's), so the rest of the run sees ordinary requests.
-    grid, extra_s, load_s = _expand_prompts(flagged, req.lm, control, clock, limits)
-    plan = _plan(grid)
+    # 2. Cells of an expand=on value: the language model writes their prompt first; then cells
+    #    of a plan=on value get their layout, so the rest of the run sees ordinary requests.
+    grid, extra_s, load_s, unplanned = _prompts_and_layouts(req, flagged, control, clock, limits)
+    order = _run_order(grid)
 
     # A model's default steps: the catalog's until it is loaded, then its own (an uncatalogued
     # model's card can recommend them: catalog.card_defaults), and the grid's total follows.
     default_steps: dict[str, int] = {}
 
-    def planned_steps(cell: GenerateRequest) -> int:
+    def planned_steps(r: int, c: int) -> int:
+        cell = grid[r][c]
         ref = (cell.model or "").strip() or default_model()
-        if ref in shared.failed:
+        if ref in shared.failed or (r, c) in unplanned:
             return 0
         if cell.steps is not None:
             return cell.steps
         return default_steps.get(ref) or defaults_for(ref).steps
 
     shared = _Shared()
-    total_steps = sum(planned_steps(grid[r][c]) for r, c in plan)
+    total_steps = sum(planned_steps(r, c) for r, c in order)
     done_steps = 0
     out: dict[tuple[int, int], Cell] = {}
-    for n, (r, c) in enumerate(plan):
+    for n, (r, c) in enumerate(order):
         cell = grid[r][c]
         ref = (cell.model or "").strip() or default_model()
-        where = f"after {n} of {len(plan)} cells"
+        where = f"after {n} of {len(order)} cells"
         # 3. Cancel between cells too (a cancelled grid never starts its next cell).
         if control.cancel.is_set():
             raise CancelledError(f"the comparison was cancelled {where}")
         # 4. Load each model once (timed apart: loading is not a cell's work). A model that
         #    cannot be loaded makes its cells error cells; the other models' cells still run.
-        if ref not in shared.loaded and ref not in shared.failed:
+        #    A cell with no layout (the planner wrote none) loads nothing.
+        if (r, c) not in unplanned and ref not in shared.loaded and ref not in shared.failed:
             t0 = time.perf_counter()
             model = _load(ref, cache, control, shared)
             if model is not None:
                 default_steps[ref] = model_defaults(model).steps
             load_s += time.perf_counter() - t0
-            total_steps = done_steps + sum(planned_steps(grid[i][j]) for i, j in plan[n:])
-        if ref in shared.failed:
-            out[(r, c)] = _error_cell(r, c, cell, shared.failed[ref])
+            total_steps = done_steps + sum(planned_steps(i, j) for i, j in order[n:])
+        reason = unplanned.get((r, c)) or shared.failed.get(ref)
+        if reason is not None:
+            out[(r, c)] = _error_cell(r, c, cell, reason)
             if control.progress is not None:  # the total shrank: the bar stays true
                 control.progress(done_steps, total_steps)
             if on_cell is not None:
-                on_cell(out[(r, c)], n + 1, len(plan))
+                on_cell(out[(r, c)], n + 1, len(order))
             continue
         # 5-7. The cell, with grid-wide progress from where the grid is.
         out[(r, c)] = _run_cell(req, r, c, cell, control, cache, limits, clock, shared, where,
                                 offset=done_steps, total_steps=total_steps,
                                 extra_s=extra_s.pop((r, c), 0.0))
-        done_steps += planned_steps(cell)
+        done_steps += planned_steps(r, c)
         if on_cell is not None:
-            on_cell(out[(r, c)], n + 1, len(plan))
+            on_cell(out[(r, c)], n + 1, len(order))
     cells = tuple(tuple(out[(r, c)] for c in range(len(grid[r]))) for r in range(len(grid)))
     return CompareResult(req, _size_error_tiles(cells), time.perf_counter() - t_start, load_s,
                          shared.encodings)
@@ -237,7 +238,7 @@ def _run_cell(req: CompareRequest, r: int, c: int, cell: GenerateRequest, contro
               cache: ModelCache, limits: Limits, clock: "_Clock", shared: _Shared, where: str, *,
               offset: int, total_steps: int, extra_s: float) -> Cell:
     """Steps 5-7 of :func:`compare` for one cell: its own control, the run (the prompt encoded
-    once per group), its score."""
+    once per group; a layout drawn as ``generate`` draws it), its score."""
     from .attention import AttentionCapture, with_step_observers
     from .runner import prepare, run
 
@@ -255,6 +256,14 @@ def _run_cell(req: CompareRequest, r: int, c: int, cell: GenerateRequest, contro
         # 6. The cell as a single request would run; the prompt encoded once per group.
         cell_req, model, view = prepare(cell, cell_control, cache, limits)
         kwargs = {"width": cell_req.width, "height": cell_req.height}
+        hooks = capture
+        if cell_req.layout is not None:
+            try:
+                grounding, cell_control, hooks = layout_call(view, model, cell_req, cell_control,
+                                                             capture)
+            except InvalidRequestError as e:  # a model without GLIGEN layers: its cells only
+                return _error_cell(r, c, cell, str(e))
+            kwargs.update(grounding)
         reused = False
         if _reuses_embeddings(view):
             key = (model.ref, str(model.device), cell_req.prompt, cell_req.negative_prompt)
@@ -265,7 +274,7 @@ def _run_cell(req: CompareRequest, r: int, c: int, cell: GenerateRequest, contro
             kwargs.update(shared.embeddings[key])
         else:
             shared.encodings += 1
-        result = run(cell_req, model, view, kwargs, cell_control, capture)
+        result = run(cell_req, model, view, kwargs, cell_control, hooks)
     except TimeLimitError:
         raise clock.timeout(where) from None
     except CancelledError:
@@ -280,7 +289,7 @@ def _run_cell(req: CompareRequest, r: int, c: int, cell: GenerateRequest, contro
 
 @dataclass
 class _Clock:
-    """The grid's time limit: the work of all cells (and expansions) so far, against
+    """The grid's time limit: the work of all cells (and expansions and plans) so far, against
     ``control.time_limit_s``; each step gets what is left (the engine restarts a control's
     clock when it holds the model, so loading is never counted)."""
 
@@ -306,8 +315,8 @@ def _expand_prompts(flagged, lm: str | None, control: JobControl, clock: _Clock,
     """The grid with every ``expand=on`` cell's prompt written by the language model (and its
     ``expansion`` record, as ``generate --expand`` makes); the seconds each expansion took, on
     the first cell that used it; and the seconds spent loading the language model."""
-    grid = [[cell for cell, _ in row] for row in flagged]
-    wanted = [(r, c) for r, row in enumerate(flagged) for c, (_, on) in enumerate(row) if on]
+    grid = [[cell for cell, _, _ in row] for row in flagged]
+    wanted = [(r, c) for r, row in enumerate(flagged) for c, (_, on, _) in enumerate(row) if on]
     if not wanted:
         return tuple(tuple(row) for row in grid), {}, 0.0
     from .expand import expand as expand_prompt
@@ -335,3 +344,17 @@ def _expand_prompts(flagged, lm: str | None, control: JobControl, clock: _Clock,
         result = done[key]
         grid[r][c] = replace(cell, prompt=result.variants[0], expansion=result.expansion(0))
     return tuple(tuple(row) for row in grid), extra_s, load_s
+
+
+def _prompts_and_layouts(req: CompareRequest, flagged, control: JobControl, clock: _Clock,
+                         limits: Limits):
+    """Step 2 of :func:`compare`: expand=on prompts written, then plan=on layouts planned (an
+    expanded prompt is what is planned, as ``generate --expand --plan`` does). Returns the grid,
+    each cell's seconds of that work (on the first cell that used it), the seconds loading the
+    language model, and the cells the planner gave no layout, with why."""
+    grid, extra_s, load_s = _expand_prompts(flagged, req.lm, control, clock, limits)
+    wanted = [(r, c) for r, row in enumerate(flagged) for c, (_, _, on) in enumerate(row) if on]
+    grid, plan_s, unplanned, planner_load_s = plan_layouts(grid, wanted, req.planner, control, clock)
+    for rc, seconds in plan_s.items():
+        extra_s[rc] = extra_s.get(rc, 0.0) + seconds
+    return grid, extra_s, load_s + planner_load_s, unplanned

@@ -31,6 +31,7 @@ AXIS_HINTS = {
     "negative_prompt": "| red | blue   (text values are separated by |; empty = none)",
     "prompt": "a red circle | a blue square | two green triangles   (separated by |)",
     "expand": "off, on   (language-model prompt expansion, with the cell's seed)",
+    "plan": "off, on   (plan a layout with the cell's seed; drawn on vgen-shapes-grounded)",
 }
 # What the values box is set to when an axis is switched to a parameter (model: the picker's).
 AXIS_VALUES = {
@@ -41,6 +42,7 @@ AXIS_VALUES = {
     "negative_prompt": " | a blue square",
     "prompt": " | ".join(EXAMPLE_PROMPTS[:2]),
     "expand": "off, on",
+    "plan": "off, on",
 }
 
 
@@ -82,11 +84,16 @@ def cell_axes(result, cell) -> list[str]:
 
 
 def cell_caption(result, cell) -> str:
-    """``guidance 4 · steps 20 · 0.31 s · PASS``; a cell that could not run says ``error``."""
+    """``guidance 4 · steps 20 · 0.31 s · PASS``; a cell that could not run says ``error``; a
+    cell drawn from a planned layout says on which model (``planned layout on ...``)."""
+    from vgen.compare_plan import plan_note
+
     parts = cell_axes(result, cell)
     if cell.error is not None:  # the whole reason is on the tile and in the cell's info
         short = cell.error if len(cell.error) <= 60 else cell.error[:59] + "…"
         return " · ".join([*parts, "error: " + short])
+    note = plan_note(cell.request)
+    parts += [note] if note else []
     parts.append(f"{cell.seconds:.2f} s")
     if cell.score is not None:
         parts.append("PASS" if cell.score.passed else "FAIL")
@@ -130,7 +137,7 @@ async def compare_grid(
 
     Parameters:
         prompt: the base prompt (ignored when an axis is "prompt")
-        x_param: the parameter along the columns: guidance, steps, scheduler, size, model, negative_prompt, prompt or expand
+        x_param: the parameter along the columns: guidance, steps, scheduler, size, model, negative_prompt, prompt, expand or plan (off/on: a planned layout drawn on vgen-shapes-grounded)
         x_values: its values separated by commas ("1, 4, 7", "64x64, 96x64", "off, on"); prompts separated by "|"
         y_param: the parameter along the rows, or "none"
         y_values: its values, written as x_values are
@@ -180,8 +187,9 @@ def compare_scores(result) -> str:
                  f"{result.encodings} text encoding{'s' if result.encodings != 1 else ''}")
     if not result.scored:
         return head_line + _errors_text(result) + (
-            "\n\nScores appear when the model is the embedded **vgen-shapes** and the prompt "
-            "is a sentence of its world (e.g. “" + EXAMPLE_PROMPTS[0] + "”).")
+            "\n\nScores appear when the model is the embedded **vgen-shapes** (or, with "
+            "plan on, **vgen-shapes-grounded**) and the prompt is a sentence of its world "
+            "(e.g. “" + EXAMPLE_PROMPTS[0] + "”).")
 
     def esc(s):
         return str(s).replace("|", "\\|")
