@@ -131,20 +131,3 @@ def _plan_one(cell: GenerateRequest, planner: str | None):
 def _short(e: Exception, n: int = 300) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def layout_call(view, model, req: GenerateRequest, control, hooks):
-    """What a layout adds to a cell's call, as :func:`vgen.generate.generate` adds it:
-    ``(call kwargs, control, hooks)``. A model without GLIGEN layers raises the engine's
-    InvalidRequestError ("... takes no layout ...")."""
-    from .attention import combine_hooks, with_step_observers
-    from .catalog import model_defaults
-    from .grounded import check_layout_model, prepare_layout_call
-
-    check_layout_model(req.layout, req.model, view)
-    with model.lock:
-        grounded = prepare_layout_call(view, req, model_defaults(model).gligen_beta)
-    # After the cell's own observers (its attention capture): they close step i before layout
-    # guidance runs the UNet again (the order generate uses).
-    control = with_step_observers(control, *grounded.observers, last=True)
-    return grounded.call_kwargs, control, combine_hooks(grounded.hooks, hooks)

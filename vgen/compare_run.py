@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from .compare import Cell, CellScore, CompareRequest, CompareResult, expand_grid, expand_request
-from .compare_plan import is_model, layout_call, plan_layouts
+from .compare_plan import is_model, plan_layouts
 from .errors import CancelledError, CaptionParseError, InvalidRequestError
 from .jobs import JobControl, TimeLimitError
 from .requests import GenerateRequest, Limits
@@ -258,6 +258,8 @@ def _run_cell(req: CompareRequest, r: int, c: int, cell: GenerateRequest, contro
         kwargs = {"width": cell_req.width, "height": cell_req.height}
         hooks = capture
         if cell_req.layout is not None:
+            from .grounded import layout_call
+
             try:
                 grounding, cell_control, hooks = layout_call(view, model, cell_req, cell_control,
                                                              capture)

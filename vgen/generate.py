@@ -18,15 +18,7 @@ def generate(req: GenerateRequest, control: JobControl | None = None,
     call = {"width": req.width, "height": req.height}
     if req.layout is None:
         return run(req, model, view, call, control, hooks)
-    from .attention import combine_hooks, with_step_observers
-    from .catalog import model_defaults
-    from .grounded import check_layout_model, prepare_layout_call
+    from .grounded import layout_call
 
-    check_layout_model(req.layout, req.model, view)
-    with model.lock:
-        grounded = prepare_layout_call(view, req, model_defaults(model).gligen_beta)
-    # After the job's own observers (Features capture, denoising path): they close step i
-    # before layout guidance runs the UNet again.
-    control = with_step_observers(control, *grounded.observers, last=True)
-    return run(req, model, view, {**call, **grounded.call_kwargs}, control,
-               combine_hooks(grounded.hooks, hooks))
+    extra, control, hooks = layout_call(view, model, req, control, hooks)
+    return run(req, model, view, {**call, **extra}, control, hooks)

@@ -139,3 +139,19 @@ def prepare_layout_call(view, req, beta: float) -> GroundedCall:
             yield
 
     return GroundedCall({"cross_attention_kwargs": {"gligen": gligen}}, [sampling, guidance], hooks)
+
+
+def layout_call(view, model, req, control, hooks):
+    """What a layout job adds to its text-to-image call: ``(call kwargs, control, hooks)``, for
+    :func:`vgen.generate.generate` and Compare's cells alike. A model without GLIGEN layers
+    raises InvalidRequestError ("... takes no layout ...")."""
+    from .attention import combine_hooks, with_step_observers
+    from .catalog import model_defaults
+
+    check_layout_model(req.layout, req.model, view)
+    with model.lock:
+        grounded = prepare_layout_call(view, req, model_defaults(model).gligen_beta)
+    # After the job's own observers (Features capture, denoising path): they close step i
+    # before layout guidance runs the UNet again.
+    control = with_step_observers(control, *grounded.observers, last=True)
+    return grounded.call_kwargs, control, combine_hooks(grounded.hooks, hooks)
