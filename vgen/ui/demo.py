@@ -1,10 +1,10 @@
 """The whole UI: the tabs, the links between them, and the ``/status`` endpoint.
 
-Tabs: **Text to Image** (with the prompt panel), **Edit**, **Features** (per-word attention
-maps, map -> inpainting mask, denoising path, feature maps) and **Compare** (one prompt and seed
-across models and settings). Named endpoints, for ``gradio_client`` and as MCP tools:
-``/generate``, ``/edit``, ``/attention``, ``/compare``, ``/expand`` and ``/status``; every
-other event is private. Each tab module holds its endpoint function, which the UI and the API
+Tabs: **Text to Image** (with the prompt panel and the layout panel), **Edit**, **Features**
+(per-word attention maps, map -> inpainting mask, denoising path, feature maps) and **Compare**
+(one prompt and seed across models and settings). Named endpoints, for ``gradio_client`` and as
+MCP tools: ``/generate``, ``/edit``, ``/attention``, ``/compare``, ``/expand``, ``/plan`` and
+``/status``; every other event is private. Each tab module holds its endpoint function, which the UI and the API
 share, and a ``build`` and a ``wire`` function.
 """
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
-from vgen.errors import InvalidRequestError
-from vgen.requests import EditRequest, GenerateRequest
+from vgen.errors import InvalidLayoutError, InvalidRequestError
+from vgen.layout import MAX_OBJECTS, Layout, LayoutObject, parse_layout
+from vgen.requests import EditRequest, GenerateRequest, LayoutPlan
 
 DEFAULT_SCHEDULER = "model default"
 DEFAULT_STRENGTH = 0.75
@@ -71,13 +72,116 @@ def _common_fields(prompt, negative_prompt, model, steps, guidance, seed, random
 
 
 def generate_request(prompt, negative_prompt, model, steps, guidance, seed, randomize_seed,
-                     width, height, num_images, scheduler, decoder="full") -> GenerateRequest:
+                     width, height, num_images, scheduler, decoder="full", layout=None,
+                     layout_plan: LayoutPlan | None = None) -> GenerateRequest:
+    """``layout``: any form ``layout_value`` takes (None or "": a plain generation)."""
+    drawn = layout_value(layout)
     return GenerateRequest(
         **_common_fields(prompt, negative_prompt, model, steps, guidance, seed, randomize_seed,
                          num_images, scheduler),
         width=opt_int(width, "width"), height=opt_int(height, "height"),
         decoder="full" if decoder is None else decoder,
+        layout=drawn, layout_plan=layout_plan if drawn is not None else None,
     )
+
+
+def plan_request(prompt, planner, seed, num_variants, temperature):
+    """A layout-planning request (``vgen.plan``). A variant the planner writes unparsably moves
+    on to the next seeds: a user gets a layout, and ``seeds`` says which seed made it."""
+    from vgen.plan import DEFAULT_TEMPERATURE, PlanRequest
+
+    s, n = opt_int(seed, "seed"), opt_int(num_variants, "number of variants")
+    t, ref = opt_float(temperature, "temperature"), model_ref(planner)
+    if ref is not None:
+        # The web's defence: the planner loads any folder it is given, so a reference must pass
+        # the model rules (a Hub id, a name under checkpoints/, a folder in an allowed root).
+        from vgen.hub import parse_reference
+
+        parse_reference(ref)
+    return PlanRequest(prompt=text(prompt), planner=ref,
+                       seed=0 if s is None else s, num_variants=1 if n is None else n,
+                       temperature=DEFAULT_TEMPERATURE if t is None else t,
+                       on_unparsable="next_seed")
+
+
+# ---- layouts: the API's JSON and the UI's table -> a Layout ------------------------------------
+
+LAYOUT_COLUMNS = ("phrase", "x0", "y0", "x1", "y1")
+MAX_TABLE_ROWS = 4 * MAX_OBJECTS  # blank rows included; more filled ones than 30: Layout says so
+
+
+def layout_value(value: Any) -> Layout | None:
+    """A layout from the API's JSON text, its dict, a Layout, or the UI's table (rows of
+    phrase, x0, y0, x1, y1); None, "" and a table with no filled row mean no layout."""
+    if isinstance(value, list) or hasattr(value, "to_numpy"):  # rows, or a pandas DataFrame
+        return table_layout(value)
+    if isinstance(value, dict) and "data" in value and "objects" not in value:
+        return table_layout(value["data"])  # the Dataframe's own {"headers", "data"} form
+    return parse_layout(value)
+
+
+def _blank(cell: Any) -> bool:
+    return cell is None or (isinstance(cell, str) and not cell.strip()) or cell != cell  # NaN
+
+
+def _coordinate(cell: Any, row: int, column: str) -> float:
+    # A table's cells may arrive as text (a typed value). The range is checked here so that the
+    # message names the column (Layout's would say box[2]).
+    value = None
+    if isinstance(cell, str):
+        try:
+            value = float(cell)
+        except ValueError:
+            pass
+    elif isinstance(cell, (int, float)) and not isinstance(cell, bool):
+        value = float(cell)
+    if value is None or not 0.0 <= value <= 1.0:  # NaN too
+        raise InvalidLayoutError(f"layout table, row {row}: {column} must be a number from 0 "
+                                 f"to 1 (a fraction of the image), got {cell!r}",
+                                 f"row {row}.{column}")
+    return value
+
+
+def table_layout(rows: Any) -> Layout | None:
+    """The layout in the table: one object per filled row (blank rows are skipped); an error
+    names the row (counted from 1, as the table shows them) and the column."""
+    if hasattr(rows, "to_numpy"):
+        rows = rows.to_numpy().tolist()
+    rows = rows or []
+    if len(rows) > MAX_TABLE_ROWS:  # before reading them (a hand-made request's table)
+        raise InvalidLayoutError(f"layout table: {len(rows)} rows; a layout has at most "
+                                 f"{MAX_OBJECTS} objects", "rows")
+    objects = []
+    for n, cells in enumerate(rows, start=1):
+        if not isinstance(cells, (list, tuple)):
+            raise InvalidLayoutError(f"layout table, row {n}: not a row of cells", f"row {n}")
+        cells = list(cells)[:len(LAYOUT_COLUMNS)]
+        cells += [None] * (len(LAYOUT_COLUMNS) - len(cells))
+        if all(_blank(c) for c in cells):
+            continue
+        phrase = "" if _blank(cells[0]) else str(cells[0])
+        box = []
+        for column, cell in zip(LAYOUT_COLUMNS[1:], cells[1:]):
+            if _blank(cell):
+                raise InvalidLayoutError(f"layout table, row {n}: {column} is empty (a number "
+                                         "from 0 to 1)", f"row {n}.{column}")
+            box.append(_coordinate(cell, n, column))
+        try:
+            objects.append(LayoutObject(phrase, tuple(box)))
+        except InvalidLayoutError as e:  # "layout phrase: ..." or "layout box: ...": the row's
+            detail = str(e).removeprefix("layout ").removeprefix("box: ")
+            detail = detail.replace("phrase: ", "phrase ", 1)
+            raise InvalidLayoutError(f"layout table, row {n}: {detail}",
+                                     f"row {n}.{e.field}") from None
+    return Layout(tuple(objects)) if objects else None
+
+
+def layout_rows(layout: Layout | None, digits: int = 6) -> list[list]:
+    """A layout as the table's rows, coordinates rounded to ``digits`` (6 keep a planner's boxes
+    exact: it writes pixels of 64, multiples of 1/64; they drop float noise)."""
+    if layout is None:
+        return []
+    return [[o.phrase, *o.box] for o in layout.rounded(digits).objects]
 
 
 def edit_request(image, mask, prompt, mode, strength, image_guidance, negative_prompt, model,

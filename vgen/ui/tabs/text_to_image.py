@@ -1,4 +1,5 @@
-"""The Text to Image tab and its endpoint ``/generate``."""
+"""The Text to Image tab and its endpoint ``/generate`` (with the prompt panel, ``/expand``, and
+the layout panel, ``/plan``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from .. import results
 from ..components import (DEFAULT_INFO, EXAMPLE_PROMPTS, HUB_POINTER, T2I_TASKS, decoder_radio,
                           gallery, limits, model_dropdown, scheduler_choices, zero_means_default)
 from ..forms import DEFAULT_SCHEDULER, generate_request
-from ..handlers import endpoint, run_job, skip, ui_error
+from ..handlers import api_only, endpoint, run_job, skip, ui_error
 from ..inputs import StrictCheckbox, StrictDropdown, StrictNumber, StrictTextbox
-from . import prompt_panel
+from . import layout_panel, prompt_panel
 
 
 @endpoint
@@ -37,10 +38,12 @@ async def generate_images(
     scheduler: str = DEFAULT_SCHEDULER,
     decoder: str = "full",
     expansion: dict | None = None,
+    layout: str | None = "",
+    layout_plan: dict | None = None,
     request: gr.Request = None,
     progress=gr.Progress(),
 ):
-    """Text to image: draw what the prompt describes.
+    """Text to image: draw what the prompt describes (with a layout: each object in its box).
 
     Parameters:
         prompt: what to draw
@@ -55,6 +58,7 @@ async def generate_images(
         num_images: how many images (seeds seed, seed + 1, ...)
         scheduler: "model default" or a sampler key (dpm++2m, euler, euler-a, ddim, unipc, lcm, ...)
         decoder: "full" (the model's VAE) or "fast" (TAESD for SD and SDXL latents; other models say so)
+        layout: objects in boxes as JSON, {"objects": [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...], "background": ""} with x, y from 0 to 1 from the top left (e.g. a layout from /plan); drawn by a grounded (GLIGEN) model such as vgen-shapes-grounded; empty for none
     Returns:
         gallery: PNG files with their generation parameters in the "parameters" text chunk, captioned "seed N" (live previews while it runs)
         info: the line that says what made the images (model, revision, sampler, size, steps, seeds, decoder, seconds)
@@ -62,9 +66,12 @@ async def generate_images(
     """
     try:
         req = generate_request(prompt, negative_prompt, model, steps, guidance, seed,
-                               randomize_seed, width, height, num_images, scheduler, decoder)
-        # The prompt may have been written by a language model (the Expand panel's record).
-        req = replace(req, expansion=prompt_panel.recorded_expansion(expansion, prompt))
+                               randomize_seed, width, height, num_images, scheduler, decoder,
+                               layout)
+        # The prompt may have been written by a language model (the Expand panel's record),
+        # and the layout by the planner (the layout panel's last plan).
+        req = replace(req, expansion=prompt_panel.recorded_expansion(expansion, prompt),
+                      layout_plan=layout_panel.recorded_plan(layout_plan, req.layout))
         job = run_job("generate", lambda: req, progress, request, n_outputs=3,
                       finish=results.outputs, previews=True, status=results.running)
         async with contextlib.aclosing(job) as outputs:  # closed: the engine stops first
@@ -75,6 +82,33 @@ async def generate_images(
         # neither the preview nor the previous job's line stays on screen.
         yield None, results.failed_line(ui_error(e)), ""
         raise
+
+
+@endpoint
+async def generate_in_tab(prompt, negative_prompt, model, steps, guidance, seed, randomize_seed,
+                          width, height, num_images, scheduler, decoder, expansion, plan_layout,
+                          table, plan, planner, num_variants, temperature,
+                          request: gr.Request = None, progress=gr.Progress()):
+    """The tab's Generate: ``generate_images`` (/generate) with the layout panel's layout, or
+    none with "Plan the layout" off; an empty table is planned first (the panel shows the
+    plan: the fourth output). The seed of a plan is the tab's."""
+    found: list = []
+    try:
+        async with contextlib.aclosing(layout_panel.layout_to_draw(
+                plan_layout, table, plan, prompt, planner, seed, num_variants, temperature,
+                progress, request, found)) as planning:
+            async for out in planning:
+                yield out
+    except Exception as e:  # noqa: BLE001 - shown, then raised, as generate_images does
+        yield layout_panel.failed(e)
+        raise
+    layout, planned = found[0]
+    job = generate_images(prompt, negative_prompt, model, steps, guidance, seed, randomize_seed,
+                          width, height, num_images, scheduler, decoder, expansion, layout,
+                          planned, request=request, progress=progress)
+    async with contextlib.aclosing(job) as outputs:  # closed: the engine stops first
+        async for out in outputs:
+            yield (*out, gr.skip())
 
 
 def restore_parameters(path: str | None):
@@ -141,13 +175,21 @@ class TextToImageTab:
     notice: gr.Markdown
     restore_file: gr.File
     expand: prompt_panel.PromptPanel
+    layout: layout_panel.LayoutPanel
+    show_boxes: gr.Checkbox
+    overlays: gr.Gallery  # the results with their boxes ("Show boxes"): copies
+    api_layout: gr.Textbox  # /generate's layout JSON (hidden: the tab's comes from the panel)
     event: Any = None
 
-    def inputs(self) -> list:
-        """The inputs of ``generate_images``, in its order."""
+    def settings(self) -> list:
+        """The first inputs of ``generate_images`` (the API's, up to ``decoder``)."""
         return [self.prompt, self.negative_prompt, self.model, self.steps, self.guidance,
                 self.seed, self.randomize_seed, self.width, self.height, self.num_images,
-                self.scheduler, self.decoder, self.expand.record]
+                self.scheduler, self.decoder]
+
+    def inputs(self) -> list:
+        """The inputs of ``generate_in_tab`` (the tab's Generate), in its order."""
+        return [*self.settings(), self.expand.record, *self.layout.generate_inputs()]
 
     def outputs(self) -> list:
         return [self.gallery, self.info, self.notice]
@@ -166,6 +208,7 @@ def build() -> TextToImageTab:
                     generate = gr.Button("Generate", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
                 model = model_dropdown(T2I_TASKS)
+                layout = layout_panel.build(model.value)
                 expand = prompt_panel.build()
                 with gr.Accordion("Settings · 0 = the model's default", open=True):
                     with gr.Row():
@@ -192,6 +235,17 @@ def build() -> TextToImageTab:
                                            type="filepath", elem_id="t2i-restore")
             with gr.Column(scale=6):
                 results_gallery = gallery("Results", "t2i-gallery")
+                show_boxes = StrictCheckbox(label="Show boxes", value=False,
+                                            elem_id="t2i-show-boxes",
+                                            info="each result's layout drawn over a copy "
+                                            "(the results and their downloads stay clean)")
+                # Each copy is taller than wide (its legend below): shown whole ("contain"),
+                # sized as the results are (``vgen-results``: each fits the panel).
+                overlays = gr.Gallery(label="Results with their boxes", visible=False,
+                                      columns=2, height=420, object_fit="contain", format="png",
+                                      interactive=False, buttons=["fullscreen"],
+                                      elem_id="t2i-overlays",
+                                      elem_classes=["vgen-gallery", "vgen-results"])
                 selected = gr.State(None)
                 send = gr.Button("Send to Edit", size="sm")
                 inspect_button = gr.Button("Inspect in Features", size="sm")
@@ -201,10 +255,11 @@ def build() -> TextToImageTab:
                     label="Shapes-world prompts for the built-in model", cache_examples=False,
                     api_visibility="private")
         gr.Markdown(HUB_POINTER)
+        api_layout = StrictTextbox(label="layout", value="", visible=False)
     return TextToImageTab(prompt, negative, model, steps, guidance, seed, randomize, width,
                           height, num_images, scheduler, decoder, generate, stop,
                           results_gallery, selected, send, inspect_button, info, notice,
-                          restore_file, expand)
+                          restore_file, expand, layout, show_boxes, overlays, api_layout)
 
 
 def wire(t: TextToImageTab) -> None:
@@ -212,16 +267,24 @@ def wire(t: TextToImageTab) -> None:
     inputs = t.inputs()
     defaults_js = zero_means_default(inputs, [t.steps, t.guidance, t.width, t.height],
                                      reveal=t.gallery.elem_id)
-    # The one /generate endpoint, for the UI and the API (engine slots: the fair queue). Its
-    # progress is the info line's (``results.running``): Gradio's own display would empty at
-    # every preview and restart its timer (a generator's every yield ends its "pending" state).
+    # Generate: /generate's function with the layout panel's layout (engine slots: the fair
+    # queue). Its progress is the info line's (``results.running``): Gradio's own display would
+    # empty at every preview and restart its timer (a generator's every yield ends its "pending"
+    # state). The fourth output: a plan made first, for the panel.
+    outputs = [*t.outputs(), t.layout.answer]
     t.event = gr.on(
-        triggers=[t.generate.click, t.prompt.submit], fn=generate_images, inputs=inputs,
-        outputs=t.outputs(), api_name="generate", concurrency_limit=None, trigger_mode="once",
+        triggers=[t.generate.click, t.prompt.submit], fn=generate_in_tab, inputs=inputs,
+        outputs=outputs, api_visibility="private", concurrency_limit=None, trigger_mode="once",
         show_progress="hidden", js=defaults_js,
     )
-    generating = prompt_panel.wire(t.expand, t.prompt, generate_images, inputs, t.outputs(),
+    # The /generate endpoint: the same function; the layout is JSON text ("" for none).
+    api_only(generate_images, [*t.settings(), t.expand.record, t.api_layout, gr.State(None)],
+             t.outputs(), "generate")
+    generating = prompt_panel.wire(t.expand, t.prompt, generate_in_tab, inputs, outputs,
                                    t.gallery, t.restore_file, defaults_js)
+    layout_panel.wire(t.layout, t.prompt, t.seed, t.model, t.restore_file)
+    for trigger in (t.gallery.change, t.show_boxes.change):
+        trigger(layout_panel.result_overlays, [t.gallery, t.show_boxes], t.overlays, **quick)
     # Inputs refused before the endpoint ran (it says why itself otherwise).
     for event in (t.event, generating):
         event.failure(results.refused, t.info, t.outputs(), **quick)
