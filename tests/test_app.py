@@ -85,11 +85,12 @@ def _parameters(item: dict) -> str:
 def test_only_the_documented_endpoints_are_public(client):
     api = client.view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/generate", "/edit", "/attention", "/compare", "/expand",
-                                           "/status"}
+                                           "/plan", "/status"}
     assert not api["unnamed_endpoints"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert names == ["prompt", "negative_prompt", "model", "steps", "guidance", "seed",
-                     "randomize_seed", "width", "height", "num_images", "scheduler", "decoder"]
+                     "randomize_seed", "width", "height", "num_images", "scheduler", "decoder",
+                     "layout"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/edit"]["parameters"]]
     assert names[:4] == ["image", "prompt", "mode", "mask"]
 

@@ -78,8 +78,10 @@ def test_trainer_exports_a_loadable_planner(tiny_planner):
     assert AutoModelForCausalLM.from_pretrained(tiny_planner).config.model_type == "gpt2"
 
 
-def test_plan_is_reproducible_and_reports_raw_text(tiny_planner):
+def test_plan_is_reproducible_and_reports_raw_text(tiny_planner, monkeypatch):
     from vgen.plan import PlanRequest, plan
+
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tiny_planner.parent))
     from vgen.shapes.planner import PlanParseError
 
     req = PlanRequest("a red circle", planner=str(tiny_planner), seed=3, num_variants=2)
@@ -131,3 +133,12 @@ def test_eval_prompt_set_has_every_kind():
     assert all(captions.parse(p).place for p in ps["place"])
     assert all(any((g.color, g.shape) in world.HELD_OUT for g in captions.parse(p).groups)
                for p in ps["held_out"])
+
+
+def test_a_planner_outside_the_allowed_roots_is_refused(tmp_path):
+    """Regression: the planner loaded any existing folder, skipping the model roots rule."""
+    from vgen.errors import VgenError
+    from vgen.plan import PlanRequest, plan
+
+    with pytest.raises(VgenError):
+        plan(PlanRequest("a red circle", planner=str(tmp_path)))

@@ -9,7 +9,9 @@ names a layout object is read, and the latents move down the gradient of the ene
     E = mean over tokens and cross-attention layers of (1 - sum(A * B) / sum(A))^2
 
 where ``A`` is the token's attention map (head-averaged) and ``B`` the union of the boxes whose
-phrase contains the word (area-averaged onto each layer's grid). The gradient is scaled to unit RMS and multiplied by ``strength``.
+phrase contains the word (area-averaged onto each layer's grid). The gradient is scaled to unit
+RMS and multiplied by ``strength * min(1, ENERGY_GAIN * E)``, so the step shrinks as the attention settles
+into its boxes.
 That is TokenCompose's token loss (``vgen.shapes.grounding.token_loss``) with boxes for masks,
 the loss the shapes model was trained with, so its attention is where it draws.
 
@@ -26,6 +28,7 @@ from .layout import Layout
 
 GUIDED_STEPS = 6  # the first denoising steps guided (where the picture's layout is decided)
 GUIDED_ITERATIONS = 2  # guidance rounds after each of them
+ENERGY_GAIN = 2.0  # the full step while the energy is at least 1 / ENERGY_GAIN
 
 # Words that say how many or which, not what: they name no object of their own.
 _FUNCTION_WORDS = frozenset("a an the one two three four five six seven eight nine ten and of "
@@ -158,7 +161,10 @@ class LayoutGuidance:
                     self.unet(scale(z, t).to(cond.dtype), t, cond, cross_attention_kwargs=extra)
                     e = energy(probs, masks, weight, grid)
                     (g,) = torch.autograd.grad(e, z)
-                    z = (z - self.strength * g / g.pow(2).mean().sqrt().clamp_min(1e-12)).detach()
+                    # Unit-RMS direction, step scaled by how far the attention is from its
+                    # boxes: a picture already in place is left (nearly) alone.
+                    step = self.strength * min(1.0, ENERGY_GAIN * e.item())
+                    z = (z - step * g / g.pow(2).mean().sqrt().clamp_min(1e-12)).detach()
                     self.applied += 1
             finally:
                 probs.clear()

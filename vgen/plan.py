@@ -92,12 +92,12 @@ def _load(ref: str) -> _Loaded:
             from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
             from transformers.utils import logging as tlogging
 
-            from .hub import CHECKPOINTS_DIR
-            from .shapes.train_edit import init_folder
+            from .hub import parse_reference, resolve
 
             tlogging.disable_progress_bar()  # the CLI's stdout is the layouts, stderr its bars
-            folder = Path(ref) if Path(ref).is_dir() else (
-                CHECKPOINTS_DIR / ref if (CHECKPOINTS_DIR / ref).is_dir() else init_folder(ref))
+            # The image models' reference rules: a name under checkpoints/, a folder under an
+            # allowed root (VGEN_MODEL_ROOTS), or a Hub id; any other path is refused.
+            folder = Path(resolve(parse_reference(ref)).path)
             model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
             tok = PreTrainedTokenizerFast.from_pretrained(folder)
             meta = folder / "training.json"
