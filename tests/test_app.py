@@ -441,7 +441,7 @@ def test_a_client_that_goes_away_cancels_its_job(inprocess_url, slow_engine):
     import httpx
 
     data = ["a red circle", "", None, None, None, 0, True, None, None, 1, "model default", "full",
-            None]  # the last: the prompt panel's record (a gr.State)
+            None, "", None]  # then the prompt panel's record (a gr.State), the layout, its plan (State)
     with httpx.Client(timeout=30) as http:
         messages = _queue_messages(inprocess_url, "generate", data, http)
         for message in messages:
@@ -462,7 +462,7 @@ def test_the_api_generate_takes_none_for_model_defaults(inprocess_url):
     engine = RecordingEngine()
     handlers.configure(engine)
     data = ["a red circle", "", None, None, None, 3, False, None, None, 2, "model default", "full",
-            None]
+            None, "", None]
     try:
         with httpx.Client(timeout=30) as http:
             for message in _queue_messages(inprocess_url, "generate", data, http):
@@ -492,7 +492,7 @@ def test_downloading_a_model_reports_bytes_and_files(inprocess_url, local_hub, l
     save_tiny(tmp_path / "tiny", "txt2img")
     local_hub.add_repo("vgen-tests/tiny-app", from_dir=tmp_path / "tiny")
     data = ["a red circle", "", "vgen-tests/tiny-app", 1, None, 2, False, None, None, 1,
-            "model default", "full", None]
+            "model default", "full", None, "", None]
     descs, completed = [], None
     with httpx.Client(timeout=120) as http:
         for message in _queue_messages(inprocess_url, "generate", data, http):

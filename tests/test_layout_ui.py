@@ -206,12 +206,17 @@ def _fits_horizontally(page, selector: str) -> None:
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= width + 1, (selector, box)
 
 
-def test_plan_pick_edit_and_generate_in_the_browser(page, tmp_path):
+def _start(page, seed: int) -> None:
+    """The prompt typed, the grounded model picked, a fixed seed and few steps."""
     page.get_by_label("Prompt", exact=True).fill(PROMPT)
     _pick_grounded_model(page)
     visible(page, "Randomize seed").uncheck()
-    number(page, "Seed", 5)
+    number(page, "Seed", seed)
     number(page, "Steps", STEPS)
+
+
+def test_plan_pick_edit_and_generate_in_the_browser(page, tmp_path):
+    _start(page, seed=5)
     page.locator("#t2i-plan").click()
     wait_for_text(page.locator("#t2i-plan-info"), r"vgen-shapes-planner.*seeds 5–7")
     # The three variants drawn, the first in the table and drawn below it.
@@ -257,11 +262,7 @@ def test_plan_pick_edit_and_generate_in_the_browser(page, tmp_path):
 
 
 def test_generate_with_an_empty_table_plans_first_and_records_the_plan(page, tmp_path):
-    page.get_by_label("Prompt", exact=True).fill(PROMPT)
-    _pick_grounded_model(page)
-    visible(page, "Randomize seed").uncheck()
-    number(page, "Seed", 9)
-    number(page, "Steps", STEPS)
+    _start(page, seed=9)
     page.get_by_role("button", name="Generate").filter(visible=True).click()
     wait_for_text(page.locator(INFO), r"seed 9\b", timeout_s=180)
     wait_for_text(page.locator("#t2i-plan-info"), r"vgen-shapes-planner.*seeds 9–11")
