@@ -123,7 +123,7 @@ class LayoutGuidance:
         self.unet, self.cond, self.gligen = unet, cond, gligen
         self.tokens, self.layout = tokens, layout
         self.strength, self.steps, self.iterations = strength, steps, iterations
-        self.applied = 0  # guidance rounds run, for the tests and the info line
+        self.applied = 0  # guidance rounds run so far (a caller can tell guidance took place)
 
     def active(self) -> bool:
         return self.strength > 0 and self.steps > 0 and self.iterations > 0 and len(self.layout) > 0
