@@ -26,7 +26,9 @@ _WEIGHT_FILE = re.compile(
 _WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
 # README.md: the model card, whose ``inference: parameters:`` are the model's recommended settings
 # (vgen.catalog.card_defaults); at the top level only.
-_SUPPORT_PATTERNS = ("model_index.json", "*.json", "*.txt", "*.model", "*.tiktoken", "README.md")
+# chat_template.jinja: where transformers 5 saves a chat template (an instruction planner needs it).
+_SUPPORT_PATTERNS = ("model_index.json", "*.json", "*.txt", "*.model", "*.tiktoken", "chat_template.jinja",
+                    "README.md")
 
 
 def pipeline_allow_patterns(variant: str | None = None) -> list[str]:

@@ -5,13 +5,15 @@
 ``plan(PlanRequest) -> PlanResult``: variant ``i`` is sampled with seed ``seed + i`` by a private
 ``torch.Generator`` (temperature sampling), so a layout depends only on the planner, its
 revision, the prompt, the seed and the temperature — reproducible like ``/expand``. An output
-that does not parse is a :class:`~vgen.shapes.planner.PlanParseError` showing the raw text, or,
+that does not parse is a :class:`~vgen.errors.PlanParseError` showing the raw text, or,
 with ``on_unparsable="next_seed"``, the next seeds are tried (up to ``max_tries``) and the seed
 that gave the layout is the one recorded in ``PlanResult.seeds``.
 
 Offline planner: ``checkpoints/vgen-shapes-planner`` (``python -m vgen train planner``), a small
 GPT-2 prompted with ``<bos> DESCRIPTION ;`` that writes ``PHRASE [ x0 y0 x1 y1 ] ...`` in pixels
-of the 64×64 image (``vgen/shapes/planner.py``).
+of the 64×64 image (``vgen/shapes/planner.py``). Any planner whose tokenizer has a chat template
+(an instruction LM from the Hub, e.g. ``Qwen/Qwen2.5-0.5B-Instruct``) is asked in LMD's
+in-context format instead (``vgen.plan_chat``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, PlanParseError
 from .layout import Layout
 
 DEFAULT_PLANNER = "vgen-shapes-planner"
@@ -97,11 +99,13 @@ def _load(ref: str) -> _Loaded:
             tlogging.disable_progress_bar()  # the CLI's stdout is the layouts, stderr its bars
             # The image models' reference rules: a name under checkpoints/, a folder under an
             # allowed root (VGEN_MODEL_ROOTS), or a Hub id; any other path is refused.
-            folder = Path(resolve(parse_reference(ref)).path)
+            resolved = resolve(parse_reference(ref))
+            folder = Path(resolved.path)
             model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
             tok = PreTrainedTokenizerFast.from_pretrained(folder)
             meta = folder / "training.json"
-            revision = f"step {json.loads(meta.read_text())['step']}" if meta.exists() else ""
+            revision = (f"step {json.loads(meta.read_text())['step']}" if meta.exists()
+                        else "" if resolved.commit == "local" else resolved.commit)
             while len(_CACHE) >= MAX_PLANNERS:
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[ref] = _Loaded(model, tok, ref, revision)
@@ -137,15 +141,27 @@ def _sample(lm: _Loaded, prompt_ids: list[int], seed: int, temperature: float) -
     return " ".join(t for t in tokens if t not in lm.tok.all_special_tokens)
 
 
+def _planner_format(lm: _Loaded, prompt: str):
+    """(write(seed, temperature) -> text, parse(text) -> Layout) for the planner's kind: LMD's
+    chat format for an instruction LM, else the embedded planner's own."""
+    from . import plan_chat
+
+    if plan_chat.is_chat_tokenizer(lm.tok):
+        return (lambda seed, temp: plan_chat.sample_chat(lm.model, lm.tok, prompt, seed, temp),
+                plan_chat.parse_lmd_text)
+    from .shapes.planner import parse_plan_text, prompt_text
+
+    prompt_ids = lm.tok(prompt_text(prompt)).input_ids
+    return (lambda seed, temp: _sample(lm, prompt_ids, seed, temp)), parse_plan_text
+
+
 def plan(req: PlanRequest) -> PlanResult:
     """``req.num_variants`` layouts for ``req.prompt``; variant ``i`` from seed ``seed + i``
     (with ``next_seed``, an unparsable variant moves on to the seeds after the last one used)."""
-    from .shapes.planner import PlanParseError, parse_plan_text, prompt_text
-
     req = check_plan_request(req)
     ref = req.planner or DEFAULT_PLANNER
     lm = _load(ref)
-    prompt_ids = lm.tok(prompt_text(req.prompt)).input_ids
+    write, parse = _planner_format(lm, req.prompt)
     layouts, seeds, texts, skipped = [], [], [], []
     next_free = req.seed + req.num_variants  # seeds past the variants' own, for retries
     for i in range(req.num_variants):
@@ -154,9 +170,9 @@ def plan(req: PlanRequest) -> PlanResult:
             candidates += list(range(next_free, next_free + req.max_tries - 1))
         last_error = None
         for s in candidates:
-            text = _sample(lm, prompt_ids, s, float(req.temperature))
+            text = write(s, float(req.temperature))
             try:
-                layout = parse_plan_text(text)
+                layout = parse(text)
             except PlanParseError as e:
                 last_error = e
                 skipped.append(s)
