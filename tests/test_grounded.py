@@ -210,3 +210,19 @@ def test_tiny_gligen_architecture():
                gligen_boxes=[[0.2, 0.2, 0.6, 0.6]], height=64, width=64, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 64, 64, 3)
+
+
+def test_box_attention_targets_pick_the_smallest_box_holding_each_token():
+    import torch
+
+    from vgen.shapes.box_attention import box_attention_loss, box_targets
+
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0]]])
+    masks = torch.tensor([[1.0, 1.0, 0.0]])  # the third object is padding
+    t = box_targets(boxes, masks, side=2).tolist()[0]  # tokens: TL, TR, BL, BR
+    assert t == [0, 1, 1, 1]
+    # Logits that already route every token to its object give a lower loss than uniform ones.
+    good = torch.full((1, 2, 4, 3), -5.0)
+    for v, i in enumerate(t):
+        good[0, :, v, i] = 5.0
+    assert box_attention_loss([good], boxes, masks) < box_attention_loss([torch.zeros(1, 2, 4, 3)], boxes, masks)

@@ -158,25 +158,32 @@ def test_cli_plan_prints_reproducible_layouts():
     assert _cli("plan", PROMPT, "--seed", "3", "--num", "2").stdout == a.stdout
 
 
-def test_cli_generate_with_a_layout_file_and_with_plan(tiny_gligen, tmp_path):
+def test_cli_generate_with_a_layout_file_and_with_plan(tiny_gligen, tmp_path, monkeypatch, capsys):
+    from vgen.cli import main
+    from vgen.metadata import read_parameters
+
     env = {"VGEN_MODEL_ROOTS": str(tiny_gligen.parent)}
     layout = tmp_path / "layout.json"
     layout.write_text(LAYOUT.to_json())
     out = tmp_path / "a.png"
+    # The real command line once (a subprocess); the other cases in this process, which is
+    # the same parser and entry function without another torch import.
     r = _cli("generate", PROMPT, "--model", str(tiny_gligen), "--layout", str(layout), "--steps", "2",
              "--seed", "1", "--out", str(out), env_extra=env)
     assert r.returncode == 0, r.stderr
-    info = _cli("info", str(out)).stdout
+    info = read_parameters(str(out))
     assert "Layout:" in info and "Layout planner" not in info
-    r = _cli("generate", PROMPT, "--model", str(tiny_gligen), "--plan", "--steps", "2", "--seed", "1",
-             "--out", str(tmp_path / "b.png"), env_extra=env)
-    assert r.returncode == 0, r.stderr
-    assert "Layout planner: vgen-shapes-planner" in _cli("info", str(tmp_path / "b.png")).stdout
+    for k, v in {**env, "VGEN_DTYPE": "float32"}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["generate", PROMPT, "--model", str(tiny_gligen), "--plan", "--steps", "2", "--seed", "1",
+                 "--out", str(tmp_path / "b.png")]) == 0
+    assert "Layout planner: vgen-shapes-planner" in read_parameters(str(tmp_path / "b.png"))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"objects": [{"phrase": "a cat", "box": [0.5, 0, 0.2, 1]}]}))
-    r = _cli("generate", PROMPT, "--model", str(tiny_gligen), "--layout", str(bad), "--out",
-             str(tmp_path / "c.png"), env_extra=env)
-    assert r.returncode == 2 and "x1" in r.stderr
+    capsys.readouterr()
+    assert main(["generate", PROMPT, "--model", str(tiny_gligen), "--layout", str(bad), "--out",
+                 str(tmp_path / "c.png")]) == 2
+    assert "x1" in capsys.readouterr().err
 
 
 def test_a_prompts_file_with_plan_draws_each_prompt_on_its_own_layout(gligen_env, tmp_path):

@@ -111,24 +111,31 @@ class GroundedCall:
     hooks: object  # hooks(view) -> context manager
 
 
-def prepare_layout_call(view, req, beta: float) -> GroundedCall:
+def prepare_layout_call(model, view, req, beta: float) -> GroundedCall:
     """Steps of a layout job (``req.layout``, ``req.layout_guidance`` filled in), before the
-    pipeline runs; ``beta``: the model's ``gligen_scheduled_sampling_beta``.
+    pipeline runs; ``beta``: the model's ``gligen_scheduled_sampling_beta``. Call holding
+    ``model.lock``.
 
-    1. the grounding inputs for every image (both halves under classifier-free guidance);
-    2. scheduled sampling over the request's steps;
-    3. layout guidance on the prompt's embeddings and the conditional half of the grounding.
+    1. scheduled sampling over the request's steps;
+    2. the grounding inputs for every image (both halves under classifier-free guidance), left
+       out when no step is grounded (beta 0: the position net would run every step for nothing);
+    3. the prompt's embeddings, from the model's embedding cache (encoded once for the
+       pipeline call and layout guidance alike);
+    4. layout guidance on them and the conditional half of the grounding.
     """
+    from . import speed
     from .attention import prompt_tokens
     from .layout_guidance import GUIDED_ITERATIONS, GUIDED_STEPS, LayoutGuidance
 
     layout = req.layout
+    sampling = ScheduledSampling(view.unet, beta, req.steps)  # 1.
     cfg = req.guidance > 1 and getattr(view.unet.config, "time_cond_proj_dim", None) is None
-    gligen = grounding_inputs(view, layout, req.num_images, cfg)  # 1.
-    sampling = ScheduledSampling(view.unet, beta, req.steps)  # 2.
-    with torch.no_grad():  # 3.
-        cond, _ = view.encode_prompt(req.prompt, view.unet.device, req.num_images, False)
-    half = {k: v[-req.num_images:] for k, v in gligen.items()}
+    gligen = (grounding_inputs(view, layout, req.num_images, cfg)  # 2.
+              if sampling.grounded_steps > 0 else None)
+    with torch.inference_mode():  # 3.
+        text = speed.encode_cached(model, view, req.prompt, req.negative_prompt, req.guidance)
+    cond = text["prompt_embeds"].repeat(req.num_images, 1, 1)  # (B, T, D)
+    half = {k: v[-req.num_images:] for k, v in gligen.items()} if gligen else None  # 4.
     guidance = LayoutGuidance(view.unet, prompt_tokens(view.tokenizer, req.prompt), layout, cond,
                               strength=req.layout_guidance or 0.0, steps=GUIDED_STEPS,
                               iterations=GUIDED_ITERATIONS, gligen=half)
@@ -138,7 +145,9 @@ def prepare_layout_call(view, req, beta: float) -> GroundedCall:
         with sampling:
             yield
 
-    return GroundedCall({"cross_attention_kwargs": {"gligen": gligen}}, [sampling, guidance], hooks)
+    # The embeddings go to the call too: a job with hooks does not look in the cache itself.
+    call = {**text, **({"cross_attention_kwargs": {"gligen": gligen}} if gligen else {})}
+    return GroundedCall(call, [sampling, guidance], hooks)
 
 
 def layout_call(view, model, req, control, hooks):
@@ -150,7 +159,7 @@ def layout_call(view, model, req, control, hooks):
 
     check_layout_model(req.layout, req.model, view)
     with model.lock:
-        grounded = prepare_layout_call(view, req, model_defaults(model).gligen_beta)
+        grounded = prepare_layout_call(model, view, req, model_defaults(model).gligen_beta)
     # After the job's own observers (Features capture, denoising path): they close step i
     # before layout guidance runs the UNet again.
     control = with_step_observers(control, *grounded.observers, last=True)
