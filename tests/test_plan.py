@@ -104,13 +104,14 @@ def test_plan_with_a_stub_planner(monkeypatch):
     monkeypatch.setattr(plan_mod, "_load", lambda ref: plan_mod._Loaded(None, _Tok(), ref, "step 1"))
     monkeypatch.setattr(plan_mod, "_sample", lambda lm, ids, seed, t: outputs.get(seed, "x"))
     r = plan(PlanRequest("a red circle", planner="stub", seed=0, num_variants=2,
-                         on_unparsable="next_seed"))
+                         on_unparsable="next_seed", verify=False))  # (seed 2 draws a blue square)
     assert r.seeds == (0, 2) and r.skipped_seeds == (1,)
     assert r.layouts[0].boxes == [[2 / 64, 2 / 64, 14 / 64, 14 / 64]] and r.revision == "step 1"
     with pytest.raises(plan_mod.InvalidRequestError):
         plan(PlanRequest("a red circle", planner="stub", seed=0, num_variants=2))
     for bad in (dict(prompt=""), dict(prompt="a", num_variants=0), dict(prompt="a", seed=-1),
-                dict(prompt="a", temperature=3.0), dict(prompt="a", on_unparsable="retry")):
+                dict(prompt="a", temperature=3.0), dict(prompt="a", on_unparsable="retry"),
+                dict(prompt="a", verify="yes")):
         with pytest.raises(InvalidRequestError):
             plan(PlanRequest(**bad))
 
@@ -142,3 +143,19 @@ def test_a_planner_outside_the_allowed_roots_is_refused(tmp_path):
 
     with pytest.raises(VgenError):
         plan(PlanRequest("a red circle", planner=str(tmp_path)))
+
+
+def test_a_plan_that_disagrees_with_its_prompt_is_resampled_and_the_seed_recorded():
+    """Seed 39 of the embedded planner puts the circle below the triangle; the app's planning
+    (next_seed, verify) moves on to a seed whose layout agrees, and says which it passed over."""
+    from vgen.plan import PlanRequest, plan
+    from vgen.shapes.planner import agrees
+
+    prompt = "a blue circle above a cyan triangle"
+    one = plan(PlanRequest(prompt, seed=39))
+    assert not agrees(prompt, one.layouts[0])[0]
+    checked = plan(PlanRequest(prompt, seed=39, on_unparsable="next_seed"))
+    assert agrees(prompt, checked.layouts[0])[0]
+    assert checked.seeds[0] != 39 and 39 in checked.skipped_seeds
+    unchecked = plan(PlanRequest(prompt, seed=39, on_unparsable="next_seed", verify=False))
+    assert unchecked.layouts == one.layouts and unchecked.skipped_seeds == ()

@@ -7,7 +7,11 @@
 revision, the prompt, the seed and the temperature — reproducible like ``/expand``. An output
 that does not parse is a :class:`~vgen.errors.PlanParseError` showing the raw text, or,
 with ``on_unparsable="next_seed"``, the next seeds are tried (up to ``max_tries``) and the seed
-that gave the layout is the one recorded in ``PlanResult.seeds``.
+that gave the layout is the one recorded in ``PlanResult.seeds``. Generate and verify: with the
+embedded planner, a layout that disagrees with a prompt in the shapes world's grammar (a count,
+colour, shape, size, relation or place the layout gets wrong, or overlapping boxes) is resampled
+at the next seeds too (``verify``, on by default): the grammar, not the scorer's images, is the
+check, so it costs ~0.1 s a sample and no image.
 
 Offline planner: ``checkpoints/vgen-shapes-planner`` (``python -m vgen train planner``), a small
 GPT-2 prompted with ``<bos> DESCRIPTION ;`` that writes ``PHRASE [ x0 y0 x1 y1 ] ...`` in pixels
@@ -30,6 +34,7 @@ DEFAULT_PLANNER = "vgen-shapes-planner"
 MAX_VARIANTS = 16
 MAX_PROMPT_CHARS = 500
 DEFAULT_TEMPERATURE = 0.7
+VERIFY_TRIES = 8  # seeds tried per variant for one that agrees with its prompt
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class PlanRequest:
     temperature: float = DEFAULT_TEMPERATURE
     on_unparsable: str = "raise"  # or "next_seed"
     max_tries: int = 4  # seeds tried per variant with "next_seed"
+    verify: bool = True  # with "next_seed": resample a layout that disagrees with the prompt
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ def check_plan_request(req: PlanRequest) -> PlanRequest:
         raise InvalidRequestError("on_unparsable must be 'raise' or 'next_seed'")
     if not 1 <= req.max_tries <= 16:
         raise InvalidRequestError("max_tries must be from 1 to 16")
+    if not isinstance(req.verify, bool):
+        raise InvalidRequestError(f"verify must be true or false, got {req.verify!r}")
     return req
 
 
@@ -155,39 +163,66 @@ def _planner_format(lm: _Loaded, prompt: str):
     return (lambda seed, temp: _sample(lm, prompt_ids, seed, temp)), parse_plan_text
 
 
+def _checker(lm: _Loaded, prompt: str, verify: bool):
+    """For the embedded planner and a prompt in the shapes world's grammar: a check that a
+    layout agrees with the prompt (``shapes.planner.agrees``: every count, colour, shape, size,
+    relation and place, the boxes apart); None where there is nothing to check against."""
+    from . import plan_chat
+
+    if not verify or plan_chat.is_chat_tokenizer(lm.tok):
+        return None
+    from .shapes import captions
+    from .shapes.planner import agrees
+
+    try:
+        captions.parse(prompt)
+    except Exception:  # outside the grammar: nothing to check the layout against
+        return None
+    return lambda layout: agrees(prompt, layout)[0]
+
+
 def plan(req: PlanRequest) -> PlanResult:
-    """``req.num_variants`` layouts for ``req.prompt``; variant ``i`` from seed ``seed + i``
-    (with ``next_seed``, an unparsable variant moves on to the seeds after the last one used)."""
+    """``req.num_variants`` layouts for ``req.prompt``; variant ``i`` from seed ``seed + i``.
+
+    With ``next_seed``, a variant whose text does not parse moves on to the seeds after the last
+    one used (``max_tries`` in all), and so does one that disagrees with its prompt where the
+    planner's world can check it (``verify``, up to ``VERIFY_TRIES`` seeds; if none agrees, the
+    first layout that parsed is kept). Every seed passed over is in ``skipped_seeds``."""
     req = check_plan_request(req)
     ref = req.planner or DEFAULT_PLANNER
     lm = _load(ref)
     write, parse = _planner_format(lm, req.prompt)
+    check = _checker(lm, req.prompt, req.verify)
+    tries = max(req.max_tries, VERIFY_TRIES if check else 1) if req.on_unparsable == "next_seed" else 1
     layouts, seeds, texts, skipped = [], [], [], []
     next_free = req.seed + req.num_variants  # seeds past the variants' own, for retries
     for i in range(req.num_variants):
-        candidates = [req.seed + i]
-        if req.on_unparsable == "next_seed":
-            candidates += list(range(next_free, next_free + req.max_tries - 1))
-        last_error = None
+        candidates = [req.seed + i] + list(range(next_free, next_free + tries - 1))
+        kept, last_error, unparsed = None, None, 0
         for s in candidates:
+            next_free = max(next_free, s + 1)
             text = write(s, float(req.temperature))
             try:
                 layout = parse(text)
             except PlanParseError as e:
-                last_error = e
+                last_error, unparsed = e, unparsed + 1
                 skipped.append(s)
-                if s >= next_free:
-                    next_free = s + 1
+                if unparsed >= req.max_tries and kept is None:
+                    break
                 continue
-            layouts.append(layout)
-            seeds.append(s)
-            texts.append(text)
-            if s >= next_free:
-                next_free = s + 1
-            break
-        else:
+            if check is None or check(layout):
+                kept = (layout, s, text)
+                break
+            kept = kept or (layout, s, text)  # the first that parsed, should none agree
+            skipped.append(s)
+        if kept is None:
             raise PlanParseError(f"planner {ref} at seed {candidates[0]}: {last_error}",
                                  getattr(last_error, "raw", ""))
+        if kept[1] in skipped:
+            skipped.remove(kept[1])
+        layouts.append(kept[0])
+        seeds.append(kept[1])
+        texts.append(kept[2])
     return PlanResult(tuple(layouts), tuple(seeds), tuple(texts), ref, lm.revision, req.prompt,
                       float(req.temperature), tuple(skipped))
 

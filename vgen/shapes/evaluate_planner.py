@@ -55,30 +55,49 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0,
     temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
     cats, failures, total, t0 = {}, [], 0, time.perf_counter()
     for name, prompts in prompt_set(n, seed).items():
-        parsed = agreed = 0
+        parsed = agreed = raw_parsed = raw_agreed = 0
         for i, prompt in enumerate(prompts):
             total += 1
-            try:
-                r = plan(PlanRequest(prompt, planner=model, seed=i, temperature=temperature))
-            except PlanParseError as e:
-                failures.append({"category": name, "prompt": prompt, "seed": i, "reason": str(e)})
+            # One sample, as the model writes it; then as the app plans (vgen.plan: the next
+            # seeds for an unparsable sample or one that disagrees with the prompt).
+            raw = _plan_once(plan, PlanRequest(prompt, planner=model, seed=i, temperature=temperature))
+            raw_parsed += raw is not None
+            raw_agreed += raw is not None and agrees(prompt, raw.layouts[0])[0]
+            r = _plan_once(plan, PlanRequest(prompt, planner=model, seed=i, temperature=temperature,
+                                             on_unparsable="next_seed"))
+            if r is None:
+                failures.append({"category": name, "prompt": prompt, "seed": i, "reason": "unparsable"})
                 continue
             parsed += 1
             ok, reason = agrees(prompt, r.layouts[0])
             agreed += ok
             if not ok:
-                failures.append({"category": name, "prompt": prompt, "seed": i, "reason": reason,
-                                 "plan": r.texts[0]})
-        cats[name] = {"parse_rate": parsed / len(prompts), "agreement": agreed / len(prompts),
-                      "n": len(prompts)}
-        log(f"{name}: parse {cats[name]['parse_rate']:.3f}, agree {cats[name]['agreement']:.3f}")
+                failures.append({"category": name, "prompt": prompt, "seed": r.seeds[0],
+                                 "reason": reason, "plan": r.texts[0]})
+        k = len(prompts)
+        cats[name] = {"parse_rate": parsed / k, "agreement": agreed / k, "n": k,
+                      "single_sample_parse_rate": raw_parsed / k, "single_sample_agreement": raw_agreed / k}
+        log(f"{name}: parse {parsed / k:.3f}, agree {agreed / k:.3f} "
+            f"(one sample: parse {raw_parsed / k:.3f}, agree {raw_agreed / k:.3f})")
     allp = sum(v["n"] for v in cats.values())
+
+    def overall(key: str) -> float:
+        return sum(v[key] * v["n"] for v in cats.values()) / allp
+
     return {"model": model or "vgen-shapes-planner", "n_per_category": n, "n": allp, "seed": seed,
             "temperature": temperature, "categories": cats,
-            "parse_rate": sum(v["parse_rate"] * v["n"] for v in cats.values()) / allp,
-            "agreement": sum(v["agreement"] * v["n"] for v in cats.values()) / allp,
+            "parse_rate": overall("parse_rate"), "agreement": overall("agreement"),
+            "single_sample_parse_rate": overall("single_sample_parse_rate"),
+            "single_sample_agreement": overall("single_sample_agreement"),
             "seconds_per_plan": (time.perf_counter() - t0) / max(1, total),
             "failures": failures[:40]}
+
+
+def _plan_once(plan, req):
+    try:
+        return plan(req)
+    except PlanParseError:
+        return None
 
 
 def end_to_end(prompts: dict[str, list[str]], k: int, planner_model: str | None = None,
@@ -125,7 +144,8 @@ def main(args) -> int:
     model = args.model or None
     temperature = getattr(args, "temperature", None)
     r = evaluate(model=model, n=args.n or DEFAULT_N, seed=args.seed, temperature=temperature)
-    print(f"planner {r['model']}: parse {r['parse_rate']:.3f}, agree {r['agreement']:.3f} "
+    print(f"planner {r['model']}: parse {r['parse_rate']:.3f}, agree {r['agreement']:.3f}; one sample: "
+          f"parse {r['single_sample_parse_rate']:.3f}, agree {r['single_sample_agreement']:.3f} "
           f"({r['n']} prompts, {r['seconds_per_plan']:.3f} s each)")
     if getattr(args, "render", None):
         r["end_to_end"] = end_to_end(prompt_set(args.n or DEFAULT_N, args.seed), args.render,
