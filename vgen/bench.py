@@ -6,7 +6,11 @@ steps, it times three variants:
 * ``stock``: the diffusers pipeline called as its documentation shows (``pipe(prompt, ...)``) on
   a ``from_pipe`` copy sharing the engine's loaded components;
 * ``vgen``: the engine (``vgen.generate`` / ``vgen.edit``) with the model's full VAE;
-* ``vgen-fast``: the engine with the tiny autoencoder (TAESD, ``vgen.decoders``), where one fits.
+* ``vgen-fast``: the engine with the tiny autoencoder (TAESD, ``vgen.decoders``), where one fits;
+* ``openvino-fast`` (SD-Turbo architecture, and the tiny SD model in the tiny suite; off with
+  ``openvino=False``): FastSD CPU's recipe, optimum-intel's OpenVINO pipeline exported from the
+  same folder with TAESD's decoder, in an environment of its own (``vgen.bench_openvino``: its pins
+  conflict with vgen's), timed in its own process after the other three.
 
 Runs are interleaved (stock, vgen, vgen-fast, stock, ...) so that a machine shared with other
 work slows every variant alike; each figure is the median of ``repeats`` runs after one warm-up
@@ -77,6 +81,7 @@ from .bench_measure import (
     timed,
 )
 from .bench_models import model_folder, save_tiny_autoencoder
+from .bench_openvino import CASES as OPENVINO_CASES
 from .errors import InvalidRequestError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -147,7 +152,9 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
         used = {"vae_decoder", "tiny_decoder"} if run.device.type == "cpu" else set()
         speedups["ablations"] = ablations(watched, inputs, repeats, ("tiny_decoder",), used, log)
     run.cache.clear()
-    return {"runs": runs, "cpu": cpu, "speedups": {case.model: speedups}, "check": check}
+    return {"runs": runs, "cpu": cpu, "speedups": {case.model: speedups}, "check": check,
+            "flops_per_sample": flops.get("per_sample", 0.0),
+            "setup": {"size": run.size, "steps": run.steps, "guidance": run.guidance}}
 
 
 def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNamespace:
@@ -354,6 +361,9 @@ def _table(result: dict) -> str:
     lines = [f"{'model':44s} {'variant':9s} {'s/image':>8s} {'vs stock':>8s} {'text':>6s} {'unet':>7s} "
              f"{'decode':>7s} {'RSS MB':>7s} {'UNet GF/s':>9s} {'of peak':>7s}"]
     for r in result["runs"]:
+        if r["seconds_per_image"] is None:  # a peer that could not run (bench_openvino)
+            lines.append(f"{r['model'][:44]:44s} {r['variant']:9s} not run: {r.get('error', '')[:200]}")
+            continue
         ratio = stock[r["model"]] / r["seconds_per_image"] if r["seconds_per_image"] else 0.0
         lines.append(f"{r['model'][:44]:44s} {r['variant']:9s} {r['seconds_per_image']:8.2f} {ratio:7.2f}x "
                      f"{r['text_seconds']:6.2f} {r['unet_seconds']:7.2f} {r['decode_seconds']:7.2f} "
@@ -367,6 +377,8 @@ def _table(result: dict) -> str:
                  + "; cold start "
                  + (f"{result['cold_start_s']:.1f} s" if result["cold_start_s"] is not None else "not measured"))
     for c in result["cpu_time"]["runs"]:
+        if c["cpu_seconds_per_image"] is None:
+            continue
         lines.append(f"  cpu: {c['model'][:40]:40s} {c['variant']:9s} {c['cpu_seconds_per_image']:8.2f} s/image, "
                      f"UNet {c['unet_gflops_per_cpu_second']:.1f} GFLOP per CPU s "
                      f"({c['unet_share_of_matmul_peak'] or 0:.0%} of peak)")
@@ -375,15 +387,23 @@ def _table(result: dict) -> str:
 
 def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, app: bool = True,
               models: list[str] | None = None, log: Callable[[str], None] = print,
-              ablate: bool = False, max_steps: int | None = None, busy: bool = False) -> dict:
+              ablate: bool = False, max_steps: int | None = None, busy: bool = False,
+              openvino: bool = True, openvino_precision: str | None = None) -> dict:
     """Run ``suite`` and return the result (see the module docstring for its layout).
     ``max_steps`` caps the steps of the published architectures (a shorter full suite on a CPU:
     their per-image figures are then for that many steps); the embedded model keeps its default.
-    ``busy``: also the embedded model with one core busy against idle (``vgen.bench_busy``)."""
+    ``busy``: also the embedded model with one core busy against idle (``vgen.bench_busy``).
+    ``openvino``: the ``openvino-fast`` peer where it applies (``vgen.bench_openvino``), in
+    ``openvino_precision`` (``bench_openvino.PRECISIONS``) or, None, OpenVINO's default."""
     from .bench_app import bench_app
     from .bench_busy import run_policies
-    from .pipelines import pick_device, pick_dtype, pick_precision
+    from .pipelines import pick_device, pick_dtype
 
+    from .bench_openvino import PRECISIONS
+
+    if openvino_precision not in (None, *PRECISIONS):
+        raise InvalidRequestError(f"openvino_precision must be one of {', '.join(PRECISIONS)} (or unset: "
+                                  f"OpenVINO's default), got {openvino_precision!r}")
     if suite not in SUITES:
         raise InvalidRequestError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
     if repeats < 3:
@@ -418,9 +438,14 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
             peak = matmul_peak(device, dtype)
             log(f"{dtype} {device}, {torch.get_num_threads()} threads: matmul peak {peak[0]:.1f} GFLOP/s "
                 f"({peak[1]:.1f} per CPU second)")
-            runs, cpu, speedups, checks = [], [], {}, []
+            runs, cpu, speedups, checks, peers = [], [], {}, [], []
             for case in cases:
                 out = bench_case(case, root, repeats, peak, rss, log, ablate)
+                if openvino and case.key in OPENVINO_CASES:
+                    peer = _openvino_peer(case, root, repeats, out, peak, log, openvino_precision)
+                    out["runs"].append(peer["run"])
+                    out["cpu"].append(peer["cpu"])
+                    peers.append(peer["conditions"])
                 runs += out["runs"]
                 cpu += out["cpu"]
                 speedups.update(out["speedups"])
@@ -432,7 +457,33 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)
+    return _result(suite, repeats, max_steps, device, dtype, peak, runs, cpu, speedups, checks, app_out,
+                   busy_out, taesd_source, peers if openvino else "not run (--no-openvino)")
+
+
+def _openvino_peer(case: Case, root: Path, repeats: int, out: dict, peak: tuple[float, float],
+                   log: Callable[[str], None], precision: str | None) -> dict:
+    """The ``openvino-fast`` run of ``case`` (``vgen.bench_openvino``), after ``bench_case``
+    returned ``out``: same folder, TAESD, size, steps, guidance, seed and thread count; prompts
+    in the same sequence as vgen-fast's."""
+    import gc
+
+    from .bench_openvino import run_peer
+
+    gc.collect()  # the case's models, released by bench_case, out of memory before the peer loads its own
+    prompts = [_fresh_prompt(r, "openvino-fast") for r in range(repeats)]
+    return run_peer(case, model_folder(case, root, log), config.tiny_decoder_setting("VGEN_TAESD"),
+                    out["setup"], prompts, SEED, torch.get_num_threads(), out["flops_per_sample"],
+                    peak[1], log, precision)
+
+
+def _result(suite: str, repeats: int, max_steps: int | None, device, dtype, peak: tuple[float, float],
+            runs: list, cpu: list, speedups: dict, checks: list, app_out: dict, busy_out, taesd_source: dict,
+            openvino) -> dict:
+    """The bench's JSON (module docstring): the runs, the CPU-time records and the conditions."""
     import diffusers
+
+    from .pipelines import pick_precision
 
     result = {
         "runs": runs,
@@ -456,6 +507,7 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
                      **{k: v for k, v in app_out.items() if k.endswith("_ms") and k != "app_overhead_ms"}}
                     if app_out else "not measured (--no-app)"),
             "checks": checks,
+            "openvino": openvino,
         },
     }
     return result
@@ -466,7 +518,8 @@ def main(args) -> int:
     result = run_bench(args.suite, repeats=args.repeats, work=args.work, app=not args.no_app,
                        models=args.models, log=lambda m: print(m, flush=True),
                        ablate=getattr(args, "ablations", False), max_steps=getattr(args, "max_steps", None),
-                       busy=getattr(args, "busy_core", False))
+                       busy=getattr(args, "busy_core", False), openvino=not getattr(args, "no_openvino", False),
+                       openvino_precision=getattr(args, "openvino_precision", None))
     print(_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -503,6 +503,13 @@ def _add_bench_parser(sub) -> None:
                    "taken by a CPU-bound process against idle, under OMP_WAIT_POLICY PASSIVE and ACTIVE")
     b.add_argument("--ablations", action="store_true", help="also measure, per module, the channels-last "
                    "layout against the contiguous one, and torch.compile of the tiny decoder (slow to compile)")
+    b.add_argument("--no-openvino", action="store_true", help="skip the openvino-fast peer (FastSD CPU's "
+                   "recipe through optimum-intel, in an environment of its own that pip creates on first use "
+                   "under the user cache, ~/.cache/vgen/openvino-env)")
+    from .bench_openvino import PRECISIONS
+
+    b.add_argument("--openvino-precision", default=None, choices=PRECISIONS,
+                   help="openvino-fast in this inference precision (default: OpenVINO's for this CPU)")
     b.set_defaults(func=cmd_bench)
 
 
