@@ -29,9 +29,10 @@ def client(hardened_app, tmp_path_factory):
 def test_attention_endpoint(client):
     api = client.view_api(return_format="dict", print_info=False)
     params = [p["parameter_name"] for p in api["named_endpoints"]["/attention"]["parameters"]]
-    assert params == ["prompt", "model", "seed", "steps", "negative_prompt"]
-    image, grid, strip, keys = client.predict("a red circle", None, 3, 2, api_name="/attention")
-    assert keys == ["0:a", "1:red", "2:circle"]
+    assert params == ["prompt", "model", "seed", "steps", "negative_prompt", "layout"]
+    image, grid, strip, keys, boxes = client.predict("a red circle", None, 3, 2,
+                                                     api_name="/attention")
+    assert keys == ["0:a", "1:red", "2:circle"] and boxes is None  # no layout, no boxes
     picture = Image.open(image)
     assert picture.size == (64, 64) and "Seed: 3," in picture.info["parameters"]
     g, s = Image.open(grid), Image.open(strip)
@@ -47,6 +48,46 @@ def test_attention_endpoint_errors(client):
 
     with pytest.raises(AppError, match="steps"):
         client.predict("a red circle", None, 3, 0, api_name="/attention")
+
+
+LAYOUT = {"objects": [{"phrase": "a red circle", "box": [0.05, 0.3, 0.4, 0.65]},
+                      {"phrase": "a green triangle", "box": [0.6, 0.3, 0.95, 0.65]}],
+          "background": ""}
+
+
+def test_attention_with_a_layout_measures_each_box(client):
+    """Issue #22: /attention's last parameter is a layout (the JSON /generate takes); the
+    inspection is drawn from it on the grounded model and says, per object, which prompt words
+    its phrase names and how much of their attention lies in its box."""
+    import json
+
+    from vgen.layout import Layout
+
+    image, grid, strip, keys, boxes = client.predict(
+        "a red circle", "vgen-shapes-grounded", 2, 4, "", json.dumps(LAYOUT),
+        api_name="/attention")
+    recorded = Image.open(image).info["parameters"]
+    assert "Layout: " in recorded and keys == ["0:a", "1:red", "2:circle"]
+    red, green = boxes
+    assert red["phrase"] == "a red circle" and red["words"] == ["red", "circle"]
+    assert 0.0 < red["inside"] < 1.0 and red["box_area"] == pytest.approx(0.35 * 0.35, abs=1e-3)
+    assert red["box"] == LAYOUT["objects"][0]["box"] and red["missing"] == []
+    # Neither of its words is in the prompt: no share, and the figures say why.
+    assert green["inside"] is None and green["missing"] == ["green", "triangle"]
+    assert Layout.from_dict(LAYOUT).phrases == [red["phrase"], green["phrase"]]
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("{not json", r"layout: not valid JSON"),
+    ('{"objects": [{"phrase": "a red circle", "box": [0.6, 0.1, 0.2, 0.5]}]}',
+     r"objects\[0\]\.box: x1 \(0\.2\) must be greater than x0 \(0\.6\)"),
+])
+def test_attention_with_a_bad_layout_says_what_is_wrong(client, layout, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict("a red circle", "vgen-shapes-grounded", 2, 4, "", layout,
+                       api_name="/attention")
 
 
 # ---- pure helpers ---------------------------------------------------------------------------
@@ -131,8 +172,8 @@ def test_use_as_mask_sends_to_edit(tmp_path, monkeypatch):
 
 def test_inspect_latest_takes_the_selected_seed():
     gallery = [("a.png", "seed 5"), ("b.png", "seed 6")]
-    prompt, model, seed, _ = features.inspect_latest("a red circle", "m", gallery, 1)
-    assert (prompt, model, seed) == ("a red circle", "m", 6)
+    prompt, model, seed, layout, _ = features.inspect_latest("a red circle", "m", gallery, 1)
+    assert (prompt, model, seed, layout) == ("a red circle", "m", 6, "")  # not a vgen PNG
     assert features.inspect_latest("p", "m", gallery, None)[2] == 5
 
 
@@ -170,8 +211,10 @@ def test_inspect_render_mask_and_features_in_process(tiny_env, tmp_path, monkeyp
 
     monkeypatch.setattr(handlers, "cache_dir", lambda: tmp_path)
     monkeypatch.setattr(features, "cache_dir", lambda: tmp_path)
-    path, grid, strip, keys, state = _last(features.inspect_attention(
+    path, grid, strip, keys, boxes, state = _last(features.inspect_attention(
         "a red circle", "", 3, 2, None, progress=_quiet))
+    assert boxes is None and state.layout is None
+    assert features.show_boxes(state, 0.6)[0]["visible"] is False  # no layout: no Boxes view
     word, first, last, res, overlay, info = features.show_inspection(state, False, 0.6)
     assert Image.open(path).size == (64, 64) and "seed 3" in info
     assert keys == ["0:a", "1:red", "2:circle"]
@@ -238,7 +281,8 @@ def test_inspect_this_edit_inspects_the_edit_on_screen(tiny_env, tmp_path, monke
                           mask=mask if mode == "inpaint" else None, mode=mode, strength=0.8,
                           steps=2, seed=None, num_images=2)
         shown = edit.LastEdit(req, (5, 6))
-        path, grid, strip, keys, state = _last(features.inspect_edit(shown, 1, progress=_quiet))
+        path, grid, strip, keys, _, state = _last(features.inspect_edit(shown, 1,
+                                                                       progress=_quiet))
         info = state.info
         assert f"{mode} · seed 6" in info and Image.open(path).size == (64, 64)
         assert keys == ["0:a", "1:blue", "2:square"]
@@ -254,11 +298,13 @@ def test_inspect_in_features_clears_the_old_maps():
     (``link_text_to_image`` chains the inspection)."""
     gallery = [("a.png", "seed 5"), ("b.png", "seed 6")]
     out = features.inspect_generated("a red circle", "blurry", "m", 4, gallery, 1)
-    prompt, negative, model, steps, seed, tabs, *cleared = out
-    assert (prompt, negative, model, steps, seed) == ("a red circle", "blurry", "m", 4, 6)
-    image, grid, strip, keys, state, word, overlay, info = cleared
-    assert (image, grid, strip, keys, state, overlay, info) == (None,) * 6 + ("",)
+    prompt, negative, model, steps, seed, layout, tabs, *cleared = out
+    assert (prompt, negative, model, steps, seed, layout) == ("a red circle", "blurry", "m", 4,
+                                                              6, "")
+    image, grid, strip, keys, boxes, state, word, overlay, info, view, table = cleared
+    assert (image, grid, strip, keys, boxes, state, overlay, info) == (None,) * 7 + ("",)
     assert word["choices"] == [] and word["value"] is None
+    assert view["visible"] is False and table["visible"] is False  # the old Boxes view goes
 
 
 def test_the_filmstrip_wraps_into_rows_and_small_maps_are_shown_enlarged():

@@ -91,6 +91,39 @@ def test_an_unedited_plan_is_drawn_and_recorded_exactly():
     assert [tile_at(3, x, 100) for x in (20, 250, 460, 700)] == [0, 1, 2, None]
 
 
+def _vgen_png(path, layout: Layout | None) -> str:
+    from vgen.metadata import attach, format_parameters, save_png
+    from vgen.requests import GenerateRequest
+
+    req = GenerateRequest(prompt=PROMPT, steps=STEPS, guidance=4.0, width=64, height=64,
+                          layout=layout)
+    text = format_parameters(req, 5, "euler", GROUNDED if layout else "vgen-shapes", "r")
+    return str(save_png(attach(Image.new("RGB", (64, 64), "white"), text), path))
+
+
+def test_show_boxes_says_when_there_are_none_and_features_gets_the_layout(tmp_path):
+    """"Show boxes" was silent after a plain generation: its note now says there are no boxes
+    (a preview, which records nothing yet, does not count). "Inspect in Features" takes the
+    selected result's layout from its PNG, so Features shows its Boxes."""
+    from vgen.ui.tabs import features
+    from vgen.ui.tabs.layout_panel import NO_BOXES, SHOW_BOXES_INFO, result_overlays
+
+    layout = Layout.from_dict(LAYOUT)
+    plain, drawn = _vgen_png(tmp_path / "plain.png", None), _vgen_png(tmp_path / "lay.png", layout)
+    preview = tmp_path / "preview.png"
+    Image.new("RGB", (64, 64)).save(preview)
+    gallery, note = result_overlays([(plain, "seed 5")], True)
+    assert gallery["visible"] is False and note["info"] == NO_BOXES
+    gallery, note = result_overlays([(drawn, "seed 5")], True)
+    assert gallery["visible"] is True and len(gallery["value"]) == 1
+    assert note["info"] == SHOW_BOXES_INFO
+    assert result_overlays([(str(preview), None)], True)[1]["info"] == SHOW_BOXES_INFO
+    assert result_overlays([(plain, "seed 5")], False)[1]["info"] == SHOW_BOXES_INFO
+    _, _, seed, sent, _ = features.inspect_latest(PROMPT, GROUNDED, [(drawn, "seed 5")], 0)
+    assert seed == 5 and Layout.from_json(sent) == layout
+    assert features.inspect_latest(PROMPT, "m", [(plain, "seed 5")], 0)[3] == ""
+
+
 # ---- the API ----------------------------------------------------------------------------------
 
 
@@ -259,6 +292,17 @@ def test_plan_pick_edit_and_generate_in_the_browser(page, tmp_path):
     shot(page, "layout-generated")
     page.screenshot(path=str(SHOTS / "layout_ui_generated.png"), full_page=True)
     page.locator("#t2i-overlays").screenshot(path=str(SHOTS / "layout_ui_overlay.png"))
+    # "Inspect in Features" takes the result's layout along: Features shows each box's phrase
+    # attention (issue #22), one line of figures and one overlay per object.
+    page.get_by_role("button", name="Inspect in Features").click()
+    boxes = page.locator("#features-boxes-info li")
+    boxes.first.wait_for(timeout=180_000)
+    assert boxes.count() == len(drawn.objects)
+    assert Layout.from_json(page.locator("#features-layout textarea").input_value()) == drawn
+    assert f"1 · {first_phrase}" in boxes.first.inner_text()
+    page.locator("#features-boxes").scroll_into_view_if_needed()  # its picture loads lazily
+    page.locator("#features-boxes img").wait_for(state="visible")
+    shot(page, "layout-features-boxes")
 
 
 def test_generate_with_an_empty_table_plans_first_and_records_the_plan(page, tmp_path):
@@ -297,6 +341,10 @@ def test_phone_plan_shows_the_table_and_drawing_within_the_screen(phone_page):
     time.sleep(0.5)
     for selector in ("#t2i-plan-variants", "#t2i-layout-table", "#t2i-layout-drawing img"):
         _fits_horizontally(page, selector)
+    # The table's own cells fit too: it no longer scrolls sideways (smaller cells on a phone).
+    scroll, width = page.locator("#t2i-layout-table .virtual-table-viewport").evaluate(
+        "e => [e.scrollWidth, e.clientWidth]")
+    assert scroll <= width + 1, (scroll, width)
     page.locator("#t2i-layout-table").scroll_into_view_if_needed()
     shot(page, "layout-phone")
     page.screenshot(path=str(SHOTS / "layout_ui_phone.png"), full_page=True)

@@ -258,6 +258,15 @@ class AttentionMaps:
         raw = self._raw(**filters)
         return viz.normalise01(raw[self._column(key)].sum(0))
 
+    def summed(self, keys: Sequence[str], **filters) -> np.ndarray:
+        """The (H, W) sum of several keys' maps before min-max normalisation (DAAM's sum over
+        a phrase's words; ``vgen.layout_maps`` measures how much of it lies in a box)."""
+        raw = self._raw(**filters)
+        columns = sorted({c for k in keys for c in self._column(k)})
+        if not columns:
+            raise InvalidRequestError("summed needs at least one map key")
+        return raw[columns].sum(0)
+
     # -- pictures
     def overlay(self, image: Image.Image, key: str, opacity: float = 0.6, **filters) -> Image.Image:
         """The map of ``key`` as a heat map over ``image``."""

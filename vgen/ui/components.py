@@ -62,6 +62,17 @@ CSS = """
 .vgen-model .secondary-wrap input { text-overflow: ellipsis; }
 /* Small pictures (the 64x64 world) are drawn enlarged: Gradio's scale-down never enlarges. */
 .vgen-enlarge .image-frame img { object-fit: contain; }
+/* The layout table on a phone: smaller cells, so that it fits the screen instead of scrolling
+   sideways. Gradio sizes its "auto" columns from these cells (the number columns then fit their
+   numbers) and the phrase column to 30 % (layout_panel.build). */
+@media (max-width: 640px) {
+  #t2i-layout-table th, #t2i-layout-table td, #t2i-layout-table .body-cell,
+  #t2i-layout-table .row-number-cell { font-size: 12px !important; }
+  #t2i-layout-table td, #t2i-layout-table .body-cell { padding: 0 !important; }
+  #t2i-layout-table .cell-wrap { padding: 3px 4px !important; }
+  #t2i-layout-table .row-number-header, #t2i-layout-table .row-number-cell {
+    width: 28px !important; min-width: 28px !important; flex: 0 0 28px !important;
+    padding: 2px !important; } }
 """
 
 DEFAULT_INFO = "0 = the model's default"  # the Number fields where 0 means "model default"

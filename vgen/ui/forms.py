@@ -199,11 +199,13 @@ def edit_request(image, mask, prompt, mode, strength, image_guidance, negative_p
     )
 
 
-def inspect_request(prompt, model, seed, steps, negative_prompt=None) -> GenerateRequest:
-    """A text-to-image request for the Features tab (seed None: a fresh one)."""
+def inspect_request(prompt, model, seed, steps, negative_prompt=None,
+                    layout=None) -> GenerateRequest:
+    """A text-to-image request for the Features tab (seed None: a fresh one); ``layout``: any
+    form ``layout_value`` takes (None or "": none), checked as /generate's is."""
     return GenerateRequest(prompt=text(prompt), negative_prompt=text(negative_prompt),
                            model=model_ref(model), seed=opt_int(seed, "seed"),
-                           steps=opt_int(steps, "steps"))
+                           steps=opt_int(steps, "steps"), layout=layout_value(layout))
 
 
 # ---- uploaded files -> checked images ------------------------------------------------------

@@ -2,7 +2,9 @@
 feature maps of an image. Its endpoint is ``/attention``.
 
 The maps come back from the engine's worker as ``vgen.attention_maps.AttentionMaps`` (numpy),
-so re-rendering them for another word, step range or opacity happens here without torch."""
+so re-rendering them for another word, step range or opacity happens here without torch. An
+inspection drawn from a layout also shows each object's phrase attention against its box (the
+"Boxes" view, ``features_boxes``)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from ..components import EXAMPLE_PROMPTS, T2I_TASKS, model_dropdown, zero_means_
 from ..forms import inspect_request, load_image, model_ref
 from ..handlers import api_only, cache_dir, endpoint, run_job
 from ..inputs import SafeImage, StrictCheckbox, StrictNumber, StrictSlider, StrictTextbox
+from . import features_boxes
+from .layout_panel import image_layout
 
 
 FILMSTRIP_COLUMNS = 5  # a 20-step path in 4 readable rows rather than one squeezed strip
@@ -48,10 +52,12 @@ class Inspected:
     image: Any  # PIL image the maps belong to
     path: str  # the image's PNG file (with its generation parameters)
     info: str  # what made it, for the tab's info line
+    layout: Any = None  # vgen.layout.Layout the image was drawn from (the Boxes view), or None
 
 
 def _inspected(job) -> tuple:
-    """The outputs of a finished inspect job: image file, grid, filmstrip, word keys, state."""
+    """The outputs of a finished inspect job: image file, grid, filmstrip, word keys, the
+    layout objects' figures (None without a layout), state."""
     from vgen.viz import filmstrip
 
     out = job.result
@@ -61,17 +67,20 @@ def _inspected(job) -> tuple:
     res = ", ".join(f"{h}x{w}" for h, w in maps.resolutions)
     info = (f"**{r.model}** · {task} · seed {r.seeds[0]} · {maps.num_steps} steps · "
             f"attention at {res} · {job.seconds():.1f} s")
-    state = Inspected(maps, image, job.files[0][0], info)
+    layout = getattr(r.request, "layout", None)
+    state = Inspected(maps, image, job.files[0][0], info, layout)
     frames = out.path[0] if out.path else None
     strip = filmstrip(frames, columns=min(len(frames), FILMSTRIP_COLUMNS)) if frames else None
-    return state.path, maps.grid(image), strip, maps.word_keys(), state
+    return (state.path, maps.grid(image), strip, maps.word_keys(),
+            features_boxes.boxes_answer(maps, layout), state)
 
 
 @endpoint
 async def inspect_attention(prompt: str, model: str | None = None, seed: float | None = 0,
                             steps: float | None = None, negative_prompt: str | None = None,
-                            request: gr.Request = None, progress=gr.Progress()):
-    """Text to image with its per-word cross-attention maps and its denoising path.
+                            layout: str | None = "", request: gr.Request = None,
+                            progress=gr.Progress()):
+    """Text to image with its per-word cross-attention maps and its denoising path (with a layout: each object's phrase attention against its box).
 
     Parameters:
         prompt: what to draw
@@ -79,14 +88,16 @@ async def inspect_attention(prompt: str, model: str | None = None, seed: float |
         seed: the seed; None for a fresh one
         steps: denoising steps; None for the model's default
         negative_prompt: what to avoid (empty for none)
+        layout: objects in boxes as JSON, as /generate takes it ({"objects": [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...], "background": ""}, 0-1 from the top left), for a grounded model such as vgen-shapes-grounded; empty for none
     Returns:
         image: the PNG with its generation parameters
         grid: the image and one attention overlay per word
         filmstrip: the predicted clean image after each denoising step, in rows
         words: the word keys ("<index>:<word>")
+        boxes: with a layout, per object {"phrase", "box", "words": the prompt words its phrase names, "missing": its words the prompt lacks, "inside": the share of those words' attention inside its box (null: none in the prompt), "box_area": the box's share of the picture}; null without one
     """
-    req = inspect_request(prompt, model, seed, steps, negative_prompt)
-    async for out in run_job("inspect", lambda: req, progress, request, n_outputs=5,
+    req = inspect_request(prompt, model, seed, steps, negative_prompt, layout)
+    async for out in run_job("inspect", lambda: req, progress, request, n_outputs=6,
                              finish=_inspected):
         yield out
 
@@ -100,15 +111,16 @@ async def inspect_edit(last_edit, index, request: gr.Request = None, progress=gr
         raise gr.Error("There is no edit to inspect yet: run an edit first.",
                        print_exception=False)
     req = last_edit.for_image(index)
-    async for out in run_job("inspect", lambda: req, progress, request, n_outputs=5,
+    async for out in run_job("inspect", lambda: req, progress, request, n_outputs=6,
                              finish=_inspected):
         yield out
 
 
 def cleared() -> tuple:
-    """An inspection is coming: the old maps, words and info line go (they belong to another
-    image), so the page never shows one image's maps under another's prompt."""
-    return (None, None, None, None, None, gr.update(choices=[], value=None), None, "")
+    """An inspection is coming: the old maps, words, boxes and info line go (they belong to
+    another image), so the page never shows one image's maps under another's prompt."""
+    return (None, None, None, None, None, None, gr.update(choices=[], value=None), None, "",
+            *features_boxes.hidden())
 
 
 def to_features(last_edit):
@@ -168,6 +180,23 @@ def render_maps(state: Inspected | None, key, first, last, resolutions, opacity)
     if not key:
         return gr.skip(), grid
     return enlarged(state.maps.overlay(state.image, key, float(opacity), **filters)), grid
+
+
+def render_boxes(state: Inspected | None, first, last, resolutions, opacity):
+    """The Boxes view under the tab's step range, resolutions and opacity (hidden when the
+    inspection has no layout)."""
+    if state is None:
+        return features_boxes.hidden()
+    return features_boxes.boxes_view(state.maps, state.image, state.layout, opacity,
+                                     **_filters(first, last, resolutions))
+
+
+def show_boxes(state: Inspected | None, opacity):
+    """A new inspection's Boxes view: every step and resolution (the sliders may still hold
+    the last inspection's range)."""
+    if state is None:
+        return features_boxes.hidden()
+    return features_boxes.boxes_view(state.maps, state.image, state.layout, opacity)
 
 
 def update_word_choices(state: Inspected | None, include_special: bool, key):
@@ -238,24 +267,28 @@ async def show_features(image_path, backbone, model, prompt, request: gr.Request
 
 
 def inspect_latest(prompt, model, gallery_value, index):
-    """Text to Image -> Features: the prompt, model and seed of the selected (else first)
-    result, and the Features tab."""
-    seed = gr.skip()
+    """Text to Image -> Features: the prompt, model, seed and layout (JSON, "" for none: read
+    from the PNG) of the selected (else first) result, and the Features tab."""
+    seed, layout = gr.skip(), ""
     if gallery_value:
         i = index if isinstance(index, int) and 0 <= index < len(gallery_value) else 0
         item = gallery_value[i]
+        path = item[0] if isinstance(item, (tuple, list)) else item
         caption = item[1] if isinstance(item, (tuple, list)) and len(item) > 1 else None
         m = re.fullmatch(r"seed (\d+)", caption or "")
         if m:
             seed = int(m.group(1))
-    return prompt, model, seed, gr.Tabs(selected="features")
+        drawn = image_layout(path) if isinstance(path, str) and path else None
+        layout = drawn.to_json() if drawn is not None else ""
+    return prompt, model, seed, layout, gr.Tabs(selected="features")
 
 
 def inspect_generated(prompt, negative_prompt, model, steps, gallery_value, index):
-    """Text to Image -> Features: the settings of the selected (else first) result, the
-    Features tab, and the last inspection cleared (the new one starts at once)."""
-    prompt, model, seed, tabs = inspect_latest(prompt, model, gallery_value, index)
-    return (prompt, negative_prompt, model, steps, seed, tabs, *cleared())
+    """Text to Image -> Features: the settings of the selected (else first) result (its layout
+    too, so a layout result shows its Boxes), the Features tab, and the last inspection cleared
+    (the new one starts at once)."""
+    prompt, model, seed, layout, tabs = inspect_latest(prompt, model, gallery_value, index)
+    return (prompt, negative_prompt, model, steps, seed, layout, tabs, *cleared())
 
 
 @dataclass
@@ -265,6 +298,7 @@ class FeaturesTab:
     model: gr.Dropdown
     seed: gr.Number
     steps: gr.Number
+    layout: gr.Textbox  # the layout JSON to draw (grounded models), "" for none
     inspect: gr.Button
     stop: gr.Button
     image: gr.Image
@@ -286,18 +320,26 @@ class FeaturesTab:
     show: gr.Button
     views: gr.Gallery
     keys: gr.JSON  # an output of the /attention endpoint
+    boxes: gr.JSON  # an output of the /attention endpoint: the layout objects' figures
+    boxes_info: gr.Markdown  # the Boxes view: its table of figures
+    boxes_view: gr.Image  # the Boxes view: one overlay per layout object
     state: gr.State
     event: Any = None
     edit_event: Any = None
 
+    def inputs(self) -> list:
+        """The /attention endpoint's inputs, in its parameters' order."""
+        return [self.prompt, self.model, self.seed, self.steps, self.negative_prompt,
+                self.layout]
+
     def outputs(self) -> list:
         """The outputs of an inspection (the /attention endpoint's, then the state)."""
-        return [self.image, self.grid, self.filmstrip, self.keys, self.state]
+        return [self.image, self.grid, self.filmstrip, self.keys, self.boxes, self.state]
 
     def cleared(self) -> list:
-        """What ``cleared`` empties: the last inspection's pictures, words, state, info."""
-        return [self.image, self.grid, self.filmstrip, self.keys, self.state, self.word,
-                self.overlay, self.info]
+        """What ``cleared`` empties: the last inspection's pictures, words, boxes, state, info."""
+        return [self.image, self.grid, self.filmstrip, self.keys, self.boxes, self.state,
+                self.word, self.overlay, self.info, self.boxes_view, self.boxes_info]
 
     def controls(self) -> list:
         """What ``show_inspection`` fills."""
@@ -326,6 +368,11 @@ def _build_inspector() -> dict:
                 c["seed"] = StrictNumber(label="Seed", value=0, precision=0)
                 c["steps"] = StrictNumber(label="Steps (0 = model default)", value=None,
                                           precision=0)
+            c["layout"] = StrictTextbox(
+                label="Layout (JSON, for a grounded model; empty for none)", lines=2, value="",
+                elem_id="features-layout", placeholder=features_boxes.LAYOUT_HELP,
+                info="objects in boxes, x and y from 0 to 1 from the top left, as /generate "
+                "takes it; Text to Image's \"Inspect in Features\" fills it in")
             c["image"] = _picture("Image", "features-image", height=DISPLAY_PX + 64)
             c["info"] = gr.Markdown(elem_id="features-info")
         with gr.Column(scale=6):
@@ -347,6 +394,7 @@ def _build_inspector() -> dict:
                 c["resolutions"] = gr.CheckboxGroup(label="Attention resolutions", choices=[])
     # Full width: the small multiples and the denoising path in rows of FILMSTRIP_COLUMNS.
     c["grid"] = _picture("Every word", "features-grid")
+    c.update(features_boxes.build())  # shown when the inspection has a layout
     c["filmstrip"] = _picture("Denoising path (the predicted clean image after each step)",
                               "features-filmstrip")
     return c
@@ -378,14 +426,23 @@ def build() -> FeaturesTab:
         c = _build_inspector()
         c.update(_build_feature_maps())
         c["keys"] = gr.JSON(visible=False, label="words")
+        c["boxes"] = gr.JSON(visible=False, label="boxes")
         c["state"] = gr.State(None)
     return FeaturesTab(**c)
+
+
+def _show(f: FeaturesTab, event) -> None:
+    """A finished inspection fills the tab's controls and, with a layout, its Boxes view."""
+    quick = dict(api_visibility="private", concurrency_limit=None)
+    event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
+    event.success(endpoint(show_boxes), [f.state, f.opacity], [f.boxes_view, f.boxes_info],
+                  **quick)
 
 
 def wire(f: FeaturesTab, edit, tabs) -> None:
     """``edit``: the Edit tab (its "Inspect this edit" and the mask's target editor)."""
     quick = dict(api_visibility="private", concurrency_limit=None)
-    inputs = [f.prompt, f.model, f.seed, f.steps, f.negative_prompt]
+    inputs = f.inputs()
     # inspect_attention is the Inspect button's and the /attention endpoint's (the API's
     # without the tab's state); then the tab's controls.
     f.event = gr.on(
@@ -394,7 +451,7 @@ def wire(f: FeaturesTab, edit, tabs) -> None:
         trigger_mode="once", show_progress_on=f.image, js=zero_means_default(inputs, [f.steps]),
     )
     api_only(inspect_attention, inputs, f.outputs()[:-1], "attention")
-    f.event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
+    _show(f, f.event)
     # Edit tab -> Features: the edit on screen (its LastEdit), inspected; the tab is shown and
     # cleared first.
     f.edit_event = edit.inspect.click(
@@ -403,12 +460,15 @@ def wire(f: FeaturesTab, edit, tabs) -> None:
         inspect_edit, [edit.last_edit, edit.selected], f.outputs(), api_visibility="private",
         concurrency_limit=None, show_progress_on=f.image,
     )
-    f.edit_event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
+    _show(f, f.edit_event)
     f.stop.click(fn=None, cancels=[f.event, f.edit_event])
     filters = [f.state, f.word, f.first, f.last, f.resolutions, f.opacity]
     gr.on(triggers=[f.word.change, f.first.release, f.last.release, f.resolutions.change,
                     f.opacity.release], fn=endpoint(render_maps), inputs=filters,
           outputs=[f.overlay, f.grid], **quick)
+    gr.on(triggers=[f.first.release, f.last.release, f.resolutions.change, f.opacity.release],
+          fn=endpoint(render_boxes), inputs=[f.state, f.first, f.last, f.resolutions, f.opacity],
+          outputs=[f.boxes_view, f.boxes_info], **quick)
     f.special.change(update_word_choices, [f.state, f.special, f.word], f.word, **quick)
     # The Edit tab is shown first and the editor filled after: a layer given to an editor that
     # is not drawn yet is not shown in the browser.
@@ -424,18 +484,19 @@ def wire(f: FeaturesTab, edit, tabs) -> None:
 
 def link_text_to_image(f: FeaturesTab, t2i, tabs) -> None:
     """Text to Image's "Inspect in Features": its prompt, negative prompt, model, steps and the
-    selected result's seed go to the Features tab, which is shown cleared and inspects at once
+    selected result's seed and layout go to the Features tab, which is shown cleared and inspects at once
     (so it never shows the maps of an earlier image under the new prompt)."""
     quick = dict(api_visibility="private", concurrency_limit=None)
-    inputs = [f.prompt, f.model, f.seed, f.steps, f.negative_prompt]
+    inputs = f.inputs()
     event = t2i.inspect.click(
         inspect_generated,
         [t2i.prompt, t2i.negative_prompt, t2i.model, t2i.steps, t2i.gallery, t2i.selected],
-        [f.prompt, f.negative_prompt, f.model, f.steps, f.seed, tabs, *f.cleared()], **quick,
+        [f.prompt, f.negative_prompt, f.model, f.steps, f.seed, f.layout, tabs, *f.cleared()],
+        **quick,
     ).success(
         inspect_attention, inputs, f.outputs(), api_visibility="private",
         concurrency_limit=None, show_progress_on=f.image,
         js=zero_means_default(inputs, [f.steps]),
     )
-    event.success(show_inspection, [f.state, f.special, f.opacity], f.controls(), **quick)
+    _show(f, event)
     f.stop.click(fn=None, cancels=[event])

@@ -12,6 +12,7 @@ import gradio as gr
 
 from vgen.catalog import EMBEDDED_GROUNDED_MODEL
 from vgen.layout import Layout
+from vgen.layout_maps import draw_text, fit_text, text_length
 
 from .. import results
 from ..forms import LAYOUT_COLUMNS, layout_rows, layout_value, plan_request
@@ -26,6 +27,9 @@ CHOSEN = (249, 115, 22)  # the picked variant's frame (Gradio's orange)
 TABLE_DIGITS = 3  # the table shows coordinates to 1/1000 (an unedited one is the planner's own)
 DEFAULT_VARIANTS = 3
 EMPTY_TABLE = "The table is empty: Plan fills it, or add a row (+) per object and type it."
+SHOW_BOXES_INFO = "each result's layout drawn over a copy (the results and their downloads stay clean)"
+NO_BOXES = ("⚠ no boxes to show: these results were drawn without a layout (plan one, or "
+            "turn \"Plan the layout\" on with a grounded model)")
 # The colour a phrase names (the shapes world's colours), else the palette's by position.
 COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 220),
            "yellow": (230, 190, 0), "orange": (245, 130, 20), "purple": (148, 80, 200),
@@ -122,15 +126,6 @@ def _light(rgb) -> bool:
     return 0.299 * r + 0.587 * g + 0.114 * b > 160
 
 
-def _fit(draw, text: str, font, width: float) -> str:
-    """``text`` cut with an ellipsis to fit ``width`` pixels (a legend line is never cropped)."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
 def _blank(width: int, height: int):
     """A white canvas with a light grid at eighths: where 0.25, 0.5, 0.75 lie."""
     from PIL import Image, ImageDraw
@@ -199,8 +194,10 @@ def _tag(draw, text, x, y, colour, font, width, height) -> None:
 def _legend_line(draw, i, phrase, colour, font, y, width, line) -> None:
     size = line - 8
     draw.rectangle([6, y + 3, 6 + size, y + 3 + size], fill=colour, outline=(60, 60, 60))
-    label = _fit(draw, f"{i + 1}  {phrase}", font, width - size - 20)
-    draw.text((size + 14, y + 1), label, fill=(20, 20, 20), font=font)
+    # Cut with an ellipsis to fit (a legend line is never cropped), written with readable
+    # spaces (the default font's ran the words together).
+    label = fit_text(draw, f"{i + 1}  {phrase}", font, width - size - 20)
+    draw_text(draw, (size + 14, y + 1), label, font, (20, 20, 20))
 
 
 # ---- the panel's events -----------------------------------------------------------------------
@@ -234,8 +231,8 @@ def draw_variants(plan: dict, chosen: int):
             draw.rectangle([x - 6, y - 6, x + TILE + 5, y + TILE + CAPTION - 2], outline=CHOSEN,
                            width=4)
         label = f"{i + 1} · seed {seed}"
-        draw.text((x + (TILE - draw.textlength(label, font=font)) / 2, y + TILE + 4), label,
-                  fill=(20, 20, 20), font=font)
+        draw_text(draw, (x + (TILE - text_length(draw, label, font)) / 2, y + TILE + 4), label,
+                  font, (20, 20, 20))
     return image
 
 
@@ -331,32 +328,41 @@ def restore_layout(path: str | None):
     return True, gr.update(open=True), layout_rows(layout)  # unrounded: drawn as it was
 
 
-def image_layout(path: str):
-    """The layout recorded in a result PNG (None: drawn without one, or not a vgen PNG)."""
+def recorded_layout(path: str):
+    """(whether ``path`` is a PNG vgen recorded its parameters in, the layout it was drawn from
+    or None)."""
     from vgen.images import open_image
     from vgen.metadata import read_parameters, request_from_parameters
 
     try:
-        return request_from_parameters(read_parameters(open_image(path))).layout
-    except Exception:  # noqa: BLE001 - a preview, a foreign PNG: nothing to overlay
-        return None
+        return True, request_from_parameters(read_parameters(open_image(path))).layout
+    except Exception:  # noqa: BLE001 - a preview, a foreign PNG: nothing recorded
+        return False, None
+
+
+def image_layout(path: str):
+    """The layout recorded in a result PNG (None: drawn without one, or not a vgen PNG)."""
+    return recorded_layout(path)[1]
 
 
 def result_overlays(gallery_value, show: bool):
     """"Show boxes": each result that was drawn from a layout, with that layout (read from the
-    PNG itself) over it. A copy: the gallery's files, what Download gives, stay clean."""
+    PNG itself) over it. A copy: the gallery's files, what Download gives, stay clean. Results
+    drawn without a layout have no boxes: the checkbox's note says so (it was silent)."""
     if not show or not gallery_value:
-        return gr.update(value=None, visible=False)
-    out = []
+        return gr.update(value=None, visible=False), gr.update(info=SHOW_BOXES_INFO)
+    out, plain = [], 0
     for item in gallery_value:
         path, caption = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
-        layout = image_layout(path) if path else None
+        recorded, layout = recorded_layout(path) if path else (False, None)
+        plain += recorded and layout is None  # a preview (nothing recorded) is not yet plain
         if layout is not None:
             from PIL import Image
 
             with Image.open(path) as image:
                 out.append((draw_layout(layout, base=image), caption or ""))
-    return gr.update(value=out or None, visible=bool(out))
+    info = NO_BOXES if plain and not out else SHOW_BOXES_INFO
+    return gr.update(value=out or None, visible=bool(out)), gr.update(info=info)
 
 
 # ---- Generate with the panel ------------------------------------------------------------------
@@ -458,8 +464,9 @@ def build(model: str | None) -> LayoutPanel:
                              # Gradio 6.31 has no column_limits yet).
                              column_count=(len(LAYOUT_COLUMNS), "fixed"), row_count=1,
                              type="array", interactive=True, label="Layout to draw",
-                             # A number column fits 0.0625; on a phone the table scrolls sideways.
-                             column_widths=["36%", "66px", "66px", "66px", "66px"],
+                             # Number columns as wide as their numbers, the phrase 30 %: on
+                             # a phone (with components.CSS's smaller cells) it all fits.
+                             column_widths=["30%", "auto", "auto", "auto", "auto"],
                              wrap=True, show_row_numbers=True, elem_id="t2i-layout-table")
         check = gr.Markdown(EMPTY_TABLE, elem_id="t2i-layout-check")
         # No label: an image's label is drawn over its top-left corner (a box's number).

@@ -237,8 +237,7 @@ def build() -> TextToImageTab:
                 results_gallery = gallery("Results", "t2i-gallery")
                 show_boxes = StrictCheckbox(label="Show boxes", value=False,
                                             elem_id="t2i-show-boxes",
-                                            info="each result's layout drawn over a copy "
-                                            "(the results and their downloads stay clean)")
+                                            info=layout_panel.SHOW_BOXES_INFO)
                 # Each copy is taller than wide (its legend below): shown whole ("contain"),
                 # sized as the results are (``vgen-results``: each fits the panel).
                 overlays = gr.Gallery(label="Results with their boxes", visible=False,
@@ -284,7 +283,8 @@ def wire(t: TextToImageTab) -> None:
                                    t.gallery, t.restore_file, defaults_js)
     layout_panel.wire(t.layout, t.prompt, t.seed, t.model, t.restore_file)
     for trigger in (t.gallery.change, t.show_boxes.change):
-        trigger(layout_panel.result_overlays, [t.gallery, t.show_boxes], t.overlays, **quick)
+        trigger(layout_panel.result_overlays, [t.gallery, t.show_boxes],
+                [t.overlays, t.show_boxes], **quick)
     # Inputs refused before the endpoint ran (it says why itself otherwise).
     for event in (t.event, generating):
         event.failure(results.refused, t.info, t.outputs(), **quick)
