@@ -70,6 +70,17 @@ def _decay_text(cfg: dict, step: int) -> str:
             f"{cfg.get('lr_min_ratio', 0.1):g}× at step {cfg['steps']}")
 
 
+def _box_text(cfg: dict) -> str:
+    w = cfg.get("box_attention_weight", 0.0)
+    if not w:
+        return ""
+    return (f"\nPlus the box-attention loss (weight {w:g}, `vgen.shapes.box_attention`): in every fuser's "
+            "self-attention, each visual token inside an object's box is taught to attend, among "
+            "the grounding tokens, to that object's (the inside-box attention objective of Chen et "
+            "al. 2023 and TokenCompose, put on the fusers), so the routing is learnt directly "
+            "rather than through gates that start shut.")
+
+
 def write_card(folder: str | Path) -> Path:
     folder = Path(folder)
     meta = json.loads((folder / "training.json").read_text())
@@ -130,7 +141,7 @@ As in GLIGEN only the new layers train: AdamW, learning rate {_lr_text(folder, c
 which start at zero, at {cfg['gate_lr_mult']:g}× the learning rate){_decay_text(cfg, meta['step'])}; the base model stays frozen, so once the grounding is switched off (after the
 first `gligen_scheduled_sampling_beta` of the steps) the unchanged `vgen-shapes` finishes the image.
 v-prediction, min-SNR-γ={cfg['min_snr_gamma']} weighting with the truncated-SNR floor, half the
-examples at the noisier half of the schedule (where the grounded steps sample), EMA {cfg['ema_decay']} (the exported weights). One CPU thread.
+examples at the noisier half of the schedule (where the grounded steps sample), EMA {cfg['ema_decay']} (the exported weights). One CPU thread.{_box_text(cfg)}
 Held out of training entirely (images, captions and phrases): {held}.
 
 ## Scores

@@ -14,10 +14,17 @@ def _scores(folder: Path) -> str:
     if not path.exists():
         return "Not evaluated yet: run `python -m vgen eval planner --update-card`."
     r = json.loads(path.read_text())
-    rows = ["| prompts | parse | agree with the prompt | n |", "| --- | --- | --- | --- |"]
+    rows = ["| prompts | parse | agree with the prompt | one sample: parse / agree | n |",
+            "| --- | --- | --- | --- | --- |"]
+
+    def single(v: dict) -> str:
+        if "single_sample_agreement" not in v:
+            return "—"
+        return f"{v['single_sample_parse_rate']:.3f} / {v['single_sample_agreement']:.3f}"
+
     for name, v in r["categories"].items():
-        rows.append(f"| {name} | {v['parse_rate']:.3f} | {v['agreement']:.3f} | {v['n']} |")
-    rows.append(f"| **all** | **{r['parse_rate']:.3f}** | **{r['agreement']:.3f}** | {r['n']} |")
+        rows.append(f"| {name} | {v['parse_rate']:.3f} | {v['agreement']:.3f} | {single(v)} | {v['n']} |")
+    rows.append(f"| **all** | **{r['parse_rate']:.3f}** | **{r['agreement']:.3f}** | {single(r)} | {r['n']} |")
     e2e = ""
     if r.get("end_to_end"):
         e = r["end_to_end"]
@@ -32,11 +39,14 @@ def _scores(folder: Path) -> str:
     step = f"Measured on the weights of training step {r['training_step']}. " if "training_step" in r else ""
     return "\n".join(rows) + f"""
 
-{step}Temperature {r['temperature']}, one layout per prompt (seed = prompt index); prompts are
+{step}Temperature {r['temperature']}, one layout per prompt (seed = prompt index) planned as the app
+plans (`vgen.plan`, `on_unparsable="next_seed"`: a sample that does not parse, or that
+disagrees with a prompt in the shapes grammar, is resampled at the next seeds, up to 8); "one
+sample" is the model's first sample alone. Prompts are
 fresh captions of fresh scenes from a stream the training never draws from, plus prompts naming
 the held-out pairs. A layout agrees when every count, colour, shape and stated size, the relation
 or place holds on its boxes (the analyzer's strict rule) and no two boxes overlap.
-{r['seconds_per_plan']:.3f} s per layout on one CPU core. Reproduce with
+{r['seconds_per_plan']:.3f} s per prompt for both (one loaded CPU core). Reproduce with
 `python -m vgen eval planner --n {r['n_per_category']}`.{e2e}"""
 
 
