@@ -83,14 +83,6 @@ def test_a_phrase_takes_the_run_of_prompt_words_that_names_it():
     assert phrase_keys(keys, "a green triangle") == ([], ["green", "triangle"])
 
 
-def test_the_function_words_are_layout_guidance_s():
-    """The same words name no object here as in layout guidance (that module loads torch, so
-    this one keeps its own copy)."""
-    from vgen import layout_guidance
-
-    assert FUNCTION_WORDS == layout_guidance._FUNCTION_WORDS
-
-
 def test_box_weights_cover_edge_pixels_in_part():
     w = box_weights((0.1, 0.0, 0.5, 0.25), 10, 4)
     assert w.shape == (4, 10) and w.sum() == pytest.approx(0.4 * 10 * 0.25 * 4)

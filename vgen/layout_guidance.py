@@ -25,14 +25,11 @@ import numpy as np
 import torch
 
 from .layout import Layout
+from .layout_maps import FUNCTION_WORDS  # words that name no object: the Features maps' too
 
 GUIDED_STEPS = 6  # the first denoising steps guided (where the picture's layout is decided)
 GUIDED_ITERATIONS = 2  # guidance rounds after each of them
 ENERGY_GAIN = 2.0  # the full step while the energy is at least 1 / ENERGY_GAIN
-
-# Words that say how many or which, not what: they name no object of their own.
-_FUNCTION_WORDS = frozenset("a an the one two three four five six seven eight nine ten and of "
-                            "with some".split())
 
 
 def _word_forms(word: str) -> set[str]:
@@ -46,13 +43,13 @@ def token_boxes(tokens, layout: Layout) -> list[tuple[int, list[int]]]:
     content word of some phrase. ``tokens``: ``vgen.attention.prompt_tokens`` of the prompt."""
     phrase_words = [
         set().union(*(_word_forms(w) for w in o.phrase.lower().replace(",", " ").split()
-                      if w not in _FUNCTION_WORDS) or [set()])
+                      if w not in FUNCTION_WORDS) or [set()])
         for o in layout.objects
     ]
     out = []
     for text, pos in zip(tokens.tokens, tokens.positions):
         w = text.lower().strip()
-        if not w or w in _FUNCTION_WORDS:
+        if not w or w in FUNCTION_WORDS:
             continue
         objs = [i for i, words in enumerate(phrase_words) if w in words]
         if objs:
