@@ -226,3 +226,19 @@ def test_box_attention_targets_pick_the_smallest_box_holding_each_token():
     for v, i in enumerate(t):
         good[0, :, v, i] = 5.0
     assert box_attention_loss([good], boxes, masks) < box_attention_loss([torch.zeros(1, 2, 4, 3)], boxes, masks)
+
+
+def test_a_run_continues_from_an_exported_grounded_model(tmp_path):
+    """On a machine without the last run's state (runs/ is never committed), ``--init`` the
+    shipped grounded model: its GLIGEN layers train on and the steps count on from its."""
+    from vgen.shapes.train_grounded import GroundedTrainConfig, train_grounded
+
+    first = GroundedTrainConfig(out=str(tmp_path / "a"), state_dir=str(tmp_path / "sa"), steps=2, batch=2,
+                                save_every=1, log_every=1)
+    train_grounded(first, log=lambda m: None)
+    more = GroundedTrainConfig(init=str(tmp_path / "a"), out=str(tmp_path / "b"),
+                               state_dir=str(tmp_path / "sb"), steps=3, batch=2, save_every=1, log_every=1)
+    t = train_grounded(more, log=lambda m: None)
+    meta = json.loads((tmp_path / "b" / "training.json").read_text())
+    assert t.step == 3 and meta["step"] == 3 and meta["continued_from_step"] == 2
+    assert meta["init_step"] == json.loads((tmp_path / "a" / "training.json").read_text())["init_step"]

@@ -141,18 +141,32 @@ class GroundedTrainer:
         self.phrase_cache = {}
 
     def start_from_init(self) -> None:
-        """Step 1 of the module docstring."""
+        """Step 1 of the module docstring; from a grounded model (``--init`` a GLIGEN folder), its
+        GLIGEN layers as they are (a run continued where the last one's state is gone)."""
         from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
         folder = init_folder(self.cfg.init)
-        t2i = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
-        tok, text = gligen.move_eos_last(t2i.tokenizer, t2i.text_encoder)
-        unet = gligen.gated_unet(t2i.unet)
-        self._set_parts(tok, text, t2i.vae, unet,
-                        DPMSolverMultistepScheduler.from_config(t2i.scheduler.config))
-        meta = folder / "training.json"
-        self.init_info = {"init": str(self.cfg.init),
-                          "init_step": json.loads(meta.read_text()).get("step") if meta.exists() else None}
+        meta = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+        if _is_grounded(folder):
+            # A grounded model (e.g. the shipped one, on a machine where this run's state is
+            # gone): its GLIGEN layers go on training; its base is the one it was built from.
+            from diffusers import StableDiffusionGLIGENPipeline
+
+            g = StableDiffusionGLIGENPipeline.from_pretrained(str(folder), dtype=torch.float32)
+            self._set_parts(g.tokenizer, g.text_encoder, g.vae, g.unet,
+                            DPMSolverMultistepScheduler.from_config(g.scheduler.config))
+            self.init_info = {"init": meta.get("init", str(self.cfg.init)), "init_step": meta.get("init_step"),
+                              "continued_from": str(self.cfg.init), "continued_from_step": meta.get("step")}
+            # Steps count on from the model's (``--steps`` is the total); a fresh optimizer
+            # warms up again from here.
+            self.step = self.warmup_from = int(meta.get("step") or 0)
+        else:
+            t2i = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
+            tok, text = gligen.move_eos_last(t2i.tokenizer, t2i.text_encoder)
+            unet = gligen.gated_unet(t2i.unet)
+            self._set_parts(tok, text, t2i.vae, unet,
+                            DPMSolverMultistepScheduler.from_config(t2i.scheduler.config))
+            self.init_info = {"init": str(self.cfg.init), "init_step": meta.get("step")}
         n_new = sum(p.numel() for p in self.params)
         n_all = sum(p.numel() for p in self.unet.parameters())
         self.log(f"initialised from {folder} (text-to-image step {self.init_info['init_step']}); "
@@ -317,6 +331,11 @@ class GroundedTrainer:
         self.export()
         self.log(f"done: step {self.step}, exported to {c.out} ({run_steps} steps in this run, "
                  f"{run_s / max(1, run_steps):.2f} s/step)")
+
+
+def _is_grounded(folder: Path) -> bool:
+    cfg = folder / "unet" / "config.json"
+    return cfg.exists() and str(json.loads(cfg.read_text()).get("attention_type", "")).startswith("gated")
 
 
 def export_from_state(state_dir: str | Path, out: str | Path, log=print) -> Path:
