@@ -74,3 +74,11 @@ def test_the_environment_is_keyed_by_python_and_pins():
     assert key.startswith(f"py{sys.version_info[0]}{sys.version_info[1]}-")
     assert bench_openvino.env_dir().name == key and bench_openvino.env_dir().parent.name == "openvino-env"
     assert any(p.startswith("optimum-intel[openvino]==") for p in bench_openvino.PINS)
+
+
+def test_an_environment_that_pip_cannot_install_is_an_error_and_no_marker(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(bench_openvino, "PINS", ("not a requirement ==",))  # pip rejects it offline
+    python, info = bench_openvino.ensure_env(lambda m: None)
+    assert python is None and "could not create the openvino-fast environment" in info["error"]
+    assert "pip" in info["error"] and not (bench_openvino.env_dir() / bench_openvino.MARKER).exists()

@@ -48,7 +48,8 @@ JSON: ``runs`` (one record per model and variant: ``model``, ``variant``, ``size
 ``unet_gflops``), ``matmul_peak_gflops``, ``app_overhead_ms``, ``cold_start_s``; plus
 ``cpu_time`` (the same runs in CPU seconds of this process, which another process's load does
 not inflate, and the UNet's share of the matmul peak per CPU second), ``speedups`` (what each
-engine speedup measured here) and ``conditions`` (threads, device, versions, checks).
+engine speedup measured here) and ``conditions`` (threads, device, versions, checks; ``openvino``:
+the peer's environment, export and precision, ``vgen.bench_openvino``).
 """
 
 from __future__ import annotations
@@ -358,14 +359,14 @@ def _environ(**values: str):
 def _table(result: dict) -> str:
     peak = result["matmul_peak_gflops"]
     stock = {r["model"]: r["seconds_per_image"] for r in result["runs"] if r["variant"] == "stock"}
-    lines = [f"{'model':44s} {'variant':9s} {'s/image':>8s} {'vs stock':>8s} {'text':>6s} {'unet':>7s} "
+    lines = [f"{'model':44s} {'variant':13s} {'s/image':>8s} {'vs stock':>8s} {'text':>6s} {'unet':>7s} "
              f"{'decode':>7s} {'RSS MB':>7s} {'UNet GF/s':>9s} {'of peak':>7s}"]
     for r in result["runs"]:
         if r["seconds_per_image"] is None:  # a peer that could not run (bench_openvino)
-            lines.append(f"{r['model'][:44]:44s} {r['variant']:9s} not run: {r.get('error', '')[:200]}")
+            lines.append(f"{r['model'][:44]:44s} {r['variant']:13s} not run: {r.get('error', '')[:200]}")
             continue
         ratio = stock[r["model"]] / r["seconds_per_image"] if r["seconds_per_image"] else 0.0
-        lines.append(f"{r['model'][:44]:44s} {r['variant']:9s} {r['seconds_per_image']:8.2f} {ratio:7.2f}x "
+        lines.append(f"{r['model'][:44]:44s} {r['variant']:13s} {r['seconds_per_image']:8.2f} {ratio:7.2f}x "
                      f"{r['text_seconds']:6.2f} {r['unet_seconds']:7.2f} {r['decode_seconds']:7.2f} "
                      f"{r['peak_rss_mb']:7.0f} {r['unet_gflops']:9.1f} "
                      f"{r['unet_gflops'] / peak:6.0%}")
@@ -379,7 +380,7 @@ def _table(result: dict) -> str:
     for c in result["cpu_time"]["runs"]:
         if c["cpu_seconds_per_image"] is None:
             continue
-        lines.append(f"  cpu: {c['model'][:40]:40s} {c['variant']:9s} {c['cpu_seconds_per_image']:8.2f} s/image, "
+        lines.append(f"  cpu: {c['model'][:40]:40s} {c['variant']:13s} {c['cpu_seconds_per_image']:8.2f} s/image, "
                      f"UNet {c['unet_gflops_per_cpu_second']:.1f} GFLOP per CPU s "
                      f"({c['unet_share_of_matmul_peak'] or 0:.0%} of peak)")
     return "\n".join(lines)
@@ -464,8 +465,8 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
 def _openvino_peer(case: Case, root: Path, repeats: int, out: dict, peak: tuple[float, float],
                    log: Callable[[str], None], precision: str | None) -> dict:
     """The ``openvino-fast`` run of ``case`` (``vgen.bench_openvino``), after ``bench_case``
-    returned ``out``: same folder, TAESD, size, steps, guidance, seed and thread count; prompts
-    in the same sequence as vgen-fast's."""
+    returned ``out``: same folder, TAESD, size, steps, guidance, seed and thread count; the
+    prompts stock and vgen got."""
     import gc
 
     from .bench_openvino import run_peer

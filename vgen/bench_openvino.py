@@ -80,11 +80,12 @@ def _locked(folder: Path):
         yield
 
 
-def _run(cmd: list, timeout: float) -> None:
+def _run(cmd: list, timeout: float) -> str:
+    """Run ``cmd``; what went wrong ("" when it exited 0)."""
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} ... exited {proc.returncode}: "
-                           f"{(proc.stderr or proc.stdout)[-1500:]}")
+    if proc.returncode == 0:
+        return ""
+    return f"{' '.join(map(str, cmd[:4]))} ... exited {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}"
 
 
 def ensure_env(log: Callable[[str], None] = print) -> tuple[Path | None, dict]:
@@ -100,16 +101,18 @@ def ensure_env(log: Callable[[str], None] = print) -> tuple[Path | None, dict]:
         t0 = time.perf_counter()
         try:
             shutil.rmtree(folder, ignore_errors=True)  # a half-built one (no marker)
-            _run([sys.executable, "-m", "venv", "--system-site-packages", folder], 600)
-            _run([_python(folder), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", *PINS],
-                 INSTALL_TIMEOUT_S)
+            failed = (_run([sys.executable, "-m", "venv", "--system-site-packages", folder], 600)
+                      or _run([_python(folder), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
+                               *PINS], INSTALL_TIMEOUT_S))
+            if failed:
+                return None, {**info, "error": f"could not create the {VARIANT} environment: {failed}"}
             probe = ("import importlib.metadata as m, json, optimum.intel, diffusers, openvino; print(json.dumps("
                      "{n: m.version(n) for n in ('optimum-intel', 'openvino', 'diffusers', 'transformers', "
                      "'huggingface_hub', 'torch')}))")
             out = subprocess.run([str(_python(folder)), "-I", "-c", probe], capture_output=True, text=True,
                                  timeout=600, check=True).stdout
             versions = json.loads(out.strip().splitlines()[-1])
-        except (OSError, RuntimeError, ValueError, IndexError, subprocess.SubprocessError) as e:
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError) as e:
             detail = getattr(e, "stderr", None) or str(e)
             return None, {**info, "error": f"could not create the {VARIANT} environment: "
                                            f"{type(e).__name__}: {detail[-1500:]}"}
