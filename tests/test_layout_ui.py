@@ -178,8 +178,15 @@ def test_a_bad_layout_says_what_is_wrong(client, layout, message):
 
 
 def test_a_layout_on_a_plain_model_says_it_takes_none(client):
-    with pytest.raises(AppError, match=r"vgen-shapes takes no layout.*GLIGEN"):
-        _generate(client, json.dumps(LAYOUT), model="vgen-shapes")
+    with pytest.raises(AppError, match=r"takes no layout.*GLIGEN"):
+        _generate(client, json.dumps(LAYOUT), model="")  # the app's default: a tiny plain model
+
+
+def test_a_layout_on_the_embedded_model_is_drawn_by_its_grounded_twin(client):
+    """vgen-shapes takes no layout; vgen-shapes-grounded is it with GLIGEN layers, and draws it."""
+    gallery, info, _ = _generate(client, json.dumps(LAYOUT), model="vgen-shapes")
+    fields = _png_fields(gallery[0]["image"])
+    assert fields["Model"] == GROUNDED and "Layout" in fields
 
 
 def test_no_layout_is_a_plain_generation(client):

@@ -71,6 +71,36 @@ def default_model(task: str = "txt2img") -> str:
     return config.default_model_setting() or EMBEDDED_MODEL
 
 
+def is_model(ref: str | None, name: str) -> bool:
+    """Whether ``ref`` names the embedded model ``name`` (by name or by its folder)."""
+    from .hub import parse_reference
+
+    ref = (ref or "").strip()
+    if not ref:
+        return False
+    if ref == name:
+        return True
+    try:
+        mine, embedded = parse_reference(ref), parse_reference(name)
+    except Exception:  # the embedded model is missing, or ref is no reference at all
+        return False
+    return mine.is_local and embedded.is_local and mine.local_path == embedded.local_path
+
+
+def layout_model(ref: str | None) -> str | None:
+    """The model that draws a layout for a request naming ``ref``: the embedded plain model
+    (named, or the default when ``ref`` is empty) takes no layout, and its grounded twin (the
+    same weights plus GLIGEN layers, ``checkpoints/vgen-shapes-grounded``) draws it instead;
+    any other model is kept (a GLIGEN model draws the layout; another is the engine's error)."""
+    from .hub import CHECKPOINTS_DIR
+
+    target = (ref or "").strip() or default_model()
+    twin = CHECKPOINTS_DIR / EMBEDDED_GROUNDED_MODEL / "model_index.json"
+    if is_model(target, EMBEDDED_MODEL) and twin.exists():
+        return EMBEDDED_GROUNDED_MODEL
+    return ref
+
+
 def entry_for(ref: str) -> CatalogEntry | None:
     bare = ref.split("@", 1)[0].rstrip("/")
     for e in CATALOG:

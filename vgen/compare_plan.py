@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import replace
 
-from .catalog import EMBEDDED_GROUNDED_MODEL, EMBEDDED_MODEL
+from .catalog import EMBEDDED_GROUNDED_MODEL, layout_model
 from .errors import CancelledError
 from .requests import GenerateRequest
 
@@ -27,30 +27,11 @@ logger = logging.getLogger(__name__)
 WHILE = "while planning layouts"
 
 
-def is_model(ref: str | None, name: str) -> bool:
-    """Whether ``ref`` names the embedded model ``name`` (by name or by its folder)."""
-    from .hub import parse_reference
-
-    ref = (ref or "").strip()
-    if not ref:
-        return False
-    if ref == name:
-        return True
-    try:
-        mine, embedded = parse_reference(ref), parse_reference(name)
-    except Exception:  # the embedded model is missing, or ref is no reference at all
-        return False
-    return mine.is_local and embedded.is_local and mine.local_path == embedded.local_path
-
-
 def planned_cell(cell: GenerateRequest) -> GenerateRequest:
     """A ``plan=on`` cell on the model that draws its layout (the layout itself is planned
     when the grid runs, :func:`plan_layouts`)."""
-    ref = (cell.model or "").strip()
-    # No model: the grounded one, as `generate --plan` picks it (the default model takes no layout).
-    if not ref or is_model(ref, EMBEDDED_MODEL):
-        return replace(cell, model=EMBEDDED_GROUNDED_MODEL)
-    return cell
+    # No model and a default that is not the embedded one: the grounded model, as `generate --plan`.
+    return replace(cell, model=layout_model(cell.model) or EMBEDDED_GROUNDED_MODEL)
 
 
 def plan_note(request: GenerateRequest) -> str | None:

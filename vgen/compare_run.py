@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from .catalog import is_model
 from .compare import Cell, CellScore, CompareRequest, CompareResult, expand_grid, expand_request
-from .compare_plan import is_model, plan_layouts
+from .compare_plan import plan_layouts
 from .errors import CancelledError, CaptionParseError, InvalidRequestError
 from .jobs import JobControl, TimeLimitError
 from .requests import GenerateRequest, Limits
