@@ -127,6 +127,16 @@ def test_show_boxes_says_when_there_are_none_and_features_gets_the_layout(tmp_pa
 # ---- the API ----------------------------------------------------------------------------------
 
 
+def test_planning_is_on_for_the_offline_default_and_off_for_a_plain_hub_model(monkeypatch):
+    """A first visit (the embedded default model) plans the picture; its layouts are drawn by
+    vgen-shapes-grounded. A model that takes no layout starts with planning off."""
+    from vgen.ui.tabs.layout_panel import is_grounded
+
+    monkeypatch.delenv("VGEN_DEFAULT_MODEL", raising=False)
+    assert is_grounded(None) and is_grounded("vgen-shapes") and is_grounded(GROUNDED)
+    assert not is_grounded("stabilityai/sd-turbo") and is_grounded("org/gligen-box")
+
+
 def test_generate_takes_layout_as_its_last_parameter(client):
     """Existing callers keep working: ``layout`` comes after every earlier parameter."""
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]

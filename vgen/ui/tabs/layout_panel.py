@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from vgen.catalog import EMBEDDED_GROUNDED_MODEL
+from vgen.catalog import EMBEDDED_GROUNDED_MODEL, layout_model
 from vgen.layout import Layout
 from vgen.layout_maps import draw_text, fit_text, text_length
 
@@ -41,9 +41,13 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def is_grounded(model: str | None) -> bool:
-    """Whether a model draws layouts: the embedded grounded model, or a name that says GLIGEN."""
+    """Whether a model draws layouts: the embedded grounded model, a name that says GLIGEN, or
+    the embedded plain model (the default offline), whose layouts its grounded twin draws
+    (``vgen.catalog.layout_model``): so a first visit plans the picture, and the plain model
+    is one click away (untick "Plan the layout")."""
     ref = (model or "").strip().split("@")[0].rstrip("/")
-    return Path(ref).name == EMBEDDED_GROUNDED_MODEL or "gligen" in ref.lower()
+    return (Path(ref).name == EMBEDDED_GROUNDED_MODEL or "gligen" in ref.lower()
+            or layout_model(model) == EMBEDDED_GROUNDED_MODEL)
 
 
 # ---- /plan ------------------------------------------------------------------------------------
