@@ -58,6 +58,31 @@ and shape has IoU ≥ 0.5 with the box; strict accuracy is the analyzer's GenEva
 the caption. Reproduce with `python -m vgen eval grounded --n {r['n']} --seed {r['seed']}`."""
 
 
+def _plan_scores(folder: Path) -> str:
+    """``eval_plan.json`` (``python -m vgen eval plan --json``) as the card's end-to-end table."""
+    path = folder / "eval_plan.json"
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    b, e = r["exact_layouts"], r["end_to_end"]
+    rows = ["| category | planned | plain `vgen-shapes` | n |", "| --- | --- | --- | --- |"]
+    rows += [f"| {c} | {v['planned']:.3f} | {v['plain']:.3f} | {v['n']} |" for c, v in e["categories"].items()]
+    rows.append(f"| **all seen** | **{e['seen_planned']:.3f}** | **{e['seen_plain']:.3f}** | |")
+    seconds = (f"median {e['median_seconds_per_plan']:.2f} s to plan + {e['median_seconds_per_image']:.2f} s "
+               "to draw" if "median_seconds_per_image" in e
+               else f"{e['seconds_per_plan']:.2f} s to plan + {e['seconds_per_image']:.2f} s to draw and score")
+    return f"""
+## Planning end to end
+`python -m vgen eval plan --n {r['n']}` (held-out prompts and seeds, vgen's defaults for this model):
+the planner `{r['planner']['model']}` writes the layout (parse {r['planner']['parse_rate']:.3f}, agree
+{r['planner']['agreement']:.3f}), this model draws it, the exact analyzer judges the image against the
+prompt, beside the plain text-to-image model on the same prompts and seeds. Given the scenes'
+exact layouts instead ({b['n']} scenes): {b['box_hit_rate']:.3f} of objects in their box, strict
+accuracy {b['strict_accuracy']:.3f}. {seconds} per image.
+
+""" + "\n".join(rows) + "\n"
+
+
 def _lr_text(folder: Path, cfg: dict) -> str:
     before = GROUNDED_LR_HISTORY.get(Path(cfg["out"]).name, "")
     return f"{before} {cfg['lr']:g}".strip()
@@ -148,7 +173,7 @@ Held out of training entirely (images, captions and phrases): {held}.
 
 ## Scores
 {_scores(folder)}
-"""
+{_plan_scores(folder)}"""
     path = folder / "README.md"
     path.write_text(text)
     return path
