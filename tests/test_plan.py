@@ -159,3 +159,14 @@ def test_a_plan_that_disagrees_with_its_prompt_is_resampled_and_the_seed_recorde
     assert checked.seeds[0] != 39 and 39 in checked.skipped_seeds
     unchecked = plan(PlanRequest(prompt, seed=39, on_unparsable="next_seed", verify=False))
     assert unchecked.layouts == one.layouts and unchecked.skipped_seeds == ()
+
+
+def test_eval_plan_end_to_end_reports_every_category_and_its_timing():
+    """``python -m vgen eval plan``'s part (c) on one prompt per category, 2 steps (a smoke test of
+    the command's code: its figures come from --n 20 runs)."""
+    from vgen.shapes.evaluate_plan import end_to_end
+
+    r = end_to_end(1, 0, steps=2, log=lambda *_: None)
+    assert set(r["categories"]) >= {"position", "counting", "held_out"}
+    assert all(0.0 <= v["planned"] <= 1.0 and v["n"] == 1 for v in r["categories"].values())
+    assert 0 < r["median_seconds_per_image"] and 0 < r["median_seconds_per_plan"]
