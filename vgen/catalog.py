@@ -102,6 +102,13 @@ def layout_model(ref: str | None) -> str | None:
     return ref
 
 
+def planned_model(ref: str | None) -> str:
+    """The model a planned request (``--plan``, Compare's ``plan=on``) is drawn on: as
+    :func:`layout_model`, and with no model named and a default that is not the embedded one,
+    the embedded grounded model (the planner is the shapes world's)."""
+    return layout_model(ref) or EMBEDDED_GROUNDED_MODEL
+
+
 def entry_for(ref: str) -> CatalogEntry | None:
     bare = ref.split("@", 1)[0].rstrip("/")
     for e in CATALOG:

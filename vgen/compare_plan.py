@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import replace
 
-from .catalog import EMBEDDED_GROUNDED_MODEL, layout_model
+from .catalog import planned_model
 from .errors import CancelledError
 from .requests import GenerateRequest
 
@@ -30,8 +30,7 @@ WHILE = "while planning layouts"
 def planned_cell(cell: GenerateRequest) -> GenerateRequest:
     """A ``plan=on`` cell on the model that draws its layout (the layout itself is planned
     when the grid runs, :func:`plan_layouts`)."""
-    # No model and a default that is not the embedded one: the grounded model, as `generate --plan`.
-    return replace(cell, model=layout_model(cell.model) or EMBEDDED_GROUNDED_MODEL)
+    return replace(cell, model=planned_model(cell.model))
 
 
 def plan_note(request: GenerateRequest) -> str | None:

@@ -234,7 +234,7 @@ def with_planned_layout(req, planner: str | None = None,
     ``layout_plan`` that records how; on the embedded grounded model when it names none."""
     from dataclasses import replace
 
-    from .catalog import EMBEDDED_GROUNDED_MODEL, layout_model
+    from .catalog import planned_model
     from .requests import LayoutPlan
 
     seed = req.seed if isinstance(req.seed, int) and req.seed >= 0 else 0
@@ -242,4 +242,4 @@ def with_planned_layout(req, planner: str | None = None,
                               on_unparsable="next_seed"))
     record = LayoutPlan(result.planner, result.revision, result.seeds[0], result.temperature)
     return replace(req, layout=result.layouts[0], layout_plan=record,
-                   model=layout_model(req.model) or EMBEDDED_GROUNDED_MODEL)
+                   model=planned_model(req.model))
