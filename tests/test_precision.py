@@ -1,6 +1,6 @@
 """The precision policy (issue #23, vgen.precision): VGEN_DTYPE forced and auto through the
 engine, the CPU's cached verdict, bf16 on a CPU keeping the latents and scheduler in fp32, the
-precision in /status, the result and the PNG; and the OpenMP wait policy children get."""
+precision in /status, the result and the PNG; and the busy-core bench."""
 
 from __future__ import annotations
 
@@ -25,14 +25,16 @@ def _request(**kw) -> GenerateRequest:
 
 @pytest.fixture
 def verdict_cache(tmp_path, monkeypatch):
-    """A fresh verdict cache and memo; ``measure`` answers ``speedup`` (set it) without timing."""
+    """A fresh verdict cache and memo; ``measure`` answers ``speedup`` (set it; a dict gives
+    one per scale) without timing; ``calls`` counts the scales measured."""
     monkeypatch.setenv("VGEN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(precision, "_VERDICT", None)
     state = {"speedup": 2.0, "calls": 0}
 
-    def fake_measure():
+    def fake_measure(scale="small", **_):
         state["calls"] += 1
-        return {"fp32_ms": 10.0, "bf16_ms": 10.0 / state["speedup"], "bf16_speedup": state["speedup"]}
+        s = state["speedup"][scale] if isinstance(state["speedup"], dict) else state["speedup"]
+        return {"fp32_ms": 10.0, "bf16_ms": 10.0 / s, "bf16_speedup": s}
 
     monkeypatch.setattr(precision, "measure", fake_measure)
     monkeypatch.setattr(precision, "_has_bf16_instructions", lambda: True)
@@ -47,7 +49,7 @@ def test_forced_float32(tiny_env, monkeypatch):
     assert parse_parameters(r.parameters[0])["Precision"] == "fp32"
 
 
-def test_forced_bf16_on_cpu_runs_the_unet_in_bf16_and_the_rest_in_fp32(tiny_env, monkeypatch):
+def test_forced_bf16_on_cpu_runs_the_unet_and_vae_in_bf16_and_the_rest_in_fp32(tiny_env, monkeypatch):
     monkeypatch.setenv("VGEN_DTYPE", "bf16")
     cache = ModelCache(max_models=1)
     r = generate(_request(), cache=cache)
@@ -57,7 +59,8 @@ def test_forced_bf16_on_cpu_runs_the_unet_in_bf16_and_the_rest_in_fp32(tiny_env,
     generate(_request(scheduler="euler"), cache=cache)
     assert model.pipe.unet.dtype == torch.bfloat16
     assert model.pipe.text_encoder.dtype == torch.float32
-    assert model.pipe.vae.config.force_upcast and model.pipe.vae.dtype == torch.float32
+    # force_upcast guards float16's range, not bf16's: the VAE runs bf16 too
+    assert model.pipe.vae.config.force_upcast and model.pipe.vae.decoder.conv_in.weight.dtype == torch.bfloat16
     # The scheduler steps on fp32 latents: the UNet's output comes back in fp32.
     seen = {}
     def watch(module, args, out):
@@ -91,12 +94,25 @@ def test_auto_follows_the_cpu_verdict_and_caches_it(tiny_env, monkeypatch, verdi
     assert r.precision == expected
     cached = json.loads(precision.cache_path().read_text())
     entry = cached[precision.machine_key()]
-    assert entry["choice"] == expected and entry["bf16_speedup"] == speedup
+    assert entry["choice"] == expected and entry["scales"]["small"]["bf16_speedup"] == speedup
+    assert verdict_cache["calls"] == len(precision.SCALES)  # each scale measured once
     # Decided once per machine: a new process (memo cleared) reads the file, measures nothing.
     precision._VERDICT = None
     assert precision.choose(torch.device("cpu")).name == expected
-    assert verdict_cache["calls"] == 1
+    assert verdict_cache["calls"] == len(precision.SCALES)
     assert precision.choose(torch.device("cpu")).reason.startswith("auto: " + expected)
+
+
+def test_auto_runs_each_model_at_its_denoisers_scale(tiny_env, monkeypatch, verdict_cache):
+    """The AMX machine of issue #23: bf16 0.70x at the embedded model's shapes, 3x at SD's."""
+    monkeypatch.delenv("VGEN_DTYPE", raising=False)
+    verdict_cache["speedup"] = {"small": 0.7, "large": 3.0}
+    assert generate(_request(), cache=ModelCache(max_models=1)).precision == "fp32"
+    monkeypatch.setattr(precision, "LARGE_PARAMS", 1)  # the tiny test model counts as large
+    cache = ModelCache(max_models=1)
+    r = generate(_request(), cache=cache)
+    assert r.precision == "bf16" and cache.get(None).pipe.unet.dtype == torch.bfloat16
+    assert "large denoisers" in precision.choose(torch.device("cpu"), "large").reason
 
 
 def test_auto_without_bf16_instructions_is_fp32_without_measuring(monkeypatch, verdict_cache):
@@ -142,24 +158,11 @@ def test_a_vae_without_force_upcast_runs_bf16_with_fp32_at_its_boundaries():
 
 
 def test_the_real_micro_benchmark_gives_figures():
-    figures = precision.measure(rounds=1, iterations=1)
-    assert figures["fp32_ms"] > 0 and figures["bf16_ms"] > 0 and figures["bf16_speedup"] > 0
+    for scale in precision.SCALES:
+        figures = precision.measure(rounds=1, iterations=1, scale=scale)
+        assert figures["fp32_ms"] > 0 and figures["bf16_ms"] > 0 and figures["bf16_speedup"] > 0
     assert precision.decide({"bf16_speedup": precision.MIN_SPEEDUP})[0] == "bf16"
     assert precision.decide({"bf16_speedup": 1.0})[0] == "fp32"
-
-
-def test_openmp_waits_passively_unless_the_user_chose():
-    assert config.passive_openmp({})["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert config.passive_openmp({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
-
-
-def test_cli_and_worker_set_the_wait_policy_before_torch_loads():
-    from pathlib import Path
-
-    vgen = Path(config.__file__).parent
-    main = (vgen / "__main__.py").read_text()
-    assert main.index("config.passive_openmp()") < main.index("from .cli import main")
-    assert "config.passive_openmp(os.environ.copy())" in (vgen / "worker.py").read_text()
 
 
 def test_busy_core_bench_measures_idle_and_busy_runs():

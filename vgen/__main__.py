@@ -1,11 +1,5 @@
 import sys
 
-from . import config
-
-# Before torch loads (vgen.cli imports it): OpenMP threads that spin while they wait turn a core
-# taken by another process into a 10x slower image; PASSIVE unless the user chose (issue #23).
-config.passive_openmp()
-
-from .cli import main  # noqa: E402
+from .cli import main
 
 sys.exit(main())

@@ -29,11 +29,12 @@ not depend on the weights); the embedded shapes model is the real one. The TAESD
 saved in Hub layout and loaded through ``vgen.hub`` (``VGEN_TAESD``/``VGEN_TAESDXL`` set to it),
 unless those variables already name real weights.
 
-Precision (``vgen.precision``): the engine's variants run in the machine's precision
-(``conditions.precision``); stock always runs fp32, as diffusers' docs call it (under bf16 on fp32
+Precision (``vgen.precision``): the engine's variants run in the model's precision
+(``checks[].precision``: auto decides by the denoiser's size; ``conditions.precision`` is the
+small models' verdict); stock always runs fp32, as diffusers' docs call it (under bf16 on fp32
 copies of the denoiser and VAE), so ``checks[].stock_vs_vgen_psnr_db`` is bf16 against fp32 on
 the same seed there (and 99 dB, identical, under fp32). ``--busy-core`` adds ``busy_core``: the
-embedded model with one core taken by another process against idle, per OpenMP wait policy
+embedded model with one core taken by another process against idle, per thread policy
 (``vgen.bench_busy``).
 
 Also measured: ``app_overhead_ms`` (the same request through the launched ``app.py`` with
@@ -417,7 +418,7 @@ def run_bench(suite: str = "quick", repeats: int = 3, work: Path | None = None, 
             raise InvalidRequestError(f"max_steps must be at least 1, got {max_steps}")
         cases = [replace(c, steps=min(c.steps, max_steps)) if c.steps else c for c in cases]
     own_work = work is None
-    work = Path(tempfile.mkdtemp(prefix="vgen-bench-")) if own_work else Path(work)
+    work = Path(tempfile.mkdtemp(prefix="vgen-bench-")) if own_work else Path(work).resolve()
     root = work / "models"
     root.mkdir(parents=True, exist_ok=True)
     device = pick_device()
@@ -499,7 +500,7 @@ def _result(suite: str, repeats: int, max_steps: int | None, device, dtype, peak
             "suite": suite, "repeats": repeats, "max_steps": max_steps, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
             "precision": pick_precision(device).name, "precision_reason": pick_precision(device).reason,
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": config.omp_num_threads(),
-            "OMP_WAIT_POLICY": config.omp_wait_policy(),
+            "OMP_WAIT_POLICY": config.omp_wait_policy(), "VGEN_ADAPT_THREADS": config.adapt_threads(),
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "weights": "random at the published architectures "

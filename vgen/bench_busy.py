@@ -1,16 +1,23 @@
 """``python -m vgen bench --busy-core``: the embedded model's seconds per image with one core
-taken by another process, against idle, under each OpenMP wait policy.
+taken by another process, against idle, under each thread policy.
 
 A busy core is a CPU-bound child (``python -c "while True: pass"``) pinned to core 0 where the
 OS allows it. OpenMP's wait policy is fixed when its runtime starts (when torch loads), so each
-policy is measured in a child process of its own (``python -m vgen.bench_busy``), started with
-``OMP_WAIT_POLICY`` set: PASSIVE (what the CLI and the app's engine workers set unless the user
-chose one) and ACTIVE (threads spin while they wait: what an unset policy gave here, 15x slower
-with one of two cores busy, issue #23). In each child, idle and busy runs of the embedded model at
-its defaults alternate after a warm-up; figures are medians, in wall and CPU seconds.
+policy is measured in a child process of its own (``python -m vgen.bench_busy``):
+
+* ``adaptive``: what the CLI and the app's engine workers do: OpenMP's default wait, and only
+  the cores other processes leave free (``vgen.cpu_share``, ``VGEN_ADAPT_THREADS`` on);
+* ``passive``: all cores, ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep while they wait; the
+  engine does not adapt under it);
+* ``fixed``: all cores, OpenMP's default wait (threads spin a while: 15x slower with one of two
+  cores busy, issue #23).
+
+In each child, idle and busy runs of the embedded model at its defaults alternate after a
+warm-up; figures are medians, in wall and CPU seconds.
 
 Reported (``busy_core`` in the bench's JSON): per policy ``idle_seconds_per_image``,
-``busy_seconds_per_image``, ``busy_over_idle`` and the CPU seconds of the same runs.
+``busy_seconds_per_image``, ``busy_over_idle``, the CPU seconds of the same runs and the threads
+the busy runs ended with.
 """
 
 from __future__ import annotations
@@ -29,7 +36,12 @@ from . import config
 
 SPIN = "while True: pass"
 PROMPT = "a red circle to the left of a blue square"
-POLICIES = ("PASSIVE", "ACTIVE")
+# policy: the environment of its child (OMP_WAIT_POLICY "" = OpenMP's default)
+POLICIES = {
+    "adaptive": {"VGEN_ADAPT_THREADS": "1", "OMP_WAIT_POLICY": ""},
+    "passive": {"VGEN_ADAPT_THREADS": "0", "OMP_WAIT_POLICY": "PASSIVE"},
+    "fixed": {"VGEN_ADAPT_THREADS": "0", "OMP_WAIT_POLICY": ""},
+}
 REPO_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -41,7 +53,7 @@ def busy_core(core: int = 0):
         if hasattr(os, "sched_setaffinity"):
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(proc.pid, {core})
-        time.sleep(0.3)  # let it take its core
+        time.sleep(0.8)  # let it take its core, long enough for vgen.cpu_share's window to see it
         yield proc
     finally:
         proc.kill()
@@ -58,17 +70,20 @@ def measure_here(repeats: int = 3, model: str = "vgen-shapes", steps: int | None
     """Idle and busy-core runs of ``model`` in this process, alternating after a warm-up."""
     import torch
 
+    from .cpu_share import CpuShare
     from .generate import generate
+    from .jobs import JobControl
     from .pipelines import ModelCache
     from .requests import GenerateRequest
 
     cache = ModelCache(max_models=1)
+    share = CpuShare()  # adapts only where VGEN_ADAPT_THREADS is on
     req = GenerateRequest(PROMPT, model=model, seed=1234, steps=steps)
     generate(req, cache=cache)  # load and warm up
 
     def one() -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
-        generate(req, cache=cache)
+        generate(req, cache=cache, control=JobControl(adapt=share.adjust))
         return time.perf_counter() - t0, time.process_time() - c0
 
     idle, busy = [], []
@@ -76,7 +91,10 @@ def measure_here(repeats: int = 3, model: str = "vgen-shapes", steps: int | None
         idle.append(one())
         with busy_core():
             busy.append(one())
-    out = {"omp_wait_policy": config.omp_wait_policy(), "torch_threads": torch.get_num_threads(),
+            busy_threads = torch.get_num_threads()
+    share.close()
+    out = {"omp_wait_policy": config.omp_wait_policy(), "adapt_threads": share.enabled,
+           "torch_threads": share.max_threads, "busy_threads": busy_threads,
            "model": model, "repeats": repeats,
            "idle_seconds_per_image": round(_median([w for w, _ in idle]), 4),
            "busy_seconds_per_image": round(_median([w for w, _ in busy]), 4),
@@ -87,16 +105,18 @@ def measure_here(repeats: int = 3, model: str = "vgen-shapes", steps: int | None
 
 
 def run_policies(repeats: int = 3, log: Callable[[str], None] = print,
-                 policies: tuple[str, ...] = POLICIES, steps: int | None = None) -> dict:
-    """:func:`measure_here` in a child process per OpenMP wait policy; {policy: figures}."""
+                 policies: tuple[str, ...] = tuple(POLICIES), steps: int | None = None) -> dict:
+    """:func:`measure_here` in a child process per thread policy; {policy: figures}."""
     out = {}
     for policy in policies:
-        env = config.environment_with(OMP_WAIT_POLICY=policy, PYTHONPATH=os.pathsep.join(
+        env = config.environment_with(**POLICIES[policy], PYTHONPATH=os.pathsep.join(
             filter(None, [str(REPO_DIR), config.raw("PYTHONPATH")])))
+        if not env["OMP_WAIT_POLICY"]:
+            del env["OMP_WAIT_POLICY"]
         args = [sys.executable, "-m", "vgen.bench_busy", "--repeats", str(repeats)]
         if steps:
             args += ["--steps", str(steps)]
-        log(f"busy core: OMP_WAIT_POLICY={policy}, {repeats} idle and {repeats} busy runs")
+        log(f"busy core: {policy} threads, {repeats} idle and {repeats} busy runs")
         done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
         if done.returncode != 0 or not lines:
@@ -107,7 +127,8 @@ def run_policies(repeats: int = 3, log: Callable[[str], None] = print,
         f = out[policy]
         log(f"  idle {f['idle_seconds_per_image']:.2f} s/image, one core busy "
             f"{f['busy_seconds_per_image']:.2f} s/image ({f['busy_over_idle']:.2f}x); CPU "
-            f"{f['idle_cpu_seconds_per_image']:.2f} / {f['busy_cpu_seconds_per_image']:.2f} s")
+            f"{f['idle_cpu_seconds_per_image']:.2f} / {f['busy_cpu_seconds_per_image']:.2f} s; "
+            f"{f['busy_threads']} of {f['torch_threads']} threads when busy")
     return out
 
 

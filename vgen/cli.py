@@ -52,6 +52,7 @@ class _Bars:
         from tqdm.auto import tqdm
 
         self._tqdm, self._steps, self._dl = tqdm, None, None
+        self._share = None  # a vgen.cpu_share.CpuShare, from the first job's control on
 
     def progress(self, step: int, total: int) -> None:
         if self._steps is None or step == 1:
@@ -68,9 +69,12 @@ class _Bars:
         self._dl.update(p.bytes_done - self._dl.n)
 
     def control(self):
+        from .cpu_share import CpuShare
         from .jobs import JobControl
 
-        return JobControl(progress=self.progress, download=self.download)
+        if self._share is None:
+            self._share = CpuShare()
+        return JobControl(progress=self.progress, download=self.download, adapt=self._share.adjust)
 
     def close(self) -> None:
         for bar in (self._steps, self._dl):
@@ -500,7 +504,8 @@ def _add_bench_parser(sub) -> None:
                    "full suite on a CPU; their figures are then for that many steps)")
     b.add_argument("--no-app", action="store_true", help="skip the app overhead and cold start")
     b.add_argument("--busy-core", action="store_true", help="also time the embedded model with one core "
-                   "taken by a CPU-bound process against idle, under OMP_WAIT_POLICY PASSIVE and ACTIVE")
+                   "taken by a CPU-bound process against idle, under each thread policy: adaptive (the engine's), "
+                   "passive (OMP_WAIT_POLICY=PASSIVE) and fixed (all cores, OpenMP's default wait)")
     b.add_argument("--ablations", action="store_true", help="also measure, per module, the channels-last "
                    "layout against the contiguous one, and torch.compile of the tiny decoder (slow to compile)")
     b.add_argument("--no-openvino", action="store_true", help="skip the openvino-fast peer (FastSD CPU's "

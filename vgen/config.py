@@ -227,16 +227,10 @@ def user_cache_dir() -> str:
     return os.path.join(base, "vgen")
 
 
-def passive_openmp(env: dict | None = None) -> dict:
-    """OMP_WAIT_POLICY=PASSIVE in ``env`` (default: this process's ``os.environ``) unless the
-    user set OMP_WAIT_POLICY; returns ``env``. OpenMP threads that spin while they wait (the
-    default, ACTIVE) turn one core taken by another process into a 10x slower image (issue #23).
-    Only effective before the OpenMP runtime starts, i.e. before torch is imported in that
-    process: the CLI calls it first thing, the engine worker for its child's environment."""
-    env = os.environ if env is None else env
-    if not (env.get("OMP_WAIT_POLICY") or "").strip():
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return env
+def adapt_threads() -> bool:
+    """VGEN_ADAPT_THREADS (on unless 0/off): the engine worker and the CLI give a job only the
+    cores other processes leave free (``vgen.cpu_share``)."""
+    return switch("VGEN_ADAPT_THREADS", True)
 
 
 def environment_with(**values: str) -> dict:

@@ -26,7 +26,9 @@ class JobControl:
     ``on_step(pipe, step, timestep, callback_kwargs)`` lets features observe the latents;
     ``preview(step, total, image)`` receives live previews (PIL) of the first image, decoded
     by the engine with a cheap decoder when that costs little (see ``vgen.decoders``);
-    ``text(i, text)`` the text so far of variant ``i`` of a prompt expansion (``vgen.expand``)."""
+    ``text(i, text)`` the text so far of variant ``i`` of a prompt expansion (``vgen.expand``);
+    ``adapt()`` is called by the job's thread when the model is ready and after every step
+    (``vgen.cpu_share.CpuShare.adjust``: fewer threads while other processes hold cores)."""
 
     progress: Callable[[int, int], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -35,11 +37,14 @@ class JobControl:
     download: Callable[[Any], None] | None = None  # hub.DownloadProgress updates
     preview: Callable[[int, int, Any], None] | None = None
     text: Callable[[int, str], None] | None = None
+    adapt: Callable[[], Any] | None = None
     started: float = field(default_factory=time.monotonic)
 
     def restart(self) -> None:
         """Start the time-limit clock now (the engine calls this when the model is ready)."""
         self.started = time.monotonic()
+        if self.adapt is not None:
+            self.adapt()
 
     def check(self) -> None:
         """Raise if the job was cancelled or ran out of time."""
@@ -58,6 +63,8 @@ class JobControl:
 
         def callback(pipe, i: int, t, kwargs: dict) -> dict:
             total = getattr(pipe, "num_timesteps", None) or total_hint
+            if self.adapt is not None:
+                self.adapt()
             if self.on_step is not None:
                 self.on_step(pipe, i, t, kwargs)
             if self.progress is not None:

@@ -199,6 +199,8 @@ class ModelCache:
             resolved = hub.resolve(parsed, prefer_fp16=dtype == torch.float16, progress=progress)
             pipe = (self._loader or load_pipeline)(resolved, device, dtype)
             if self._loader is None:
+                # auto on a CPU decides by the denoiser's size (both verdicts load in fp32)
+                prec = precision.choose(device, precision.scale_of(pipe))
                 precision.apply(pipe, prec)
             model = LoadedModel(str(parsed), resolved, pipe, device, dtype,
                                 time.perf_counter() - t0, {},

@@ -4,11 +4,13 @@
 
 * ``auto`` (the default): on CUDA fp16 (the whole pipeline, as before); on a CPU **bf16 where it
   is measured faster**, else fp32; any other device fp32. The CPU's verdict comes from a small
-  micro-benchmark of the engine's typical op shapes: one call of a UNet at the embedded model's
-  architecture (random weights: its convolutions, norms, attention and feed-forward products at
-  its widths, batch 2), fp32 against bf16 weights in channels-last, interleaved, by wall and by
-  CPU time; bf16 is chosen only when it is at least
-  ``MIN_SPEEDUP`` faster, so no CPU becomes slower than fp32 because of it. It runs once per
+  micro-benchmark at two scales of op shapes, as small ops and large ones gain differently from
+  matrix units: one call of a UNet at the embedded model's architecture (``small``: random
+  weights, its convolutions, norms, attention and feed-forward products at its widths, batch 2)
+  and one of the first two levels of SD-Turbo's (``large``), fp32 against bf16 weights in
+  channels-last, interleaved, by wall and by CPU time; at each scale bf16 is chosen only when it
+  is at least ``MIN_SPEEDUP`` faster, so no model becomes slower than fp32 because of it. A
+  model runs at its denoiser's scale (:func:`scale_of`). It runs once per
   machine (CPU model and flags, torch version, threads) and is cached in
   ``<user cache dir>/precision.json`` (``vgen.config.user_cache_dir``); a CPU without bf16
   instructions (``avx512_bf16``/``amx_bf16``, as torch reports them) is fp32 without measuring.
@@ -17,8 +19,8 @@
 How bf16 runs on a CPU (``Precision.mixed``): the pipeline loads in fp32, then the denoiser's
 weights become bf16 in channels-last; a forward pre-hook casts its floating inputs to bf16 (not
 the timestep, which the UNet embeds in fp32 itself) and a forward hook casts its output back to
-fp32, so the latents and the scheduler's arithmetic stay fp32. A VAE runs in bf16 the same way
-unless its config sets ``force_upcast`` (then fp32); a tiny autoencoder (TAESD) does not set it.
+fp32, so the latents and the scheduler's arithmetic stay fp32. A VAE runs in bf16 the same way,
+``force_upcast`` or not (it guards float16's range, which bf16 does not lack; :func:`apply_vae`).
 The text encoders stay fp32: diffusers casts the prompt embeddings to ``text_encoder.dtype`` and
 creates the latents in the embeddings' dtype, so a bf16 text encoder would put the scheduler in
 bf16 (one call per prompt, and the engine reuses the embeddings of repeated prompts).
@@ -46,7 +48,7 @@ from .errors import ModelError
 logger = logging.getLogger("vgen.precision")
 
 MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this much at the micro-benchmark to be chosen
-BENCH_VERSION = 2  # bump when the micro-benchmark changes: older verdicts are measured again
+BENCH_VERSION = 3  # bump when the micro-benchmark changes: older verdicts are measured again
 NAMES = {"float32": "fp32", "fp32": "fp32", "float16": "fp16", "fp16": "fp16",
          "bfloat16": "bf16", "bf16": "bf16"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -65,9 +67,10 @@ class Precision:
     reason: str
 
 
-def choose(device: torch.device) -> Precision:
-    """The precision for models on ``device`` (see the module docstring). A bad ``VGEN_DTYPE``
-    raises ModelError naming the allowed values."""
+def choose(device: torch.device, scale: str = "small") -> Precision:
+    """The precision for models on ``device`` (see the module docstring) whose denoiser is of
+    ``scale`` (:func:`scale_of`; only auto on a CPU tells the scales apart). A bad
+    ``VGEN_DTYPE`` raises ModelError naming the allowed values."""
     setting = config.dtype_setting()
     if setting != "auto":
         name = NAMES.get(setting)
@@ -79,7 +82,7 @@ def choose(device: torch.device) -> Precision:
         return _make("fp16", device, "auto: fp16 on CUDA")
     if device.type != "cpu":
         return _make("fp32", device, f"auto: fp32 on {device.type}")
-    verdict = cpu_verdict()
+    verdict = cpu_verdict()["scales"][scale]
     return _make(verdict["choice"], device, "auto: " + verdict["reason"])
 
 
@@ -147,8 +150,11 @@ def run_in(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat16,
 def apply_vae(vae, precision: Precision) -> None:
     """An autoencoder under ``precision``: with ``mixed``, its encoder and decoder parts
     (``encoder``, ``quant_conv``, ``post_quant_conv``, ``decoder``: what ``encode``/``decode``
-    run) in bf16 with fp32 at their boundaries, unless ``config.force_upcast``."""
-    if vae is None or not precision.mixed or getattr(vae.config, "force_upcast", False):
+    run) in bf16 with fp32 at their boundaries. ``config.force_upcast`` does not keep it in fp32
+    here: diffusers sets it for float16, whose range SD's VAE activations overflow (NaN images in
+    SDXL); bfloat16 has float32's exponent range, and what it loses is precision, which the
+    bench's PSNR against fp32 checks (``checks[].stock_vs_vgen_psnr_db``)."""
+    if vae is None or not precision.mixed:
         return
     for part in ("encoder", "quant_conv", "post_quant_conv", "decoder"):
         m = getattr(vae, part, None)
@@ -232,34 +238,60 @@ EMBEDDED_UNET = dict(
     up_block_types=("CrossAttnUpBlock2D",) * 3, cross_attention_dim=128, attention_head_dim=4,
     norm_num_groups=16)
 TOKENS = 32  # the embedded text encoder's context
+# The first two levels of an SD 2.x / SD-Turbo UNet (widths 320 and 640, linear projections,
+# OpenCLIP-H's 1024-wide context, 77 tokens) at 32x32 latents, batch 1: the op shapes of the
+# published architectures, where matrix units pay (a 2048^2 matmul 9x faster in bf16 on AMX)
+# while the embedded model's small ops may not.
+LARGE_UNET = dict(
+    sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+    block_out_channels=(320, 640), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=1024,
+    attention_head_dim=(5, 10), use_linear_projection=True)
+SCALES = {  # scale: (UNet config, batch, latent side, tokens, context width)
+    "small": (EMBEDDED_UNET, 2, 16, TOKENS, 128),
+    "large": (LARGE_UNET, 1, 32, 77, 1024),
+}
+LARGE_PARAMS = 50_000_000  # a denoiser with at least this many parameters runs at the large verdict
 
 
-def _unet_calls():
-    """fp32 and bf16 (:func:`run_in`) copies of a random-weight UNet at ``EMBEDDED_UNET``, each
-    as a function running one denoising call at batch 2 (classifier-free guidance), 64x64."""
+def scale_of(pipe) -> str:
+    """``large`` for a pipeline whose denoiser (UNet or transformer) has at least
+    ``LARGE_PARAMS`` parameters (SD 1.5's UNet has 860 M, the embedded model's 7 M), else
+    ``small``."""
+    for name in ("unet", "transformer"):
+        m = getattr(pipe, name, None)
+        if isinstance(m, torch.nn.Module):
+            return "large" if sum(p.numel() for p in m.parameters()) >= LARGE_PARAMS else "small"
+    return "small"
+
+
+def _unet_calls(scale: str = "small"):
+    """fp32 and bf16 (:func:`run_in`) copies of a random-weight UNet at ``SCALES[scale]``, each
+    as a function running one denoising call."""
     import copy
 
     from diffusers import UNet2DConditionModel
 
+    arch, batch, side, tokens, width = SCALES[scale]
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**EMBEDDED_UNET).eval().requires_grad_(False)
+    unet = UNet2DConditionModel(**arch).eval().requires_grad_(False)
     bf16 = run_in(copy.deepcopy(unet), torch.bfloat16, timestep_arg=1)
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, 16, 16, generator=g)
-    context = torch.randn(2, TOKENS, 128, generator=g)
+    sample = torch.randn(batch, 4, side, side, generator=g)
+    context = torch.randn(batch, tokens, width, generator=g)
     t = torch.tensor(500)
     return {name: (lambda m=m: m(sample, t, context, return_dict=False))
             for name, m in (("fp32", unet), ("bf16", bf16))}
 
 
-def measure(rounds: int = 4, iterations: int = 2) -> dict:
+def measure(rounds: int = 4, iterations: int = 2, scale: str = "small") -> dict:
     """The micro-benchmark: one UNet call in fp32 and in bf16, rounds interleaved after a warm-up
     of each, the best round of each in wall time and in CPU time (a busy machine's slow moments
     drop out, and CPU time is not inflated by other processes); ``bf16_speedup`` is the smaller
-    of the two ratios, so bf16 counts as faster only when it is by both. About 20 UNet calls:
-    ~1 s on 2 idle cores (plus building the UNet)."""
+    of the two ratios, so bf16 counts as faster only when it is by both. About 20 UNet calls
+    at ``scale``: ~1 s (small) and ~5 s (large) on 2 idle cores, plus building the UNet."""
     with torch.inference_mode():
-        fns = _unet_calls()
+        fns = _unet_calls(scale)
         wall = {k: float("inf") for k in fns}
         cpu = dict(wall)
         for fn in fns.values():
@@ -276,13 +308,26 @@ def measure(rounds: int = 4, iterations: int = 2) -> dict:
             "bf16_speedup": round(min(wall["fp32"] / wall["bf16"], cpu["fp32"] / cpu["bf16"]), 3)}
 
 
-def decide(figures: dict) -> tuple[str, str]:
-    """(choice, reason) from :func:`measure`'s figures."""
+def decide(figures: dict, scale: str = "small") -> tuple[str, str]:
+    """(choice, reason) from :func:`measure`'s figures at ``scale``."""
     s = figures["bf16_speedup"]
+    shapes = f"the {scale} denoisers' op shapes"
     if s >= MIN_SPEEDUP:
-        return "bf16", f"bf16, measured {s:.2f}x faster than fp32 on this CPU at the engine's op shapes"
-    return "fp32", (f"fp32, bf16 measured {s:.2f}x of fp32's speed on this CPU at the engine's op "
-                    f"shapes (bf16 needs at least {MIN_SPEEDUP:.2f}x)")
+        return "bf16", f"bf16, measured {s:.2f}x faster than fp32 on this CPU at {shapes}"
+    return "fp32", (f"fp32, bf16 measured {s:.2f}x of fp32's speed on this CPU at {shapes} "
+                    f"(bf16 needs at least {MIN_SPEEDUP:.2f}x)")
+
+
+def _measured_verdict(scale: str) -> dict:
+    """:func:`measure` at ``scale`` (twice when too close to call) and :func:`decide`."""
+    figures = measure(scale=scale)
+    if abs(figures["bf16_speedup"] / MIN_SPEEDUP - 1) < 0.1:  # too close to call: again
+        again = measure(scale=scale)
+        if again["bf16_speedup"] < figures["bf16_speedup"]:
+            figures = again
+        figures["measured_twice"] = True
+    choice, reason = decide(figures, scale)
+    return {**figures, "choice": choice, "reason": reason}
 
 
 def cpu_verdict(refresh: bool = False) -> dict:
@@ -302,24 +347,20 @@ def cpu_verdict(refresh: bool = False) -> dict:
         except (OSError, ValueError):
             cached = {}
         hit = cached.get(key)
-        if not refresh and isinstance(hit, dict) and hit.get("choice") in ("bf16", "fp32"):
+        if not refresh and isinstance(hit, dict) and all(
+                (hit.get("scales") or {}).get(k, {}).get("choice") in ("bf16", "fp32") for k in SCALES):
             _VERDICT = {**hit, "cached": True}
             return _VERDICT
         model, _ = _cpu_identity()
         verdict = {"cpu": model, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if _has_bf16_instructions() is False:
-            verdict.update(choice="fp32", reason="fp32, this CPU has no bf16 instructions "
-                           "(avx512_bf16 or amx_bf16, as torch sees it)")
+            reason = "fp32, this CPU has no bf16 instructions (avx512_bf16 or amx_bf16, as torch sees it)"
+            scales = {scale: {"choice": "fp32", "reason": reason} for scale in SCALES}
         else:
-            figures = measure()
-            if abs(figures["bf16_speedup"] / MIN_SPEEDUP - 1) < 0.1:  # too close to call: again
-                again = measure()
-                if again["bf16_speedup"] < figures["bf16_speedup"]:
-                    figures = again
-                figures["measured_twice"] = True
-            choice, reason = decide(figures)
-            verdict.update(figures, choice=choice, reason=reason)
+            scales = {scale: _measured_verdict(scale) for scale in SCALES}
+        # choice/reason: the small scale's (the embedded default model's), as /status shows
+        verdict.update(choice=scales["small"]["choice"], reason=scales["small"]["reason"], scales=scales)
         cached[key] = verdict
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from . import config
 from .errors import EngineCrashedError, VgenError
 from .jobs import JobControl
 
@@ -133,9 +132,7 @@ class EngineProcess:
         ours, theirs = socket.socketpair()
         # vgen importable whatever the working directory: app.py's folder is on the app's path,
         # not on that of a "python -m" child.
-        # OMP_WAIT_POLICY=PASSIVE unless the user set it: spinning OpenMP threads make a core
-        # taken by another process cost 10x (issue #23); it must be set before torch loads.
-        env = config.passive_openmp(os.environ.copy())
+        env = os.environ.copy()
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         args = [sys.executable, "-m", "vgen.worker", str(theirs.fileno())] + (["--warm-up"] if warm_up else [])
@@ -360,11 +357,14 @@ def serve(conn: Connection, warm: bool = False) -> None:
                 download=lambda p: send(("download", p)),
                 preview=(lambda i, n, image: send(("preview", i, n, image))) if previews else None,
                 text=lambda i, t: send(("text", i, t)),
-                time_limit_s=time_limit_s)
+                adapt=share.adjust, time_limit_s=time_limit_s)
             jobs.put((kind, request, current["job"]))
 
-    threading.Thread(target=read, name="vgen-worker-reader", daemon=True).start()
+    from .cpu_share import CpuShare
     from .status import engine_status
+
+    share = CpuShare()  # before the reader: its jobs' controls adapt through it
+    threading.Thread(target=read, name="vgen-worker-reader", daemon=True).start()
 
     send(("status", engine_status([])))
     if warm:
@@ -372,6 +372,7 @@ def serve(conn: Connection, warm: bool = False) -> None:
         send(("warm", _loaded_models()))
     while (job := jobs.get()) is not None:
         kind, request, control = job
+        share.adjust()  # jobs without denoising steps (plan, expand, features) adapt here only
         try:
             result, known = run_job(kind, request, control)
             send(("done", result, known, _loaded_models()))

@@ -1,0 +1,75 @@
+"""Fewer compute threads while other processes hold cores (issue #23, vgen.cpu_share): the rule,
+the sampler against a real CPU-bound process, and the engine calling it every step."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from vgen import cpu_share
+from vgen.bench_busy import busy_core
+from vgen.cpu_share import CpuShare, threads_for
+from vgen.generate import generate
+from vgen.jobs import JobControl
+from vgen.pipelines import ModelCache
+from vgen.requests import GenerateRequest
+
+
+@pytest.mark.parametrize("others,cores,max_threads,expected", [
+    (0.0, 2, 2, 2), (0.2, 2, 2, 2), (0.5, 2, 2, 1), (1.0, 2, 2, 1), (3.0, 2, 2, 1),
+    (1.0, 8, 4, 4), (5.0, 8, 8, 3), (0.0, 1, 1, 1)])
+def test_threads_are_the_cores_others_leave_free(others, cores, max_threads, expected):
+    assert threads_for(others, cores, max_threads) == expected
+
+
+needs_two_cores = pytest.mark.skipif(
+    len(cpu_share.cores_available()) < 2 or not os.path.exists(cpu_share.STAT),
+    reason="needs /proc/stat and two cores")
+
+
+@needs_two_cores
+def test_a_busy_core_takes_a_thread_and_our_own_work_does_not():
+    share = CpuShare(max_threads=2, period_s=0.05, window_s=0.4)
+    try:
+        # Our own threads' work is not "others": a busy torch loop here leaves both threads.
+        x = torch.randn(256, 256)
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:
+            x = torch.tanh(x @ x / 256)
+        assert share.others_busy() < 0.5
+        assert share.adjust() == 2
+        with busy_core():  # sleeps long enough for the window to see it
+            assert share.others_busy() > 0.5
+            assert share.adjust() == 1 and torch.get_num_threads() == 1
+        time.sleep(0.6)  # the window forgets it
+        assert share.adjust() == 2 and torch.get_num_threads() == 2
+    finally:
+        share.close()
+    assert torch.get_num_threads() == 2
+
+
+def test_switched_off_nothing_changes(monkeypatch):
+    monkeypatch.setenv("VGEN_ADAPT_THREADS", "0")
+    before = torch.get_num_threads()
+    share = CpuShare()
+    assert not share.enabled and share.adjust() == before == torch.get_num_threads()
+    share.close()
+
+
+def test_the_engine_adapts_when_the_model_is_ready_and_after_every_step(tiny_env):
+    calls = []
+    control = JobControl(adapt=lambda: calls.append(1))
+    generate(GenerateRequest("a red circle", steps=3, seed=1), control=control,
+             cache=ModelCache(max_models=1))
+    assert len(calls) == 1 + 3
+
+
+def test_the_cli_and_the_worker_adapt_their_jobs():
+    from vgen.cli import _Bars
+
+    control = _Bars().control()
+    assert control.adapt is not None and control.adapt.__self__.__class__ is CpuShare
+    control.adapt.__self__.close()
