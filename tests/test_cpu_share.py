@@ -31,7 +31,8 @@ needs_two_cores = pytest.mark.skipif(
 
 
 @needs_two_cores
-def test_a_busy_core_takes_a_thread_and_our_own_work_does_not():
+def test_a_busy_core_takes_a_thread_and_our_own_work_does_not(monkeypatch):
+    monkeypatch.setenv("VGEN_ADAPT_THREADS", "1")
     share = CpuShare(max_threads=2, period_s=0.05, window_s=0.4)
     try:
         # Our own threads' work is not "others": a busy torch loop here leaves both threads.
@@ -51,8 +52,12 @@ def test_a_busy_core_takes_a_thread_and_our_own_work_does_not():
     assert torch.get_num_threads() == 2
 
 
-def test_switched_off_nothing_changes(monkeypatch):
-    monkeypatch.setenv("VGEN_ADAPT_THREADS", "0")
+@pytest.mark.parametrize("env", [{}, {"VGEN_ADAPT_THREADS": "0"},
+                                 {"VGEN_ADAPT_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}])
+def test_off_by_default_switched_off_or_passive_nothing_changes(monkeypatch, env):
+    monkeypatch.delenv("VGEN_ADAPT_THREADS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     before = torch.get_num_threads()
     share = CpuShare()
     assert not share.enabled and share.adjust() == before == torch.get_num_threads()

@@ -1,6 +1,7 @@
 """The precision policy (issue #23, vgen.precision): VGEN_DTYPE forced and auto through the
 engine, the CPU's cached verdict, bf16 on a CPU keeping the latents and scheduler in fp32, the
-precision in /status, the result and the PNG; and the busy-core bench."""
+precision in /status, the result and the PNG; the OpenMP wait policy children get, and the
+busy-core bench."""
 
 from __future__ import annotations
 
@@ -163,6 +164,22 @@ def test_the_real_micro_benchmark_gives_figures():
         assert figures["fp32_ms"] > 0 and figures["bf16_ms"] > 0 and figures["bf16_speedup"] > 0
     assert precision.decide({"bf16_speedup": precision.MIN_SPEEDUP})[0] == "bf16"
     assert precision.decide({"bf16_speedup": 1.0})[0] == "fp32"
+
+
+def test_openmp_waits_passively_unless_the_user_chose():
+    assert config.passive_openmp({})["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert config.passive_openmp({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    # adaptive threads keep OpenMP's default wait
+    assert "OMP_WAIT_POLICY" not in config.passive_openmp({"VGEN_ADAPT_THREADS": "1"})
+
+
+def test_cli_and_worker_set_the_wait_policy_before_torch_loads():
+    from pathlib import Path
+
+    vgen = Path(config.__file__).parent
+    main = (vgen / "__main__.py").read_text()
+    assert main.index("config.passive_openmp()") < main.index("from .cli import main")
+    assert "config.passive_openmp(os.environ.copy())" in (vgen / "worker.py").read_text()
 
 
 def test_busy_core_bench_measures_idle_and_busy_runs():

@@ -1,5 +1,11 @@
 import sys
 
-from .cli import main
+from . import config
+
+# Before torch loads (vgen.cli imports it): OpenMP threads that spin while they wait turn a core
+# taken by another process into a 5-15x slower image; PASSIVE unless the user chose (issue #23).
+config.passive_openmp()
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

@@ -5,10 +5,10 @@ A busy core is a CPU-bound child (``python -c "while True: pass"``) pinned to co
 OS allows it. OpenMP's wait policy is fixed when its runtime starts (when torch loads), so each
 policy is measured in a child process of its own (``python -m vgen.bench_busy``):
 
-* ``adaptive``: what the CLI and the app's engine workers do: OpenMP's default wait, and only
-  the cores other processes leave free (``vgen.cpu_share``, ``VGEN_ADAPT_THREADS`` on);
-* ``passive``: all cores, ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep while they wait; the
-  engine does not adapt under it);
+* ``adaptive``: ``VGEN_ADAPT_THREADS=1``: OpenMP's default wait, and only the cores other
+  processes leave free (``vgen.cpu_share``);
+* ``passive``: all cores, ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep while they wait): what the
+  CLI and the app's engine workers set unless the user chose;
 * ``fixed``: all cores, OpenMP's default wait (threads spin a while: 15x slower with one of two
   cores busy, issue #23).
 

@@ -504,8 +504,8 @@ def _add_bench_parser(sub) -> None:
                    "full suite on a CPU; their figures are then for that many steps)")
     b.add_argument("--no-app", action="store_true", help="skip the app overhead and cold start")
     b.add_argument("--busy-core", action="store_true", help="also time the embedded model with one core "
-                   "taken by a CPU-bound process against idle, under each thread policy: adaptive (the engine's), "
-                   "passive (OMP_WAIT_POLICY=PASSIVE) and fixed (all cores, OpenMP's default wait)")
+                   "taken by a CPU-bound process against idle, under each thread policy: adaptive (VGEN_ADAPT_THREADS=1), "
+                   "passive (OMP_WAIT_POLICY=PASSIVE, the default) and fixed (all cores, OpenMP's default wait)")
     b.add_argument("--ablations", action="store_true", help="also measure, per module, the channels-last "
                    "layout against the contiguous one, and torch.compile of the tiny decoder (slow to compile)")
     b.add_argument("--no-openvino", action="store_true", help="skip the openvino-fast peer (FastSD CPU's "

@@ -227,10 +227,27 @@ def user_cache_dir() -> str:
     return os.path.join(base, "vgen")
 
 
-def adapt_threads() -> bool:
-    """VGEN_ADAPT_THREADS (on unless 0/off): the engine worker and the CLI give a job only the
-    cores other processes leave free (``vgen.cpu_share``)."""
-    return switch("VGEN_ADAPT_THREADS", True)
+def adapt_threads(env: dict | None = None) -> bool:
+    """VGEN_ADAPT_THREADS (off unless 1/on) in ``env`` (default: this process's environment):
+    the engine worker and the CLI give a job only the cores other processes leave free
+    (``vgen.cpu_share``). Off by default: a result then depends on the load (floating-point
+    reductions split over another thread count differ in the last bits), and a seed must give
+    the same image every time."""
+    value = ((os.environ if env is None else env).get("VGEN_ADAPT_THREADS") or "").strip().lower()
+    return value in ("1", "on", "true", "yes")
+
+
+def passive_openmp(env: dict | None = None) -> dict:
+    """OMP_WAIT_POLICY=PASSIVE in ``env`` (default: this process's ``os.environ``) unless the
+    user set OMP_WAIT_POLICY or chose adaptive threads (:func:`adapt_threads`, which keep
+    OpenMP's default wait); returns ``env``. OpenMP threads that spin while they wait turn one
+    core taken by another process into a 5-15x slower image (issue #23). Only effective before
+    the OpenMP runtime starts, i.e. before torch is imported in that process: the CLI calls it
+    first thing, the engine worker for its child's environment."""
+    env = os.environ if env is None else env
+    if not (env.get("OMP_WAIT_POLICY") or "").strip() and not adapt_threads(env):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
 
 
 def environment_with(**values: str) -> dict:

@@ -6,7 +6,7 @@ barrier while the other spins (OpenMP's default wait) or sleeps and is woken (``
 The first turned a 0.7 s image into 10 s; the second costs every image on a quiet machine
 (the grounded image went from 0.70 to 1.90 s under ``PASSIVE``). Giving the job only the cores
 that are free avoids both: there is no barrier to wait at with one thread, and a quiet machine
-keeps OpenMP's default wait.
+keeps OpenMP's default wait (measured: ``vgen bench --busy-core``).
 
 How: :class:`CpuShare` samples the busy time of the cores it may run on (``/proc/stat``) and this process's own
 CPU time (``os.times``, all its threads) in a daemon thread every ``PERIOD_S``; what other
@@ -15,8 +15,11 @@ processes used over the last ``WINDOW_S`` is the difference. ``adjust()`` sets
 with), and is called by the job's thread (OpenMP's thread count belongs to the thread that
 sets it) before a job and after every denoising step (``JobControl.adapt``).
 
-Only on Linux (``/proc/stat``); elsewhere, with ``VGEN_ADAPT_THREADS=0`` or under
-``OMP_WAIT_POLICY=PASSIVE`` (the user's choice for a machine that is often busy), nothing changes.
+Opt-in (``VGEN_ADAPT_THREADS=1``, and the worker and CLI then keep OpenMP's default wait instead
+of ``PASSIVE``): a result depends on the thread count in its last bits (floating-point reductions
+split another way), so with it a seed gives the same image only under the same load. Only on
+Linux (``/proc/stat``); elsewhere, when off, or under ``OMP_WAIT_POLICY=PASSIVE``, nothing
+changes.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from . import config
 from .errors import EngineCrashedError, VgenError
 from .jobs import JobControl
 
@@ -132,7 +133,10 @@ class EngineProcess:
         ours, theirs = socket.socketpair()
         # vgen importable whatever the working directory: app.py's folder is on the app's path,
         # not on that of a "python -m" child.
-        env = os.environ.copy()
+        # OMP_WAIT_POLICY=PASSIVE unless the user set it or chose adaptive threads: spinning
+        # OpenMP threads make a core taken by another process cost 5-15x (issue #23); it must be
+        # set before torch loads.
+        env = config.passive_openmp(os.environ.copy())
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         args = [sys.executable, "-m", "vgen.worker", str(theirs.fileno())] + (["--warm-up"] if warm_up else [])
