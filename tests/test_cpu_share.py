@@ -72,7 +72,7 @@ def test_the_engine_adapts_when_the_model_is_ready_and_after_every_step(tiny_env
     assert len(calls) == 1 + 3
 
 
-def test_the_cli_and_the_worker_adapt_their_jobs():
+def test_the_cli_adapts_its_jobs():
     from vgen.cli import _Bars
 
     control = _Bars().control()

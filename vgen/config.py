@@ -240,8 +240,8 @@ def adapt_threads(env: dict | None = None) -> bool:
 def passive_openmp(env: dict | None = None) -> dict:
     """OMP_WAIT_POLICY=PASSIVE in ``env`` (default: this process's ``os.environ``) unless the
     user set OMP_WAIT_POLICY or chose adaptive threads (:func:`adapt_threads`, which keep
-    OpenMP's default wait); returns ``env``. OpenMP threads that spin while they wait turn one
-    core taken by another process into a 5-15x slower image (issue #23). Only effective before
+    OpenMP's default wait); returns ``env``. OpenMP threads that spin while they wait make one
+    core taken by another process cost an image many times its time (issue #23). Only effective before
     the OpenMP runtime starts, i.e. before torch is imported in that process: the CLI calls it
     first thing, the engine worker for its child's environment."""
     env = os.environ if env is None else env

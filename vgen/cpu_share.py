@@ -3,8 +3,8 @@
 Why: torch's OpenMP threads meet at a barrier after every parallel op. With as many threads as
 cores and one core taken by another process, one thread waits for the scheduler at every
 barrier while the other spins (OpenMP's default wait) or sleeps and is woken (``PASSIVE``).
-The first turned a 0.7 s image into 10 s; the second costs every image on a quiet machine
-(the grounded image went from 0.70 to 1.90 s under ``PASSIVE``). Giving the job only the cores
+The first makes the image many times slower; the second costs every image on a quiet machine
+(figures: the README's "Busy cores"). Giving the job only the cores
 that are free avoids both: there is no barrier to wait at with one thread, and a quiet machine
 keeps OpenMP's default wait (measured: ``vgen bench --busy-core``).
 

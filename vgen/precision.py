@@ -240,8 +240,8 @@ EMBEDDED_UNET = dict(
 TOKENS = 32  # the embedded text encoder's context
 # The first two levels of an SD 2.x / SD-Turbo UNet (widths 320 and 640, linear projections,
 # OpenCLIP-H's 1024-wide context, 77 tokens) at 32x32 latents, batch 1: the op shapes of the
-# published architectures, where matrix units pay (a 2048^2 matmul 9x faster in bf16 on AMX)
-# while the embedded model's small ops may not.
+# published architectures, where matrix units pay, while the embedded model's small ops may not
+# (the README's "On an Intel Xeon with AMX" has the figures).
 LARGE_UNET = dict(
     sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
     block_out_channels=(320, 640), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -289,7 +289,7 @@ def measure(rounds: int = 4, iterations: int = 2, scale: str = "small") -> dict:
     of each, the best round of each in wall time and in CPU time (a busy machine's slow moments
     drop out, and CPU time is not inflated by other processes); ``bf16_speedup`` is the smaller
     of the two ratios, so bf16 counts as faster only when it is by both. About 20 UNet calls
-    at ``scale``: ~1 s (small) and ~5 s (large) on 2 idle cores, plus building the UNet."""
+    at ``scale``, plus building the UNet."""
     with torch.inference_mode():
         fns = _unet_calls(scale)
         wall = {k: float("inf") for k in fns}

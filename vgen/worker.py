@@ -134,8 +134,8 @@ class EngineProcess:
         # vgen importable whatever the working directory: app.py's folder is on the app's path,
         # not on that of a "python -m" child.
         # OMP_WAIT_POLICY=PASSIVE unless the user set it or chose adaptive threads: spinning
-        # OpenMP threads make a core taken by another process cost 5-15x (issue #23); it must be
-        # set before torch loads.
+        # OpenMP threads make a core taken by another process cost many times (issue #23); it
+        # must be set before torch loads.
         env = config.passive_openmp(os.environ.copy())
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
