@@ -64,12 +64,52 @@ def test_off_by_default_switched_off_or_passive_nothing_changes(monkeypatch, env
     share.close()
 
 
-def test_the_engine_adapts_when_the_model_is_ready_and_after_every_step(tiny_env):
+def test_the_engine_adapts_when_the_model_is_ready_and_after_every_step(tiny_env, monkeypatch):
+    monkeypatch.setattr(cpu_share, "SMALL_PARAMS", 0)  # the tiny model counts as a large one
     calls = []
     control = JobControl(adapt=lambda: calls.append(1))
     generate(GenerateRequest("a red circle", steps=3, seed=1), control=control,
              cache=ModelCache(max_models=1))
     assert len(calls) == 1 + 3
+
+
+@pytest.mark.parametrize("device,params,expected", [
+    ("cpu", 7_000_000, 1), ("cpu", 49_999_999, 1), ("cpu", 865_000_000, None),
+    ("cuda", 7_000_000, None)])
+def test_small_models_run_on_one_cpu_thread(device, params, expected):
+    assert cpu_share.job_threads(device, params) == expected
+
+
+def test_threads_limited_restores_and_never_raises_the_count():
+    torch.set_num_threads(2)
+    with cpu_share.threads_limited(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with cpu_share.threads_limited(4), cpu_share.threads_limited(None):
+        assert torch.get_num_threads() == 2
+
+
+def test_a_small_models_job_keeps_one_thread_whatever_the_load(tiny_env):
+    """Regression (issue #23): under OMP_WAIT_POLICY=PASSIVE, what the app's worker and the CLI
+    set, the embedded model ran its two threads at twice one thread's time on a quiet EPYC; and
+    adapting a job's threads to the load would change a seed's image in its last bits."""
+    torch.set_num_threads(2)
+    seen, adapted = [], []
+
+    def on_step(pipe, i, t, kwargs):
+        seen.append(torch.get_num_threads())
+
+    control = JobControl(adapt=lambda: adapted.append(1), on_step=on_step)
+    cache = ModelCache(max_models=1)
+    out = generate(GenerateRequest("a red circle", steps=3, seed=1), control=control, cache=cache)
+    assert seen == [1, 1, 1] and adapted == [] and torch.get_num_threads() == 2
+    assert cache.get(out.model).threads == 1
+    # The same seed on two threads outside the engine would differ in its last bits; inside it
+    # the image is the same whatever thread count the caller's thread had.
+    torch.set_num_threads(1)
+    again = generate(GenerateRequest("a red circle", steps=3, seed=1), cache=cache)
+    torch.set_num_threads(2)
+    assert again.images[0].tobytes() == out.images[0].tobytes()
 
 
 def test_the_cli_adapts_its_jobs():

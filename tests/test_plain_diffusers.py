@@ -90,3 +90,16 @@ def test_exports_say_float32_for_half_configs(tmp_path):
     assert json.loads((final / "config.json").read_text())["dtype"] == "float32"
     assert json.loads((final / "unet" / "config.json").read_text()) == {"_class_name": "UNet2DConditionModel"}
     assert load_in_float32(final) == []  # nothing left to change
+
+
+@pytest.mark.parametrize("name", SHIPPED + ["vgen-shapes-grounded"])
+def test_shipped_card_recommends_the_settings_vgen_uses(name):
+    """The Hub widget and plain diffusers users read the card's ``inference: parameters``; vgen
+    uses its catalog's defaults. Regression: the grounded model's catalog moved to 10 steps and
+    the card must say so too."""
+    from vgen.catalog import card_defaults, entry_for
+
+    card, catalog = card_defaults(REPO / "checkpoints" / name), entry_for(name).defaults
+    assert card, f"{name}'s card recommends no settings"
+    for field, value in card.items():
+        assert getattr(catalog, field) == value, (name, field)

@@ -12,6 +12,10 @@ policy is measured in a child process of its own (``python -m vgen.bench_busy``)
 * ``fixed``: all cores, OpenMP's default wait (threads spin a while: 15x slower with one of two
   cores busy, issue #23).
 
+A small model (the embedded one) runs its jobs on one thread under every policy
+(``vgen.cpu_share.job_threads``), so for it the policies differ only in how OpenMP waits; they
+set how many threads a large model's jobs get.
+
 In each child, idle and busy runs of the embedded model at its defaults alternate after a
 warm-up; figures are medians, in wall and CPU seconds.
 
@@ -91,7 +95,7 @@ def measure_here(repeats: int = 3, model: str = "vgen-shapes", steps: int | None
         idle.append(one())
         with busy_core():
             busy.append(one())
-            busy_threads = torch.get_num_threads()
+            busy_threads = cache.get(model).threads or torch.get_num_threads()  # the job's own
     share.close()
     out = {"omp_wait_policy": config.omp_wait_policy(), "adapt_threads": share.enabled,
            "torch_threads": share.max_threads, "busy_threads": busy_threads,

@@ -66,7 +66,7 @@ def _encode(view, model, req: GenerateRequest) -> dict:
     pipeline's own call does (negative always encoded, so cells of any guidance can share it)."""
     import torch
 
-    with model.lock, torch.inference_mode():
+    with model.hold(), torch.inference_mode():
         pe, ne = view.encode_prompt(
             prompt=req.prompt, device=view._execution_device, num_images_per_prompt=1,
             do_classifier_free_guidance=True, negative_prompt=req.negative_prompt or None)

@@ -20,10 +20,18 @@ of ``PASSIVE``): a result depends on the thread count in its last bits (floating
 split another way), so with it a seed gives the same image only under the same load. Only on
 Linux (``/proc/stat``); elsewhere, when off, or under ``OMP_WAIT_POLICY=PASSIVE``, nothing
 changes.
+
+Small models (:func:`job_threads`): on a CPU, a model with few parameters runs its jobs on one
+thread, whatever the wait policy. Its ops are too small for a second thread to gain what waking
+it at every barrier costs under ``PASSIVE``, the gain with OpenMP's default wait is a few
+percent, and one thread has no barrier to wait at when another process holds a core. The count
+depends on the model only, never on the load or on how vgen was started (CLI, app, Python), so
+a seed gives the same image everywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,6 +45,7 @@ PERIOD_S = 0.1  # sampling period
 WINDOW_S = 0.5  # what "busy now" averages over
 BUSY_CORE = 0.25  # a core that others use for more than this share of the window is not free
 STAT = "/proc/stat"
+SMALL_PARAMS = 50_000_000  # fewer than this in the model's network: one thread on a CPU
 
 
 def _cores_busy_seconds(cores: frozenset[int]) -> float | None:
@@ -149,3 +158,27 @@ class CpuShare:
         if self.threads != self.max_threads:
             self._torch.set_num_threads(self.max_threads)
             self.threads = self.max_threads
+
+
+def job_threads(device_type: str, params: int) -> int | None:
+    """The compute threads the jobs of a model with ``params`` parameters (its denoiser, or
+    its language model) are held to on ``device_type``; None for no limit: one for a small
+    model on a CPU (measured: ``vgen bench --busy-core``, README "Busy cores")."""
+    return 1 if device_type == "cpu" and params < SMALL_PARAMS else None
+
+
+@contextlib.contextmanager
+def threads_limited(limit: int | None):
+    """torch's compute threads for the calling thread held to at most ``limit`` inside the
+    block (None: unchanged), restored on exit."""
+    import torch
+
+    before = torch.get_num_threads()
+    if limit is None or limit >= before:
+        yield
+        return
+    torch.set_num_threads(limit)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

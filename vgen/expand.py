@@ -423,7 +423,8 @@ def expand(req: ExpandRequest, control: JobControl | None = None, cache: ModelCa
     # 4. One variant after the other, each from its own seed, holding the model's lock.
     seeds = tuple(req.seed + i for i in range(req.num_variants))
     variants = []
-    with model.lock:
+    control = control.keeping_threads(model.threads)
+    with model.hold():
         control.restart()
         t0 = time.perf_counter()
         for i, seed in enumerate(seeds):

@@ -147,7 +147,7 @@ def vae_features(image: Image.Image, model: str | None = None, cache=None) -> Fe
     modules = {f"down.{i}": b for i, b in enumerate(enc.down_blocks)}
     if getattr(enc, "mid_block", None) is not None:
         modules["mid"] = enc.mid_block
-    with m.lock:
+    with m.hold():
         im, x = _generator_input(image, m)
         with _Hooks(modules) as hooks, torch.inference_mode():
             m.pipe.vae.encode(x)
@@ -174,7 +174,7 @@ def unet_features(image: Image.Image, model: str | None = None, prompt: str = ""
     if getattr(unet, "mid_block", None) is not None:
         modules["mid"] = unet.mid_block
     modules.update({f"up.{i}": b for i, b in enumerate(unet.up_blocks)})
-    with m.lock:
+    with m.hold():
         im, x = _generator_input(image, m)
         with _Hooks(modules) as hooks, torch.inference_mode():
             vae = pipe.vae

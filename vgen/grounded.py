@@ -158,7 +158,7 @@ def layout_call(view, model, req, control, hooks):
     from .catalog import model_defaults
 
     check_layout_model(req.layout, req.model, view)
-    with model.lock:
+    with model.hold():
         grounded = prepare_layout_call(model, view, req, model_defaults(model).gligen_beta)
     # After the job's own observers (Features capture, denoising path): they close step i
     # before layout guidance runs the UNet again.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .errors import CancelledError, TimeLimitError
@@ -39,6 +39,12 @@ class JobControl:
     text: Callable[[int, str], None] | None = None
     adapt: Callable[[], Any] | None = None
     started: float = field(default_factory=time.monotonic)
+
+    def keeping_threads(self, limit: int | None) -> JobControl:
+        """This control for a job held to ``limit`` compute threads (a model's
+        ``vgen.cpu_share.job_threads``): a copy, sharing the cancel event, that leaves the
+        thread count alone, so a seed's image does not depend on the load; itself for None."""
+        return self if limit is None else replace(self, adapt=None)
 
     def restart(self) -> None:
         """Start the time-limit clock now (the engine calls this when the model is ready)."""

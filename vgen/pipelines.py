@@ -13,6 +13,7 @@ model on CUDA, or a bf16 denoiser, became fp32 at the first job).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +24,7 @@ import torch
 
 from . import config, hub, precision
 from .catalog import default_model
+from .cpu_share import job_threads, threads_limited
 from .errors import UnsupportedModelError
 
 TASKS = ("txt2img", "img2img", "inpaint", "instruct")
@@ -61,6 +63,7 @@ class LoadedModel:
     load_s: float
     views: dict
     precision: str = "fp32"  # fp32 / bf16 / fp16: what the denoiser computes in (vgen.precision)
+    threads: int | None = None  # compute threads its jobs are held to (vgen.cpu_share.job_threads)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Per-model caches of vgen.decoders (tiny decoders, or why one is unavailable) and
     # vgen.speed (text embeddings of recent prompts); ``cache_lock`` guards both.
@@ -71,6 +74,13 @@ class LoadedModel:
     @property
     def revision(self) -> str:
         return self.resolved.commit
+
+    @contextlib.contextmanager
+    def hold(self):
+        """This model for one job's computation: its lock, and its jobs' thread count (so an
+        encoding done apart, as Compare's, matches the one a job does itself)."""
+        with self.lock, threads_limited(self.threads):
+            yield self
 
 
 def _is_instruct(pipe) -> bool:
@@ -204,7 +214,8 @@ class ModelCache:
                 precision.apply(pipe, prec)
             model = LoadedModel(str(parsed), resolved, pipe, device, dtype,
                                 time.perf_counter() - t0, {},
-                                precision=prec.name if self._loader is None else precision.name_of(dtype))
+                                precision=prec.name if self._loader is None else precision.name_of(dtype),
+                                threads=job_threads(device.type, precision.network_params(pipe)))
             with self._lock:
                 self._models[key] = model
                 self._loading.pop(key, None)

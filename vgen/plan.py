@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cpu_share import job_threads, threads_limited
 from .errors import InvalidRequestError, PlanParseError
 from .layout import Layout
 
@@ -89,6 +90,7 @@ class _Loaded:
     tok: object
     ref: str
     revision: str
+    threads: int | None = None  # vgen.cpu_share.job_threads
 
 
 _CACHE: dict[str, _Loaded] = {}  # bounded (MAX_PLANNERS, oldest out), under _LOCK
@@ -116,7 +118,8 @@ def _load(ref: str) -> _Loaded:
                         else "" if resolved.commit == "local" else resolved.commit)
             while len(_CACHE) >= MAX_PLANNERS:
                 _CACHE.pop(next(iter(_CACHE)))
-            _CACHE[ref] = _Loaded(model, tok, ref, revision)
+            params = sum(p.numel() for p in model.parameters())
+            _CACHE[ref] = _Loaded(model, tok, ref, revision, job_threads("cpu", params))
         return _CACHE[ref]
 
 
@@ -151,16 +154,24 @@ def _sample(lm: _Loaded, prompt_ids: list[int], seed: int, temperature: float) -
 
 def _planner_format(lm: _Loaded, prompt: str):
     """(write(seed, temperature) -> text, parse(text) -> Layout) for the planner's kind: LMD's
-    chat format for an instruction LM, else the embedded planner's own."""
+    chat format for an instruction LM, else the embedded planner's own; ``write`` computes on
+    the planner's threads (vgen.cpu_share.job_threads)."""
     from . import plan_chat
 
     if plan_chat.is_chat_tokenizer(lm.tok):
-        return (lambda seed, temp: plan_chat.sample_chat(lm.model, lm.tok, prompt, seed, temp),
-                plan_chat.parse_lmd_text)
-    from .shapes.planner import parse_plan_text, prompt_text
+        sample, parse = (lambda seed, temp: plan_chat.sample_chat(lm.model, lm.tok, prompt, seed, temp),
+                         plan_chat.parse_lmd_text)
+    else:
+        from .shapes.planner import parse_plan_text, prompt_text
 
-    prompt_ids = lm.tok(prompt_text(prompt)).input_ids
-    return (lambda seed, temp: _sample(lm, prompt_ids, seed, temp)), parse_plan_text
+        prompt_ids = lm.tok(prompt_text(prompt)).input_ids
+        sample, parse = (lambda seed, temp: _sample(lm, prompt_ids, seed, temp)), parse_plan_text
+
+    def write(seed: int, temperature: float) -> str:
+        with threads_limited(lm.threads):
+            return sample(seed, temperature)
+
+    return write, parse
 
 
 def _checker(lm: _Loaded, prompt: str, verify: bool):

@@ -254,15 +254,21 @@ SCALES = {  # scale: (UNet config, batch, latent side, tokens, context width)
 LARGE_PARAMS = 50_000_000  # a denoiser with at least this many parameters runs at the large verdict
 
 
+def network_params(pipe) -> int:
+    """Parameters of what a job of ``pipe`` runs at every step: its denoiser (UNet or
+    transformer), or the language model of a loaded LM (``vgen.expand.LoadedLM``); 0 if none."""
+    for name in ("unet", "transformer", "model"):
+        m = getattr(pipe, name, None)
+        if isinstance(m, torch.nn.Module):
+            return sum(p.numel() for p in m.parameters())
+    return 0
+
+
 def scale_of(pipe) -> str:
     """``large`` for a pipeline whose denoiser (UNet or transformer) has at least
     ``LARGE_PARAMS`` parameters (SD 1.5's UNet has 860 M, the embedded model's 7 M), else
     ``small``."""
-    for name in ("unet", "transformer"):
-        m = getattr(pipe, name, None)
-        if isinstance(m, torch.nn.Module):
-            return "large" if sum(p.numel() for p in m.parameters()) >= LARGE_PARAMS else "small"
-    return "small"
+    return "large" if network_params(pipe) >= LARGE_PARAMS else "small"
 
 
 def _unet_calls(scale: str = "small"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import world
 
-STEPS, GUIDANCE = 20, 4.0  # the text-to-image model's app defaults (vgen.catalog)
+STEPS, GUIDANCE = 10, 4.0  # the grounded model's app defaults (vgen.catalog)
 LAYOUT_GUIDANCE = 0.0  # vgen's layout guidance step size for this model (vgen.catalog): off
 # The learning rates before the current run's (a run's config keeps only its own): the first
 # run, on one niced CPU thread, got ~4-8 s/step and its gates moved little by step 455.
@@ -68,12 +68,15 @@ def _plan_scores(folder: Path) -> str:
     rows = ["| category | planned | plain `vgen-shapes` | n |", "| --- | --- | --- | --- |"]
     rows += [f"| {c} | {v['planned']:.3f} | {v['plain']:.3f} | {v['n']} |" for c, v in e["categories"].items()]
     rows.append(f"| **all seen** | **{e['seen_planned']:.3f}** | **{e['seen_plain']:.3f}** | |")
+    steps = r.get("steps")
+    at = (f" ({steps['vgen-shapes-grounded']} steps planned, {steps['vgen-shapes']} plain)"
+          if isinstance(steps, dict) else "")
     seconds = (f"median {e['median_seconds_per_plan']:.2f} s to plan + {e['median_seconds_per_image']:.2f} s "
                "to draw" if "median_seconds_per_image" in e
                else f"{e['seconds_per_plan']:.2f} s to plan + {e['seconds_per_image']:.2f} s to draw and score")
     return f"""
 ## Planning end to end
-`python -m vgen eval plan --n {r['n']}` (held-out prompts and seeds, vgen's defaults for this model):
+`python -m vgen eval plan --n {r['n']}` (held-out prompts and seeds, vgen's defaults for each model{at}):
 the planner `{r['planner']['model']}` writes the layout (parse {r['planner']['parse_rate']:.3f}, agree
 {r['planner']['agreement']:.3f}), this model draws it, the exact analyzer judges the image against the
 prompt, beside the plain text-to-image model on the same prompts and seeds. Given the scenes'

@@ -102,7 +102,10 @@ def evaluate(n: int = DEFAULT_N, seed: int = 0, guidance=None, steps=None, plann
 
     p = evaluate_planner(model=planner, n=n, seed=seed, log=lambda *_: None)
     log(f"(a) planner: parse {p['parse_rate']:.3f}, agree {p['agreement']:.3f}")
-    report = {"n": n, "seed": seed, "layout_guidance": guidance, "steps": steps,
+    from ..catalog import entry_for
+
+    used = {m: steps or entry_for(m).defaults.steps for m in (GROUNDED, PLAIN)}
+    report = {"n": n, "seed": seed, "layout_guidance": guidance, "steps": used,
               "planner": {k: p[k] for k in ("model", "parse_rate", "agreement", "categories",
                                             "seconds_per_plan")},
               "exact_layouts": exact_layouts(4 * n, seed, guidance, steps, log),

@@ -50,6 +50,7 @@ def prompt_set(n: int, seed: int = 0) -> dict[str, list[str]]:
 
 def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0,
              temperature: float | None = None, log=print) -> dict:
+    from ..catalog import SHAPES_DEFAULTS
     from ..plan import DEFAULT_TEMPERATURE, PlanRequest, plan
 
     temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
@@ -108,6 +109,7 @@ def end_to_end(prompts: dict[str, list[str]], k: int, planner_model: str | None 
     the first ``k`` prompts of each category; the plain model on the same prompts and seeds."""
     import torch
 
+    from ..catalog import SHAPES_DEFAULTS
     from ..plan import DEFAULT_TEMPERATURE, PlanRequest, plan
     from .analyzer import score
     from .card_grounded import GUIDANCE, STEPS, beta_of
@@ -131,7 +133,8 @@ def end_to_end(prompts: dict[str, list[str]], k: int, planner_model: str | None 
                 ok_plan.append(score(img, prompt).passed)
             except PlanParseError:
                 ok_plan.append(False)
-            ok_plain.append(score(ppipe(prompt, generator=gen(), **kw).images[0], prompt).passed)
+            plain_kw = dict(kw, num_inference_steps=SHAPES_DEFAULTS.steps)  # its own default
+            ok_plain.append(score(ppipe(prompt, generator=gen(), **plain_kw).images[0], prompt).passed)
             images += 1
         out[name] = {"planned": sum(ok_plan) / len(ok_plan), "plain": sum(ok_plain) / len(ok_plain),
                      "n": len(ok_plan)}
