@@ -43,12 +43,13 @@ from pathlib import Path
 import torch
 
 from . import config
+from .cpu_share import SMALL_PARAMS, job_threads, threads_limited
 from .errors import ModelError
 
 logger = logging.getLogger("vgen.precision")
 
 MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this much at the micro-benchmark to be chosen
-BENCH_VERSION = 3  # bump when the micro-benchmark changes: older verdicts are measured again
+BENCH_VERSION = 4  # bump when the micro-benchmark changes: older verdicts are measured again
 NAMES = {"float32": "fp32", "fp32": "fp32", "float16": "fp16", "fp16": "fp16",
          "bfloat16": "bf16", "bf16": "bf16"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -251,7 +252,7 @@ SCALES = {  # scale: (UNet config, batch, latent side, tokens, context width)
     "small": (EMBEDDED_UNET, 2, 16, TOKENS, 128),
     "large": (LARGE_UNET, 1, 32, 77, 1024),
 }
-LARGE_PARAMS = 50_000_000  # a denoiser with at least this many parameters runs at the large verdict
+LARGE_PARAMS = SMALL_PARAMS  # a denoiser with at least this many parameters runs at the large verdict
 
 
 def network_params(pipe) -> int:
@@ -325,13 +326,17 @@ def decide(figures: dict, scale: str = "small") -> tuple[str, str]:
 
 
 def _measured_verdict(scale: str) -> dict:
-    """:func:`measure` at ``scale`` (twice when too close to call) and :func:`decide`."""
-    figures = measure(scale=scale)
-    if abs(figures["bf16_speedup"] / MIN_SPEEDUP - 1) < 0.1:  # too close to call: again
-        again = measure(scale=scale)
-        if again["bf16_speedup"] < figures["bf16_speedup"]:
-            figures = again
-        figures["measured_twice"] = True
+    """:func:`measure` at ``scale`` (twice when too close to call) and :func:`decide`, on the
+    threads that a job of a model at that scale runs on (``vgen.cpu_share.job_threads``)."""
+    threads = job_threads("cpu", 0 if scale == "small" else LARGE_PARAMS)
+    with threads_limited(threads):
+        figures = measure(scale=scale)
+        if abs(figures["bf16_speedup"] / MIN_SPEEDUP - 1) < 0.1:  # too close to call: again
+            again = measure(scale=scale)
+            if again["bf16_speedup"] < figures["bf16_speedup"]:
+                figures = again
+            figures["measured_twice"] = True
+        figures["threads"] = torch.get_num_threads()
     choice, reason = decide(figures, scale)
     return {**figures, "choice": choice, "reason": reason}
 
