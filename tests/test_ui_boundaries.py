@@ -94,6 +94,27 @@ def _server_holds_torch(pid: int) -> list[str]:
                    if "libtorch" in line or "/torch/lib/" in line})
 
 
+def test_the_first_worker_starts_before_gradio_is_imported():
+    """Regression (issue #23, cold start): the worker was started after ``vgen.ui`` had imported
+    gradio, so its warm-up began seconds late (cold start 14.3 s, 9.4 s once it started first)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, vgen.worker as w\n"
+            "class Pool:\n"
+            "    def __init__(self, warm_up):\n"
+            "        raise SystemExit(3 if 'gradio' in sys.modules else 0)\n"
+            "w.EnginePool = Pool\n"
+            "import vgen.ui\n"
+            "vgen.ui.main()\n"
+            "raise SystemExit(4)  # the pool was never started\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SPACES_ZERO_GPU", "VGEN_ENGINE_PROCESS")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
 def test_the_web_server_holds_no_torch_after_every_endpoint(hardened_app, tmp_path):
     client = Client(hardened_app.url, verbose=False, download_files=str(tmp_path))
     source = tmp_path / "source.png"

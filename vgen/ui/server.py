@@ -203,16 +203,17 @@ def launch_settings() -> dict:
     )
 
 
-def main() -> None:
-    """Start the engine's worker processes (first: the first one loads the engine while Gradio
-    starts), then build and serve the app."""
+def main(pool=None) -> None:
+    """Start the engine's worker processes unless ``pool`` (a started ``vgen.worker.EnginePool``,
+    see ``vgen.ui.main``) is given, then build and serve the app."""
     from vgen.worker import EnginePool
 
     from .demo import build_demo
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if config.engine_process() and not handlers.ZERO_GPU and os.name == "posix":
+    if pool is None and config.engine_process() and not handlers.ZERO_GPU and os.name == "posix":
         pool = EnginePool(warm_up=config.warm_up())
+    if pool is not None:
         atexit.register(pool.close)
         handlers.configure(pool)
     demo = build_demo()
