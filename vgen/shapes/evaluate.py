@@ -131,7 +131,7 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0, steps:
         "model": result.model if result else model,
         "revision": result.revision if result else None,
         "settings": {"steps": req.steps, "guidance": req.guidance, "sampler": result.sampler,
-                     "size": f"{req.width}x{req.height}"} if req else {},
+                     "size": f"{req.width}x{req.height}", "precision": result.precision} if req else {},
         "n_per_category": n,
         "seed": seed,
         "categories": cats,

@@ -64,7 +64,7 @@ def evaluate(model: str | None = None, n: int = DEFAULT_N, seed: int = 0, steps:
         "revision": result.revision if result else None,
         "settings": {"steps": req.steps, "guidance": req.guidance,
                      "image_guidance": req.image_guidance, "sampler": result.sampler,
-                     "size": f"{req.width}x{req.height}"} if req else {},
+                     "size": f"{req.width}x{req.height}", "precision": result.precision} if req else {},
         "n_per_kind": n,
         "seed": seed,
         "kinds": kinds,
