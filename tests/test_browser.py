@@ -79,3 +79,13 @@ def test_generate_inpaint_and_stop_in_a_browser(page, hardened_app, tmp_path):
     page.get_by_role("button", name="Generate").filter(visible=True).click()
     wait_for_text(page.locator("#t2i-info"), r"seed 43\b")  # ready again
     shot(page, "06-ready-again")
+
+
+def test_each_tab_button_appears_once_after_every_tab_was_opened(page):
+    """Regression: three gr.State made in gr.Tabs between the Edit and Features tabs (not inside a
+    tab) made Features' and Compare's buttons appear a second time once each was first opened."""
+    names = ["Text to Image", "Edit", "Features", "Compare"]
+    for name in names[1:] + names[:1]:
+        page.get_by_role("tab", name=name, exact=True).first.click()
+        page.wait_for_timeout(300)
+        assert page.get_by_role("tab").all_inner_texts() == names, name

@@ -94,6 +94,19 @@ def _server_holds_torch(pid: int) -> list[str]:
                    if "libtorch" in line or "/torch/lib/" in line})
 
 
+def test_every_component_of_the_tab_bar_is_in_a_tab():
+    """What test_browser.py's duplicate-tab regression came from: a component made in gr.Tabs
+    itself, between two tabs."""
+    import gradio as gr
+
+    from vgen.ui.demo import build_demo
+
+    demo = build_demo()
+    bars = [b for b in demo.blocks.values() if isinstance(b, gr.Tabs)]
+    assert bars and all(isinstance(child, gr.Tab) for bar in bars for child in bar.children), [
+        type(child).__name__ for bar in bars for child in bar.children]
+
+
 def test_the_first_worker_starts_before_gradio_is_imported():
     """Regression (issue #23, cold start): the worker was started after ``vgen.ui`` had imported
     gradio, so its warm-up began seconds late (cold start 14.3 s, 9.4 s once it started first)."""

@@ -265,11 +265,13 @@ def build() -> EditTab:
         api_mask = gr.File(label="mask", visible=False, type="filepath")
         api_image_guidance = StrictNumber(label="image guidance", value=None, visible=False)
         api_model = StrictTextbox(label="model", value="", visible=False)
+        # Inside the tab: a component made between two tabs, right in gr.Tabs, made the next
+        # tabs' buttons appear twice once shown.
+        attached_mask, last_edit, modes = gr.State(None), gr.State(None), gr.State({"mode": "img2img"})
     return EditTab(editor, prompt, mode, strength, image_guidance, negative, model, steps,
                    guidance, seed, randomize, width, height, num_images, scheduler, decoder, edit,
-                   stop, edited, selected, reuse, inspect, info, notice, gr.State(None),
-                   api_image, api_mask, api_image_guidance, api_model, gr.State(None),
-                   gr.State({"mode": "img2img"}))
+                   stop, edited, selected, reuse, inspect, info, notice, attached_mask,
+                   api_image, api_mask, api_image_guidance, api_model, last_edit, modes)
 
 
 async def stopped(info: str | None, request: gr.Request = None) -> tuple:
