@@ -158,6 +158,7 @@ def test_status_shows_the_precision(monkeypatch):
     assert s["precision"] == "bf16" and s["dtype"] == "bfloat16" and s["precision_reason"] == "VGEN_DTYPE=bf16"
     monkeypatch.setenv("VGEN_DTYPE", "fp32")
     assert engine_status([])["precision"] == "fp32"
+    assert engine_status([])["small_model_threads"] == 1  # tests run on the CPU
 
 
 def test_a_vae_without_force_upcast_runs_bf16_with_fp32_at_its_boundaries():

@@ -26,10 +26,12 @@ def base_status() -> dict:
 def engine_status(loaded_models: list[str] | None = None) -> dict:
     """``base_status`` plus torch's version, the device, the precision (``precision``: fp32,
     bf16 or fp16, ``precision_reason``: why, and ``dtype``: the denoiser's torch dtype; see
-    ``vgen.precision``) and threads of this process, and ``loaded_models`` (default: this
+    ``vgen.precision``) and threads of this process (``small_model_threads``: those of a small
+    model's jobs, ``vgen.cpu_share.job_threads``), and ``loaded_models`` (default: this
     process's model cache)."""
     import torch
 
+    from .cpu_share import job_threads
     from .pipelines import model_cache, pick_device, pick_precision
     from .precision import describe
 
@@ -40,5 +42,7 @@ def engine_status(loaded_models: list[str] | None = None) -> dict:
         "device": str(device),
         **describe(pick_precision(device)),
         "torch_threads": torch.get_num_threads(),
+        # what a job of a model under 50 M parameters runs on (None: torch_threads)
+        "small_model_threads": job_threads(device.type, 0),
         "loaded_models": model_cache().loaded() if loaded_models is None else loaded_models,
     }
