@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from . import config
 from .bench import PROMPTS, SEED
 from .bench_measure import median
 
@@ -40,8 +41,8 @@ class _ApiTimer:
     """``vgen.ui.api_timer`` in a child process: the app's API clients, timed there."""
 
     def __init__(self):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))}
+        env = config.environment_with(PYTHONPATH=os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parent.parent), config.raw("PYTHONPATH")])))
         self.proc = subprocess.Popen([sys.executable, "-m", "vgen.ui.api_timer"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         self._read()  # {"started": true}: its imports are done
