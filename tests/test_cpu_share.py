@@ -118,3 +118,18 @@ def test_the_cli_adapts_its_jobs():
     control = _Bars().control()
     assert control.adapt is not None and control.adapt.__self__.__class__ is CpuShare
     control.adapt.__self__.close()
+
+
+def test_the_planner_writes_its_layouts_on_one_thread(monkeypatch):
+    from vgen import plan as planning
+
+    seen, sample = [], planning._sample
+
+    def watched(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "_sample", watched)
+    torch.set_num_threads(2)
+    planning.plan(planning.PlanRequest("a red circle to the left of a blue square", seed=0))
+    assert seen and set(seen) == {1} and torch.get_num_threads() == 2

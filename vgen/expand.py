@@ -423,8 +423,7 @@ def expand(req: ExpandRequest, control: JobControl | None = None, cache: ModelCa
     # 4. One variant after the other, each from its own seed, holding the model's lock.
     seeds = tuple(req.seed + i for i in range(req.num_variants))
     variants = []
-    control = control.keeping_threads(model.threads)
-    with model.hold():
+    with model.hold(control) as control:
         control.restart()
         t0 = time.perf_counter()
         for i, seed in enumerate(seeds):

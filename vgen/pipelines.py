@@ -76,11 +76,13 @@ class LoadedModel:
         return self.resolved.commit
 
     @contextlib.contextmanager
-    def hold(self):
+    def hold(self, control=None):
         """This model for one job's computation: its lock, and its jobs' thread count (so an
-        encoding done apart, as Compare's, matches the one a job does itself)."""
+        encoding done apart, as Compare's, matches the one a job does itself). Yields the job's
+        ``control`` (a ``vgen.jobs.JobControl``) as the job must use it: one that does not
+        adapt the thread count when the model fixes it."""
         with self.lock, threads_limited(self.threads):
-            yield self
+            yield control.keeping_threads(self.threads) if control is not None else None
 
 
 def _is_instruct(pipe) -> bool:

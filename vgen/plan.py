@@ -105,6 +105,7 @@ def _load(ref: str) -> _Loaded:
             from transformers.utils import logging as tlogging
 
             from .hub import parse_reference, resolve
+            from .precision import network_params
 
             tlogging.disable_progress_bar()  # the CLI's stdout is the layouts, stderr its bars
             # The image models' reference rules: a name under checkpoints/, a folder under an
@@ -118,8 +119,7 @@ def _load(ref: str) -> _Loaded:
                         else "" if resolved.commit == "local" else resolved.commit)
             while len(_CACHE) >= MAX_PLANNERS:
                 _CACHE.pop(next(iter(_CACHE)))
-            params = sum(p.numel() for p in model.parameters())
-            _CACHE[ref] = _Loaded(model, tok, ref, revision, job_threads("cpu", params))
+            _CACHE[ref] = _Loaded(model, tok, ref, revision, job_threads("cpu", network_params(model)))
         return _CACHE[ref]
 
 
@@ -154,24 +154,16 @@ def _sample(lm: _Loaded, prompt_ids: list[int], seed: int, temperature: float) -
 
 def _planner_format(lm: _Loaded, prompt: str):
     """(write(seed, temperature) -> text, parse(text) -> Layout) for the planner's kind: LMD's
-    chat format for an instruction LM, else the embedded planner's own; ``write`` computes on
-    the planner's threads (vgen.cpu_share.job_threads)."""
+    chat format for an instruction LM, else the embedded planner's own."""
     from . import plan_chat
 
     if plan_chat.is_chat_tokenizer(lm.tok):
-        sample, parse = (lambda seed, temp: plan_chat.sample_chat(lm.model, lm.tok, prompt, seed, temp),
-                         plan_chat.parse_lmd_text)
-    else:
-        from .shapes.planner import parse_plan_text, prompt_text
+        return (lambda seed, temp: plan_chat.sample_chat(lm.model, lm.tok, prompt, seed, temp),
+                plan_chat.parse_lmd_text)
+    from .shapes.planner import parse_plan_text, prompt_text
 
-        prompt_ids = lm.tok(prompt_text(prompt)).input_ids
-        sample, parse = (lambda seed, temp: _sample(lm, prompt_ids, seed, temp)), parse_plan_text
-
-    def write(seed: int, temperature: float) -> str:
-        with threads_limited(lm.threads):
-            return sample(seed, temperature)
-
-    return write, parse
+    prompt_ids = lm.tok(prompt_text(prompt)).input_ids
+    return (lambda seed, temp: _sample(lm, prompt_ids, seed, temp)), parse_plan_text
 
 
 def _checker(lm: _Loaded, prompt: str, verify: bool):
@@ -212,7 +204,8 @@ def plan(req: PlanRequest) -> PlanResult:
         kept, last_error, unparsed = None, None, 0
         for s in candidates:
             next_free = max(next_free, s + 1)
-            text = write(s, float(req.temperature))
+            with threads_limited(lm.threads):  # vgen.cpu_share.job_threads
+                text = write(s, float(req.temperature))
             try:
                 layout = parse(text)
             except PlanParseError as e:

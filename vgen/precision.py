@@ -257,9 +257,9 @@ LARGE_PARAMS = SMALL_PARAMS  # a denoiser with at least this many parameters run
 
 def network_params(pipe) -> int:
     """Parameters of what a job of ``pipe`` runs at every step: its denoiser (UNet or
-    transformer), or the language model of a loaded LM (``vgen.expand.LoadedLM``); 0 if none."""
-    for name in ("unet", "transformer", "model"):
-        m = getattr(pipe, name, None)
+    transformer), the language model of a loaded LM (``vgen.expand.LoadedLM``), or ``pipe``
+    itself when it is a module (a planner's LM); 0 if none."""
+    for m in (pipe, *(getattr(pipe, name, None) for name in ("unet", "transformer", "model"))):
         if isinstance(m, torch.nn.Module):
             return sum(p.numel() for p in m.parameters())
     return 0

@@ -87,7 +87,7 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     ``call_kwargs`` may carry ``prompt_embeds`` (and ``negative_prompt_embeds``) encoded from
     ``req``'s prompts by ``view.encode_prompt``; the texts are then not passed again (diffusers
     takes one or the other). ``vgen.compare`` does this to encode a prompt once for many cells."""
-    control = (control or JobControl()).keeping_threads(model.threads)
+    control = control or JobControl()
     text = {} if "prompt_embeds" in call_kwargs else {
         "prompt": req.prompt, "negative_prompt": req.negative_prompt or None}
     # A plain job on a Stable Diffusion pipeline reuses the text embeddings of a prompt the
@@ -95,7 +95,7 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     reuse = bool(text) and hooks is None and speed.reuses_embeddings(view)
     tiny = decoders.decode_only(req, model)  # fetched by prepare
     decoder = decoders.describe(req, model, view, tiny)
-    with model.hold():
+    with model.hold(control) as control:
         control.restart()  # the time limit counts this job's own work, not loading or waiting
         control.check()  # it may have been cancelled while waiting for the model
         t0 = time.perf_counter()
