@@ -132,6 +132,17 @@ def wait_for_text(locator, pattern: str, timeout_s: float = TIMEOUT_MS / 1000) -
     raise AssertionError(f"/{pattern}/ never appeared; last text: {text!r}")
 
 
+def captions_clear_of_images(page, gallery: str) -> None:
+    """Each result's caption (its seed) lies under its picture, not over it: Gradio draws it
+    over the bottom right corner, where on a phone it hid part of a shape."""
+    items = page.locator(f"#{gallery} .thumbnail-lg").filter(visible=True).all()
+    assert items, f"#{gallery} shows no result"
+    for item in items:
+        img, caption = item.locator("img").first.bounding_box(), item.locator(".caption-label").first.bounding_box()
+        assert img and caption, (img, caption)
+        assert caption["y"] >= img["y"] + img["height"] - 1, f"the caption {caption} covers the image {img}"
+
+
 def gallery_fits(page, gallery: str) -> None:
     """Every image shown in the gallery lies wholly inside the gallery's panel (no cropped
     result): a user sees the whole picture without scrolling inside the panel."""

@@ -303,12 +303,14 @@ def test_maps_on_the_embedded_architecture(shapes_sized, monkeypatch):
                                                               seed=0)).images[0]))
 
 
-def test_maps_on_the_shipped_checkpoint(monkeypatch):
+@pytest.mark.parametrize("model", ["", "vgen-shapes"])
+def test_maps_on_the_shipped_checkpoint(monkeypatch, model):
+    """The default (the distilled student: one UNet branch a step) and its teacher."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("VGEN_DEFAULT_MODEL", raising=False)
     monkeypatch.setattr(pipelines, "_CACHE", None)
-    result, maps = generate_with_maps(GenerateRequest(prompt=PROMPT, steps=4, seed=0))
-    assert result.model == "vgen-shapes"
+    result, maps = generate_with_maps(GenerateRequest(prompt=PROMPT, model=model, steps=4, seed=0))
+    assert result.model == (model or "vgen-shapes-distilled")
     _assert_maps(maps, KEYS)
 
 

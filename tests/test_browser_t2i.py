@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 
-from browser_tools import gallery_fits, gallery_images, number, shot, visible, wait_for_text
+from browser_tools import captions_clear_of_images, gallery_fits, gallery_images, number, shot, visible, wait_for_text
 
 LONG_STEPS = 150  # long enough to watch (and stop) on a tiny model
 # The info line's text (its status tracker, kept hidden with opacity 0, holds text too).
@@ -121,6 +121,7 @@ def test_results_gallery_fits_one_and_four_images(page):
         gallery_fits(page, "t2i-gallery")
         captions = page.locator("#t2i-gallery .caption-label").filter(visible=True)
         assert captions.count() == images  # the seeds are readable, not cut off
+        captions_clear_of_images(page, "t2i-gallery")
         shot(page, f"t2i-gallery-{images}")
 
 
@@ -142,12 +143,14 @@ def test_phone_generate_shows_the_result_and_the_model_text_clears_its_arrow(pho
     height = page.viewport_size["height"]
     assert box and box["y"] >= 0 and box["y"] + box["height"] <= height, box
     gallery_fits(page, "t2i-gallery")
+    captions_clear_of_images(page, "t2i-gallery")  # regression: the seed hid part of a shape
     page.screenshot(path=str(__import__("browser_tools").OUTPUT / "t2i-phone-result.png"))
     number(page, "Images (1-8)", 4)
     page.get_by_role("button", name="Generate").filter(visible=True).click()
     page.locator("#t2i-gallery").get_by_text("seed 73").wait_for()
     time.sleep(0.5)
     gallery_fits(page, "t2i-gallery")
+    captions_clear_of_images(page, "t2i-gallery")
     shot(page, "t2i-phone-four")
 
 

@@ -59,7 +59,9 @@ def test_shipped_vae_posterior_is_what_the_decoder_was_trained_on():
 
 def test_default_model_generates_offline(offline):
     r = generate(GenerateRequest(prompt="a red circle to the left of a blue square", seed=0))
-    assert r.model == "vgen-shapes" and r.revision == "local"
+    # The distilled student is the default (issue #23): 10 DDIM steps of one UNet branch.
+    assert r.model == "vgen-shapes-distilled" and r.revision == "local"
+    assert r.request.steps == 10 and r.sampler == "DDIM"
     assert r.images[0].size == (64, 64)
     assert r.extras["unknown_words"] == []
     r2 = generate(GenerateRequest(prompt="a cat on a sofa", seed=0, steps=2))

@@ -16,7 +16,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 # The pipelines committed under checkpoints/ (a new one belongs here too).
-SHIPPED = ["vgen-shapes", "vgen-shapes-edit"]
+SHIPPED = ["vgen-shapes", "vgen-shapes-distilled", "vgen-shapes-edit"]
 PROMPT = "a red circle to the left of a blue square"
 SEED = 7
 

@@ -84,6 +84,7 @@ from .bench_measure import (
 )
 from .bench_models import model_folder, save_tiny_autoencoder
 from .bench_openvino import CASES as OPENVINO_CASES
+from .catalog import embedded_default
 from .errors import InvalidRequestError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -118,6 +119,7 @@ class Case:
 QUICK = (
     Case("sd-turbo", "stabilityai/sd-turbo", size=512, steps=1, guidance=0.0),
     Case("vgen-shapes", "vgen-shapes"),
+    Case("vgen-shapes-distilled", "vgen-shapes-distilled"),
 )
 SUITES: dict[str, tuple[Case, ...]] = {
     # The published architectures shrunk (vgen.archs.tiny_configs): every code path in seconds.
@@ -504,8 +506,8 @@ def _result(suite: str, repeats: int, max_steps: int | None, device, dtype, peak
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "weights": "random at the published architectures "
-            "(vgen.archs), except the embedded vgen-shapes", "tiny_autoencoders": taesd_source,
-            "app": ({"requests": "embedded vgen-shapes, steps " + str(APP_STEPS[suite] or "default"),
+            "(vgen.archs), except the embedded models", "tiny_autoencoders": taesd_source,
+            "app": ({"requests": f"embedded {embedded_default()}, steps " + str(APP_STEPS[suite] or "default"),
                      **{k: v for k, v in app_out.items() if k.endswith("_ms") and k != "app_overhead_ms"}}
                     if app_out else "not measured (--no-app)"),
             "checks": checks,

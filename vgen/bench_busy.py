@@ -70,16 +70,19 @@ def _median(xs: list[float]) -> float:
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def measure_here(repeats: int = 3, model: str = "vgen-shapes", steps: int | None = None) -> dict:
-    """Idle and busy-core runs of ``model`` in this process, alternating after a warm-up."""
+def measure_here(repeats: int = 3, model: str | None = None, steps: int | None = None) -> dict:
+    """Idle and busy-core runs of ``model`` (the embedded default) in this process, alternating
+    after a warm-up."""
     import torch
 
+    from .catalog import embedded_default
     from .cpu_share import CpuShare
     from .generate import generate
     from .jobs import JobControl
     from .pipelines import ModelCache
     from .requests import GenerateRequest
 
+    model = model or embedded_default()
     cache = ModelCache(max_models=1)
     share = CpuShare()  # adapts only where VGEN_ADAPT_THREADS is on
     req = GenerateRequest(PROMPT, model=model, seed=1234, steps=steps)

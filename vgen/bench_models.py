@@ -11,6 +11,10 @@ from typing import Callable
 
 import torch
 
+from .catalog import EMBEDDED_DISTILLED_MODEL, EMBEDDED_MODEL
+
+EMBEDDED = (EMBEDDED_MODEL, EMBEDDED_DISTILLED_MODEL)  # the project's own models: no build
+
 
 def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
     """A tiny Stable-Diffusion-shaped text-to-image pipeline (64x64) whose VAE has SD's latent
@@ -63,8 +67,8 @@ def save_tiny_autoencoder(folder: Path, tiny: bool = False, seed: int = 0) -> Pa
 def model_folder(case, root: Path, log: Callable[[str], None]) -> str:
     """The model reference of ``case`` (a ``vgen.bench.Case``), building (or reusing) its folder
     under ``root``."""
-    if case.key == "vgen-shapes":
-        return "vgen-shapes"
+    if case.key in EMBEDDED:
+        return case.key
     folder = root / case.key
     if not (folder / "model_index.json").is_file():
         t0 = time.perf_counter()

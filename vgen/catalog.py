@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 EMBEDDED_MODEL = "vgen-shapes"
 EMBEDDED_EDIT_MODEL = "vgen-shapes-edit"
 EMBEDDED_GROUNDED_MODEL = "vgen-shapes-grounded"
+EMBEDDED_DISTILLED_MODEL = "vgen-shapes-distilled"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ SHAPES_DEFAULTS = ModelDefaults(width=64, height=64, steps=20, guidance=4.0)
 CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(EMBEDDED_MODEL, "vgen-shapes (embedded, offline)", SHAPES_DEFAULTS,
                  ("txt2img", "img2img", "inpaint")),
+    # The embedded model distilled (vgen.shapes.train_distilled): half its steps, one UNet
+    # branch each, guidance through an embedding.
+    CatalogEntry(EMBEDDED_DISTILLED_MODEL, "vgen-shapes-distilled (fast, offline)",
+                 replace(SHAPES_DEFAULTS, steps=10), ("txt2img", "img2img", "inpaint")),
     # gligen_beta 0.5: `eval grounded --n 40` chose it (the card's). Layout guidance 0: with
     # fusers that ground, `eval plan` scored better without it, in half the time. 10 steps, not
     # the plain model's 20: the layout fixes the composition early, and `eval plan` at 10 steps
@@ -59,7 +64,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
 
 
 def default_model(task: str = "txt2img") -> str:
-    """The model a request without one uses: ``VGEN_DEFAULT_MODEL`` or the embedded model; for
+    """The model a request without one uses: ``VGEN_DEFAULT_MODEL`` or :func:`embedded_default`; for
     the instruct task ``VGEN_DEFAULT_EDIT_MODEL``, else the embedded editor when its folder is
     here (offline), else the Hub's InstructPix2Pix."""
     if task == "instruct":
@@ -71,7 +76,18 @@ def default_model(task: str = "txt2img") -> str:
         if (CHECKPOINTS_DIR / EMBEDDED_EDIT_MODEL / "model_index.json").exists():
             return EMBEDDED_EDIT_MODEL
         return "timbrooks/instruct-pix2pix"
-    return config.default_model_setting() or EMBEDDED_MODEL
+    return config.default_model_setting() or embedded_default()
+
+
+def embedded_default() -> str:
+    """The embedded text-to-image model a fresh app draws with: the distilled student when its
+    folder is here (10 steps of one UNet branch, against its teacher's 20 of two), else
+    ``vgen-shapes``."""
+    from .hub import CHECKPOINTS_DIR
+
+    if (CHECKPOINTS_DIR / EMBEDDED_DISTILLED_MODEL / "model_index.json").exists():
+        return EMBEDDED_DISTILLED_MODEL
+    return EMBEDDED_MODEL
 
 
 def is_model(ref: str | None, name: str) -> bool:
@@ -90,16 +106,23 @@ def is_model(ref: str | None, name: str) -> bool:
     return mine.is_local and embedded.is_local and mine.local_path == embedded.local_path
 
 
+def is_plain_shapes_model(ref: str) -> bool:
+    """Whether ``ref`` names an embedded text-to-image shapes model: ``vgen-shapes`` or its
+    distilled student (the same world, text encoder and autoencoder)."""
+    return any(is_model(ref, name) for name in (EMBEDDED_MODEL, EMBEDDED_DISTILLED_MODEL))
+
+
 def layout_model(ref: str | None) -> str | None:
-    """The model that draws a layout for a request naming ``ref``: the embedded plain model
-    (named, or the default when ``ref`` is empty) takes no layout, and its grounded twin (the
-    same weights plus GLIGEN layers, ``checkpoints/vgen-shapes-grounded``) draws it instead;
-    any other model is kept (a GLIGEN model draws the layout; another is the engine's error)."""
+    """The model that draws a layout for a request naming ``ref``: an embedded plain model
+    (:func:`is_plain_shapes_model`, named or the default when ``ref`` is empty) takes no layout,
+    and the grounded twin (``vgen-shapes``' weights plus GLIGEN layers,
+    ``checkpoints/vgen-shapes-grounded``) draws it instead; any other model is kept (a GLIGEN
+    model draws the layout; another is the engine's error)."""
     from .hub import CHECKPOINTS_DIR
 
     target = (ref or "").strip() or default_model()
     twin = CHECKPOINTS_DIR / EMBEDDED_GROUNDED_MODEL / "model_index.json"
-    if is_model(target, EMBEDDED_MODEL) and twin.exists():
+    if is_plain_shapes_model(target) and twin.exists():
         return EMBEDDED_GROUNDED_MODEL
     return ref
 

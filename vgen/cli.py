@@ -87,7 +87,9 @@ def _numbered(out: Path, i: int, n: int) -> Path:
     return out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
 
 
-def _warn_vocabulary(result) -> None:
+def _warn_notes(result) -> None:
+    if result.extras.get("negative_note"):
+        print(f"note: {result.extras['negative_note']}", file=sys.stderr)
     unknown = result.extras.get("unknown_words")
     if unknown:
         msg = f"warning: {result.model} does not know the words: {', '.join(unknown)}"
@@ -138,7 +140,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         result = generate(req, control=bars.control())
     finally:
         bars.close()
-    _warn_vocabulary(result)
+    _warn_notes(result)
     out = Path(a.out)
     for i, im in enumerate(result.images):
         path = save_png(im, _numbered(out, i, len(result.images)))
@@ -161,7 +163,7 @@ def cmd_edit(a: argparse.Namespace) -> int:
         result = edit(req, control=bars.control())
     finally:
         bars.close()
-    _warn_vocabulary(result)
+    _warn_notes(result)
     out = Path(a.out)
     for i, im in enumerate(result.images):
         path = save_png(im, _numbered(out, i, len(result.images)))
@@ -201,7 +203,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
         out = inspect_generation(req, control=bars.control(), path=a.path)
     finally:
         bars.close()
-    _warn_vocabulary(out.result)
+    _warn_notes(out.result)
     d = Path(a.out)
     d.mkdir(parents=True, exist_ok=True)
     image, maps = out.result.images[0], out.maps
@@ -282,11 +284,22 @@ def cmd_train(a: argparse.Namespace) -> int:
         from .shapes.evaluate_plan import main as plan_eval_main
 
         return plan_eval_main(a)
+    if a.what == "distilled":  # issue #23: the fast embedded model
+        from .shapes.train_distilled import DistillConfig, train_distilled
+
+        cfg = DistillConfig()
+        cfg = replace(cfg, init=a.init or cfg.init, out=a.out or cfg.out, steps=a.steps or cfg.steps,
+                      state_dir=a.state_dir or cfg.state_dir, decay_start=a.decay_start,
+                      student_steps=a.student_steps or cfg.student_steps)
+        if a.tiny:
+            cfg = replace(cfg, batch=2, save_every=max(1, cfg.steps // 2), log_every=1)
+        train_distilled(replace(cfg, **_run_overrides(a)), resume=a.resume, log=lambda m: print(m, flush=True))
+        return 0
     if a.what in ("grounded", "planner"):  # issue #22: vgen/shapes/grounded_cli.py
         from .shapes.grounded_cli import train as grounded_train
 
         return grounded_train(a, _run_overrides(a))
-    raise VgenError(f"unknown training target {a.what!r}; known: shapes, lm, edit, grounded, planner")
+    raise VgenError(f"unknown training target {a.what!r}; known: shapes, lm, edit, grounded, planner, distilled")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -437,6 +450,8 @@ def _add_train_parser(sub) -> None:
                    help="shapes/edit: processes making batches (default 0: this one, exactly resumable)")
     t.add_argument("--batch", type=int, default=None, help="shapes/edit: examples per step (default 32)")
     t.add_argument("--lr", type=float, default=None, help="shapes/edit: peak learning rate")
+    t.add_argument("--student-steps", type=int, default=None,
+                   help="distilled: the student's DDIM steps, half the teacher's (default 10)")
     t.add_argument("--minutes", type=float, default=None,
                    help="shapes/edit: stop after this many minutes; --steps then becomes the step "
                         "the measured pace reaches, so the --decay-start cosine ends on time")
@@ -497,7 +512,7 @@ def _add_bench_parser(sub) -> None:
     b.add_argument("--work", default=None, help="folder for the built models, kept and reused "
                    "(default: a temporary folder, removed)")
     b.add_argument("--models", nargs="*", default=None,
-                   help="only these of the suite: sd-turbo vgen-shapes sd15 sdxl-turbo instruct-pix2pix "
+                   help="only these of the suite: sd-turbo vgen-shapes vgen-shapes-distilled sd15 sdxl-turbo instruct-pix2pix "
                    "tiny-sd tiny-sdxl-turbo tiny-instruct-pix2pix")
     b.add_argument("--max-steps", type=int, default=None,
                    help="at most this many denoising steps for the published architectures (a shorter "

@@ -26,12 +26,13 @@ logger = logging.getLogger(__name__)
 # ---- scoring ------------------------------------------------------------------------------
 
 def is_shapes_model(ref: str) -> bool:
-    """Whether ``ref`` names an embedded shapes model (``checkpoints/vgen-shapes``, or the
-    grounded ``vgen-shapes-grounded`` that draws the same world from a layout), whose pictures
-    the shapes analyzer can check exactly (``eval plan`` scores the grounded one so too)."""
-    from .catalog import EMBEDDED_GROUNDED_MODEL, EMBEDDED_MODEL
+    """Whether ``ref`` names an embedded shapes model (``checkpoints/vgen-shapes``, its distilled
+    student, or the grounded ``vgen-shapes-grounded`` that draws the same world from a layout),
+    whose pictures the shapes analyzer can check exactly (``eval plan`` scores the grounded one
+    so too)."""
+    from .catalog import EMBEDDED_GROUNDED_MODEL, is_plain_shapes_model
 
-    return any(is_model(ref, name) for name in (EMBEDDED_MODEL, EMBEDDED_GROUNDED_MODEL))
+    return is_plain_shapes_model(ref) or is_model(ref, EMBEDDED_GROUNDED_MODEL)
 
 
 def score_cell(image, request: GenerateRequest) -> CellScore | None:

@@ -197,8 +197,27 @@ def unet_features(image: Image.Image, model: str | None = None, prompt: str = ""
             ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
                       return_tensors="pt").input_ids.to(m.device)
             text = pipe.text_encoder(ids)[0].to(m.dtype)
-            unet(noisy, torch.tensor([timestep], device=m.device), encoder_hidden_states=text, return_dict=False)
-    return FeatureMaps("unet", hooks.outputs, im, m.ref, {"timestep": timestep, "prompt": prompt, "seed": seed})
+            guidance, extra_inputs = _guidance_input(pipe, m)
+            unet(noisy, torch.tensor([timestep], device=m.device), encoder_hidden_states=text, return_dict=False,
+                 **extra_inputs)
+    info = {"timestep": timestep, "prompt": prompt, "seed": seed}
+    if guidance is not None:
+        info["guidance"] = guidance
+    return FeatureMaps("unet", hooks.outputs, im, m.ref, info)
+
+
+def _guidance_input(pipe, m) -> tuple[float | None, dict]:
+    """A UNet that takes the guidance scale as an input (``time_cond_proj_dim``: LCM models, the
+    distilled shapes model) gets the model's default scale, embedded as its pipeline embeds it;
+    (None, {}) for any other."""
+    dim = getattr(pipe.unet.config, "time_cond_proj_dim", None)
+    if dim is None or not hasattr(pipe, "get_guidance_scale_embedding"):
+        return None, {}
+    from .catalog import model_defaults
+
+    g = float(model_defaults(m).guidance)
+    emb = pipe.get_guidance_scale_embedding(torch.tensor([g - 1.0]), embedding_dim=dim)  # (1, dim)
+    return g, {"timestep_cond": emb.to(m.device, m.dtype)}
 
 
 # ---- VGG16 ---------------------------------------------------------------------------------------

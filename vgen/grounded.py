@@ -129,7 +129,7 @@ def prepare_layout_call(model, view, req, beta: float) -> GroundedCall:
 
     layout = req.layout
     sampling = ScheduledSampling(view.unet, beta, req.steps)  # 1.
-    cfg = req.guidance > 1 and getattr(view.unet.config, "time_cond_proj_dim", None) is None
+    cfg = speed.guidance_batch(view, req.guidance)
     gligen = (grounding_inputs(view, layout, req.num_images, cfg)  # 2.
               if sampling.grounded_steps > 0 else None)
     with torch.inference_mode():  # 3.

@@ -127,13 +127,26 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     )
     t = phases.times
     extras = vocabulary_extras(getattr(view, "tokenizer", None), req.prompt)
-    extras.update(decoder=decoder.label, decoder_note=decoder.note)
+    extras.update(decoder=decoder.label, decoder_note=decoder.note,
+                  negative_note=negative_prompt_note(view, req))
     return GenerationResult(
         images=images, seeds=seeds, request=req, model=req.model, revision=model.revision,
         sampler=sampler, timings=Timings(load_s=model.load_s, encode_s=t.text_s, denoise_s=t.unet_s,
                                          decode_s=t.decode_s, total_s=seconds),
         extras=extras, precision=model.precision,
     )
+
+
+def negative_prompt_note(view, req) -> str:
+    """Why the request's negative prompt changed nothing, when it did not: it is the
+    unconditional branch of classifier-free guidance, and the pipeline runs none
+    (``speed.guidance_batch``)."""
+    if not req.negative_prompt or speed.guidance_batch(view, req.guidance):
+        return ""
+    if req.guidance <= 1:
+        return f"The negative prompt had no effect: it takes guidance above 1 (this job ran at {req.guidance:g})."
+    return (f"The negative prompt had no effect: {req.model} takes the guidance scale as an input "
+            "and runs no unconditional branch for it to steer.")
 
 
 def vocabulary_extras(tokenizer, prompt: str) -> dict:

@@ -148,12 +148,19 @@ def reuses_embeddings(view) -> bool:
     return type(view) is StableDiffusionPipeline
 
 
+def guidance_batch(view, guidance: float) -> bool:
+    """Whether ``view``'s call runs the unconditional branch of classifier-free guidance: diffusers'
+    own rule (``do_classifier_free_guidance``), off at guidance <= 1 and for a UNet that takes the
+    guidance scale as an input (``time_cond_proj_dim``: LCM models, ``vgen-shapes-distilled``)."""
+    unet = getattr(view, "unet", None)
+    return guidance > 1 and getattr(getattr(unet, "config", None), "time_cond_proj_dim", None) is None
+
+
 def encode_cached(model, view, prompt: str, negative_prompt: str, guidance: float) -> dict:
     """``prompt_embeds`` (and ``negative_prompt_embeds`` when classifier-free guidance is on) for
     ``view``'s call, from the model's cache or encoded now. Call while holding ``model.lock``,
     inside ``torch.inference_mode()``."""
-    # The pipeline's own rule for running the guidance batch (diffusers' do_classifier_free_guidance).
-    cfg = guidance > 1 and getattr(view.unet.config, "time_cond_proj_dim", None) is None
+    cfg = guidance_batch(view, guidance)
     key = (type(view).__name__, prompt, negative_prompt if cfg else None, cfg)
     with model.cache_lock:
         hit = model.embeddings.get(key)

@@ -16,7 +16,7 @@ def size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
-def _eval_table(report: dict) -> str:
+def eval_table(report: dict) -> str:
     rows = ["| category | strict accuracy | prompts |", "| --- | --- | --- |"]
     for name, v in report["categories"].items():
         rows.append(f"| {name} | {v['accuracy']:.3f} | {v['n']} |")
@@ -29,7 +29,7 @@ def _eval_table(report: dict) -> str:
         f"{s['size']}; prompt-set seed {report['seed']}, {report['n_per_category']} prompts per "
         f"category; {report['seconds_per_image']:.2f} s per image (generation and scoring, "
         "2 CPU cores).\nReproduce with `python -m vgen eval shapes "
-        f"--n {report['n_per_category']} --seed {report['seed']} --json e.json`."
+        f"--model {report['model']} --n {report['n_per_category']} --seed {report['seed']} --json e.json`."
     )
 
 
@@ -95,7 +95,7 @@ def write_card(folder: str | Path) -> Path:
     m = cfg["model"]
     report_path = folder / "eval.json"
     scores = (
-        _eval_table(json.loads(report_path.read_text()))
+        eval_table(json.loads(report_path.read_text()))
         if report_path.exists()
         else "Not evaluated yet: run `python -m vgen eval shapes --update-card`."
     )
@@ -114,7 +114,8 @@ A complete, small Stable Diffusion (diffusers `StableDiffusionPipeline`) trained
 the vgen project on the **shapes world** (spec v{meta['world_spec']}): 64×64 images of 1–4
 circles, squares and triangles in 8 colours and 2 sizes on a light background, described in
 varied English — counts, sizes, colours, relations ("to the left of", "above", ...) and places
-("at the top", ...). It is the app's offline default and the model every feature is checked on.
+("at the top", ...). It is the model every feature is checked on; the app's offline default,
+`vgen-shapes-distilled`, is distilled from it (10 steps of one UNet branch).
 
 Its vocabulary is the world's ~40 words; other words map to `<unk>` and are reported by the app.
 Held out of training entirely (images and captions): {held}.

@@ -161,14 +161,18 @@ def main(args) -> int:
     if getattr(args, "update_card", False):
         from ..catalog import default_model
         from ..hub import parse_reference
-        from .card import write_card
+        from .card import write_card as write_shapes_card
+        from .card_distilled import write_card as write_distilled_card
 
         ref = parse_reference(args.model or default_model())
         if not ref.is_local:
             raise ValueError("--update-card needs a local model folder")
         training = ref.local_path / "training.json"
-        if training.exists():
-            report["training_step"] = json.loads(training.read_text())["step"]
+        meta = json.loads(training.read_text()) if training.exists() else {}
+        if "step" in meta:
+            report["training_step"] = meta["step"]
+        # A distilled student (train_distilled) has a card of its own.
+        write_card = write_distilled_card if "student_steps" in meta else write_shapes_card
         (ref.local_path / "eval.json").write_text(json.dumps(report, indent=2))
         print(f"updated {write_card(ref.local_path)}")
     return 0

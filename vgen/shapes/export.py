@@ -1,6 +1,6 @@
 """What every embedded-model trainer shares at export and at stop: a model folder is written
 beside its final place and swapped in whole (with configs that plain diffusers loads in fp32),
-and SIGTERM/SIGINT end a run cleanly."""
+SIGTERM/SIGINT end a run cleanly, and the pipeline trainers' step loop (:func:`run_steps`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import json
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 
 def partial_folder(final: str | Path) -> Path:
@@ -81,3 +84,32 @@ def stop_on_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run_steps(trainer, status: Callable[[], str] = lambda: "", **budget) -> None:
+    """A pipeline trainer's loop (``train_grounded``, ``train_distilled``): ``step_once`` on its
+    batches until the config's ``steps``, its ``minutes`` (``train.TimeBudget``, ``budget`` its
+    keywords) or SIGTERM/SIGINT; a log line every ``log_every`` steps (``status()`` adds to it),
+    the resumable state every ``save_every``; then the state and the export."""
+    from .train import TimeBudget
+
+    t, c = trainer, trainer.cfg
+    with stop_on_signals() as stop:
+        t0, losses = time.time(), []
+        run_t0, run_step0 = t0, t.step
+        batches, clock = t.batches(), TimeBudget(c.minutes, t.step, c, **budget)
+        while t.step < c.steps and not stop.is_set() and not clock.expired():
+            losses.append(t.step_once(next(batches)))
+            t.step += 1
+            clock.after_step(t.step, t.log)
+            if t.step % c.log_every == 0:
+                t.log(f"step {t.step}/{c.steps} loss {np.mean(losses):.4f}{status()} "
+                      f"({(time.time() - t0) / len(losses):.2f} s/step)")
+                t0, losses = time.time(), []
+            if t.step % c.save_every == 0:
+                t.save_state()
+        run_s, run_steps_done = time.time() - run_t0, t.step - run_step0
+        t.save_state()
+        t.export()
+        t.log(f"done: step {t.step}, exported to {c.out} ({run_steps_done} steps in this run, "
+              f"{run_s / max(1, run_steps_done):.2f} s/step)")

@@ -213,6 +213,40 @@ def save_pipeline_state(trainer, **extra) -> None:
     tmp.replace(t.state_path)
 
 
+def load_pipeline_state(path: Path):
+    """The state :func:`save_pipeline_state` wrote, and the parts rebuilt from it: ``(state,
+    tokenizer, text encoder, VAE, UNet)``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from tokenizers import Tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+    st = torch.load(path, weights_only=False, map_location="cpu")
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(st["tokenizer"]),
+                                  **st["tokenizer_special"])
+    text = CLIPTextModel(CLIPTextConfig.from_dict(st["text_config"]))
+    vae = AutoencoderKL.from_config(st["vae_config"])
+    unet = UNet2DConditionModel.from_config(st["unet_config"])
+    text.load_state_dict(st["text"])
+    vae.load_state_dict(st["vae"])
+    unet.load_state_dict(st["unet"])
+    return st, tok, text, vae, unet
+
+
+def restore_run(trainer, st: dict, optimizer: bool = True) -> None:
+    """Put a run's own part of a saved state (EMA, step, RNGs, and the optimizer unless
+    ``optimizer`` is False: a fresh one then warms up again from this step) back in ``trainer``."""
+    t = trainer
+    t.ema.shadow = [s.to(t.device) for s in st["ema"]]
+    t.step, t.init_info = st["step"], st["init_info"]
+    t.warmup_from = t.step
+    if optimizer:
+        t.opt.load_state_dict(st["opt"])
+        t.warmup_from = st.get("warmup_from", 0)
+    t.rng.setstate(st["rng"])
+    torch.set_rng_state(st["torch_rng"])
+    t.log(f"resumed from {t.state_path}: step {t.step}")
+
+
 class EditTrainer:
     def __init__(self, cfg: EditTrainConfig, log=print):
         self.cfg, self.log = cfg, log
@@ -262,30 +296,12 @@ class EditTrainer:
         """Restore from the full training state, or else from the exported pipeline (with a fresh
         optimizer). ``reset_optimizer`` drops a saved optimizer state too (train.Trainer.resume)."""
         if self.state_path.exists():
-            from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
-            from tokenizers import Tokenizer
-            from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+            from diffusers import DPMSolverMultistepScheduler
 
-            st = torch.load(self.state_path, weights_only=False, map_location="cpu")
-            tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(st["tokenizer"]),
-                                          **st["tokenizer_special"])
-            text = CLIPTextModel(CLIPTextConfig.from_dict(st["text_config"]))
-            vae = AutoencoderKL.from_config(st["vae_config"])
-            unet = UNet2DConditionModel.from_config(st["unet_config"])
-            text.load_state_dict(st["text"])
-            vae.load_state_dict(st["vae"])
-            unet.load_state_dict(st["unet"])
+            st, tok, text, vae, unet = load_pipeline_state(self.state_path)
             self._set_parts(tok, text, vae, unet,
                             DPMSolverMultistepScheduler.from_config(st["scheduler_config"]))
-            self.ema.shadow = [s.to(self.device) for s in st["ema"]]
-            self.step, self.init_info = st["step"], st["init_info"]
-            self.warmup_from = self.step
-            if not reset_optimizer:
-                self.opt.load_state_dict(st["opt"])
-                self.warmup_from = st.get("warmup_from", 0)
-            self.rng.setstate(st["rng"])
-            torch.set_rng_state(st["torch_rng"])
-            self.log(f"resumed from {self.state_path}: step {self.step}")
+            restore_run(self, st, optimizer=not reset_optimizer)
             return True
         info = Path(self.cfg.out) / "training.json"
         if info.exists():

@@ -29,8 +29,6 @@ import copy
 import functools
 import json
 import random
-import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,11 +36,10 @@ import numpy as np
 import torch
 
 from . import box_attention, gligen, world
-from .export import partial_folder, publish, stop_on_signals
+from .export import partial_folder, publish, run_steps
 from .model import pin_posterior_std
 from .train import (
     EMA,
-    TimeBudget,
     autocast,
     batch_stream,
     channels_first,
@@ -53,7 +50,13 @@ from .train import (
     to_unit,
     train_device,
 )
-from .train_edit import init_folder, save_pipeline_state, train_scheduler_for
+from .train_edit import (
+    init_folder,
+    load_pipeline_state,
+    restore_run,
+    save_pipeline_state,
+    train_scheduler_for,
+)
 
 DEFAULT_BETA = 0.3  # diffusers' gligen_scheduled_sampling_beta default, until the eval picks one
 
@@ -176,27 +179,12 @@ class GroundedTrainer:
         """Restore from the saved training state (every part, optimizer, EMA, RNG)."""
         if not self.state_path.exists():
             return False
-        from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
-        from tokenizers import Tokenizer
-        from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+        from diffusers import DPMSolverMultistepScheduler
 
-        st = torch.load(self.state_path, weights_only=False, map_location="cpu")
-        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(st["tokenizer"]),
-                                      **st["tokenizer_special"])
-        text = CLIPTextModel(CLIPTextConfig.from_dict(st["text_config"]))
-        vae = AutoencoderKL.from_config(st["vae_config"])
-        unet = UNet2DConditionModel.from_config(st["unet_config"])
-        text.load_state_dict(st["text"])
-        vae.load_state_dict(st["vae"])
-        unet.load_state_dict(st["unet"])
+        st, tok, text, vae, unet = load_pipeline_state(self.state_path)
         self._set_parts(tok, text, vae, unet,
                         DPMSolverMultistepScheduler.from_config(st["scheduler_config"]))
-        self.ema.shadow = [s.to(self.device) for s in st["ema"]]
-        self.opt.load_state_dict(st["opt"])
-        self.step, self.warmup_from, self.init_info = st["step"], st["warmup_from"], st["init_info"]
-        self.rng.setstate(st["rng"])
-        torch.set_rng_state(st["torch_rng"])
-        self.log(f"resumed from {self.state_path}: step {self.step}")
+        restore_run(self, st)
         return True
 
     def save_state(self) -> None:
@@ -307,30 +295,7 @@ class GroundedTrainer:
 
     # -- loop -------------------------------------------------------------------------------------
     def run(self) -> None:
-        with stop_on_signals() as stop:
-            self._loop(stop)
-
-    def _loop(self, stop: threading.Event) -> None:
-        c = self.cfg
-        t0, losses = time.time(), []
-        run_t0, run_step0 = t0, self.step
-        batches, budget = self.batches(), TimeBudget(c.minutes, self.step, c)
-        while self.step < c.steps and not stop.is_set() and not budget.expired():
-            losses.append(self.step_once(next(batches)))
-            self.step += 1
-            budget.after_step(self.step, self.log)
-            if self.step % c.log_every == 0:
-                self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f} gates "
-                         f"{self.gates():.3f} box attention {float(self.last_box_loss):.3f} "
-                         f"({(time.time() - t0) / len(losses):.2f} s/step)")
-                t0, losses = time.time(), []
-            if self.step % c.save_every == 0:
-                self.save_state()
-        run_s, run_steps = time.time() - run_t0, self.step - run_step0
-        self.save_state()
-        self.export()
-        self.log(f"done: step {self.step}, exported to {c.out} ({run_steps} steps in this run, "
-                 f"{run_s / max(1, run_steps):.2f} s/step)")
+        run_steps(self, status=lambda: f" gates {self.gates():.3f} box attention {float(self.last_box_loss):.3f}")
 
 
 def _is_grounded(folder: Path) -> bool:

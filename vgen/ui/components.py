@@ -29,7 +29,7 @@ EXAMPLE_PROMPTS = [
 ]
 
 HUB_POINTER = (
-    "The built-in **vgen-shapes** model draws coloured shapes on a 64×64 canvas and knows "
+    "The built-in **vgen-shapes** models draw coloured shapes on a 64×64 canvas and know "
     "about 40 words (colours, shapes, sizes, counts, positions). For anything else pick a Hub "
     "model in **Model**, e.g. `stabilityai/sd-turbo`, or type any diffusers repo id "
     "(`org/name` or `org/name@revision`); it is downloaded on first use."
@@ -54,6 +54,12 @@ CSS = """
   max-width: calc(50cqh - 2rem); }
 .vgen-results .grid-container:has(> .gallery-item:nth-child(5)) {
   grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+/* The seed caption under its picture, not over it: Gradio lays it over the thumbnail's bottom
+   right corner, where on a phone it hid part of a shape of a 64x64 result. */
+.vgen-results .thumbnail-lg { display: flex; flex-direction: column; }
+.vgen-results .thumbnail-lg img { flex: 1 1 0; min-height: 0; }
+.vgen-results .thumbnail-lg .caption-label { position: static; align-self: flex-end; max-width: 100%;
+  border: none; background: none; opacity: 1; padding: 2px 4px 0; }
 /* A phone: the panel is as tall as it is wide (not 560 px of mostly empty space). */
 @media (max-width: 640px) {
   .vgen-results { height: auto !important; }

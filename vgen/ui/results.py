@@ -112,11 +112,13 @@ def size_notice(result) -> str:
 
 def notice(job: Job) -> str:
     """What the input checks noticed (an animation's first frame), a size the model was not
-    trained at, then the vocabulary notice."""
+    trained at, a negative prompt that had no effect, then the vocabulary notice."""
     parts = []
     if job.notes:
         parts.append("ℹ️ " + "; ".join(n[0].upper() + n[1:] for n in job.notes) + ".")
-    parts += [size_notice(job.result), vocabulary_notice(job.result, job.known)]
+    negative = job.result.extras.get("negative_note")
+    parts += [size_notice(job.result), "ℹ️ " + negative if negative else "",
+              vocabulary_notice(job.result, job.known)]
     return "\n\n".join(p for p in parts if p)
 
 

@@ -27,7 +27,7 @@ AXIS_HINTS = {
     "steps": "4, 10, 20",
     "scheduler": "default, euler, dpm++2m, unipc",
     "size": "64x64, 96x64",
-    "model": "vgen-shapes, stabilityai/sd-turbo",
+    "model": "vgen-shapes-distilled, vgen-shapes   (the distilled student and its teacher)",
     "negative_prompt": "| red | blue   (text values are separated by |; empty = none)",
     "prompt": "a red circle | a blue square | two green triangles   (separated by |)",
     "expand": "off, on   (language-model prompt expansion, with the cell's seed)",
@@ -187,7 +187,7 @@ def compare_scores(result) -> str:
                  f"{result.encodings} text encoding{'s' if result.encodings != 1 else ''}")
     if not result.scored:
         return head_line + _errors_text(result) + (
-            "\n\nScores appear when the model is the embedded **vgen-shapes** (or, with "
+            "\n\nScores appear when the model is an embedded **vgen-shapes** model (or, with "
             "plan on, **vgen-shapes-grounded**) and the prompt is a sentence of its world "
             "(e.g. “" + EXAMPLE_PROMPTS[0] + "”).")
 
