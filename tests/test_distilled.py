@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_models import save_tiny
+from tiny_models import check_interrupted_run, save_tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -108,28 +108,9 @@ def test_train_export_and_plain_diffusers_draws_one_branch(teacher, tmp_path):
 def test_interrupted_run_leaves_no_checkpoint_and_resumes(teacher, tmp_path, monkeypatch):
     from vgen.shapes import train_distilled as td
 
-    cfg = _cfg(tmp_path, teacher, steps=3)
-    real = td.DistillTrainer.step_once
-    calls = {"n": 0}
-
-    def crash_on_second(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("killed")
-        return real(self, batch)
-
-    monkeypatch.setattr(td.DistillTrainer, "step_once", crash_on_second)
-    with pytest.raises(RuntimeError, match="killed"):
-        td.train_distilled(cfg, log=lambda m: None)
-    assert not Path(cfg.out).exists()  # never half a model
-    assert (Path(cfg.state_dir) / "state.pt").exists()
-    monkeypatch.setattr(td.DistillTrainer, "step_once", real)
-    logs: list[str] = []
-    trainer = td.train_distilled(cfg, resume=True, log=logs.append)
-    assert any("resumed" in m and "step 1" in m for m in logs)
-    assert trainer.step == 3 and json.loads((Path(cfg.out) / "training.json").read_text())["step"] == 3
-    other = td.export_from_state(cfg.state_dir, tmp_path / "midway", init=str(teacher), log=lambda m: None)
-    assert json.loads((other / "training.json").read_text())["step"] == 3
+    check_interrupted_run(td.DistillTrainer, td.train_distilled,
+                          lambda state, out: td.export_from_state(state, out, init=str(teacher), log=lambda m: None),
+                          _cfg(tmp_path, teacher, steps=3), monkeypatch)
 
 
 def test_cli_train_distilled(teacher, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_models import check_interrupted_run
 from vgen.shapes import world
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -151,29 +152,9 @@ def test_train_export_and_diffusers_gligen_pipeline(tiny_init, tmp_path):
 def test_interrupted_run_leaves_no_checkpoint_and_resumes(tiny_init, tmp_path, monkeypatch):
     from vgen.shapes import train_grounded as tg
 
-    cfg = _cfg(tmp_path, tiny_init, steps=3)
-    real = tg.GroundedTrainer.step_once
-    calls = {"n": 0}
-
-    def crash_on_second(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("killed")
-        return real(self, batch)
-
-    monkeypatch.setattr(tg.GroundedTrainer, "step_once", crash_on_second)
-    with pytest.raises(RuntimeError, match="killed"):
-        tg.train_grounded(cfg, log=lambda m: None)
-    assert not Path(cfg.out).exists()  # never half a model
-    assert (Path(cfg.state_dir) / "state.pt").exists()
-    monkeypatch.setattr(tg.GroundedTrainer, "step_once", real)
-    logs = []
-    trainer = tg.train_grounded(cfg, resume=True, log=logs.append)
-    assert any("resumed" in m and "step 1" in m for m in logs)
-    assert trainer.step == 3 and json.loads((Path(cfg.out) / "training.json").read_text())["step"] == 3
-    # A running run's state can be exported elsewhere without touching it.
-    other = tg.export_from_state(cfg.state_dir, tmp_path / "midway", log=lambda m: None)
-    assert json.loads((other / "training.json").read_text())["step"] == 3
+    check_interrupted_run(tg.GroundedTrainer, tg.train_grounded,
+                          lambda state, out: tg.export_from_state(state, out, log=lambda m: None),
+                          _cfg(tmp_path, tiny_init, steps=3), monkeypatch)
 
 
 def test_cli_train_grounded(tiny_init, tmp_path):

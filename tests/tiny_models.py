@@ -46,3 +46,34 @@ def save_tiny(folder: Path, kind: str = "txt2img", seed: int = 0) -> Path:
     pipe.save_pretrained(folder, safe_serialization=True)
     fix_tokenizer_class(Path(folder))
     return Path(folder)
+
+
+def check_interrupted_run(trainer_cls, train, export_from_state, cfg, monkeypatch) -> None:
+    """A pipeline trainer's runs/ -> checkpoints/ discipline (a 3-step ``cfg``): a run killed at
+    its second step leaves its state and no model folder; ``resume`` goes on from step 1 to the
+    end and exports; ``export_from_state(state_dir, out)`` exports a run's state elsewhere."""
+    import json
+
+    import pytest
+
+    real = trainer_cls.step_once
+    calls = {"n": 0}
+
+    def crash_on_second(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+        return real(self, batch)
+
+    monkeypatch.setattr(trainer_cls, "step_once", crash_on_second)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, log=lambda m: None)
+    assert not Path(cfg.out).exists()  # never half a model
+    assert (Path(cfg.state_dir) / "state.pt").exists()
+    monkeypatch.setattr(trainer_cls, "step_once", real)
+    logs: list[str] = []
+    trainer = train(cfg, resume=True, log=logs.append)
+    assert any("resumed" in m and "step 1" in m for m in logs)
+    assert trainer.step == 3 and json.loads((Path(cfg.out) / "training.json").read_text())["step"] == 3
+    other = export_from_state(cfg.state_dir, Path(cfg.state_dir).parent / "midway")
+    assert json.loads((other / "training.json").read_text())["step"] == 3

@@ -86,11 +86,14 @@ def stop_on_signals():
             signal.signal(sig, handler)
 
 
-def run_steps(trainer, status: Callable[[], str] = lambda: "", **budget) -> None:
-    """A pipeline trainer's loop (``train_grounded``, ``train_distilled``): ``step_once`` on its
-    batches until the config's ``steps``, its ``minutes`` (``train.TimeBudget``, ``budget`` its
-    keywords) or SIGTERM/SIGINT; a log line every ``log_every`` steps (``status()`` adds to it),
-    the resumable state every ``save_every``; then the state and the export."""
+def run_steps(trainer, status: Callable[[], str] = lambda: "", export_on_save: bool = False,
+              **budget) -> None:
+    """A pipeline trainer's loop (``train_edit``, ``train_grounded``, ``train_distilled``):
+    ``step_once`` on its batches until the config's ``steps``, its ``minutes``
+    (``train.TimeBudget``, ``budget`` its keywords) or SIGTERM/SIGINT; a log line every
+    ``log_every`` steps (``status()`` adds to it), the resumable state every ``save_every`` (and
+    the export too with ``export_on_save``: the editor's run publishes as it goes); then the
+    state and the export."""
     from .train import TimeBudget
 
     t, c = trainer, trainer.cfg
@@ -108,8 +111,33 @@ def run_steps(trainer, status: Callable[[], str] = lambda: "", **budget) -> None
                 t0, losses = time.time(), []
             if t.step % c.save_every == 0:
                 t.save_state()
-        run_s, run_steps_done = time.time() - run_t0, t.step - run_step0
-        t.save_state()
-        t.export()
-        t.log(f"done: step {t.step}, exported to {c.out} ({run_steps_done} steps in this run, "
-              f"{run_s / max(1, run_steps_done):.2f} s/step)")
+                if export_on_save:
+                    t.export()
+                    t.log(f"exported step {t.step} to {c.out}")
+        run_s, done = time.time() - run_t0, t.step - run_step0
+        if not (export_on_save and done and t.step % c.save_every == 0):  # else the loop just did both
+            t.save_state()
+            t.export()
+        t.log(f"done: step {t.step}, exported to {c.out} ({done} steps in this run, "
+              f"{run_s / max(1, done):.2f} s/step{' including exports' if export_on_save else ''})")
+
+
+def train_from(trainer, resume: bool, origin: str, resume_run: Callable[[], bool] | None = None):
+    """A pipeline trainer's entry: with ``resume``, go on from its saved state
+    (``resume_run()``, by default ``trainer.resume()``), else start from its init model
+    (``origin`` names it in the log); then run it. Returns the trainer."""
+    if not (resume and (resume_run or trainer.resume)()):
+        if resume:
+            trainer.log(f"nothing to resume from; starting from {origin}")
+        trainer.start_from_init()
+    trainer.run()
+    return trainer
+
+
+def export_saved_state(trainer, out: str | Path) -> Path:
+    """Export the weights of a (running) run's saved state to ``out`` without touching the run:
+    to evaluate a run midway. Its model folder is only written when it ends."""
+    if not trainer.resume():
+        raise FileNotFoundError(f"no training state in {trainer.state_path.parent}")
+    trainer.export(out)
+    return Path(out)

@@ -244,6 +244,22 @@ def learning_rate(base: float, step: int, warmup: int, warmup_from: int = 0,
     return lr
 
 
+def optimizer_step(trainer, loss: torch.Tensor, params) -> None:
+    """One update of a trainer (``trainer.cfg``, ``opt``, ``ema``, ``step``, ``warmup_from``): its
+    optimizer's groups at the :func:`learning_rate` of this step (times a group's ``lr_mult``),
+    the gradients of ``loss`` clipped to norm 1 over ``params``, then the EMA."""
+    c = trainer.cfg
+    lr = learning_rate(c.lr, trainer.step, c.warmup, trainer.warmup_from, c.decay_start, c.steps,
+                       c.lr_min_ratio)
+    for group in trainer.opt.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    trainer.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    trainer.opt.step()
+    trainer.ema.update(trainer.step)
+
+
 class EMA:
     """Exponential moving average of parameters (Polyak averaging), with the usual warmup."""
 
@@ -404,15 +420,7 @@ class Trainer:
                                      tuple(z0.shape[-2:]))
             self.grounding_losses.append(g.item())
             loss = loss + c.grounding_weight * g
-        lr = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start, c.steps,
-                           c.lr_min_ratio)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self._gen_params(), 1.0)
-        self.opt.step()
-        self.ema.update(self.step)
+        optimizer_step(self, loss, self._gen_params())
         return loss.item()
 
     # -- export ---------------------------------------------------------------------------

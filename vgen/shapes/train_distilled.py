@@ -41,14 +41,14 @@ from pathlib import Path
 import torch
 
 from . import world
-from .export import partial_folder, publish, run_steps
+from .export import export_saved_state, partial_folder, publish, run_steps, train_from
 from .model import pin_posterior_std
 from .train import (
     EMA,
     batch_stream,
     channels_first,
     fix_tokenizer_class,
-    learning_rate,
+    optimizer_step,
     sample_batch,
     snr_loss_weight,
     to_unit,
@@ -169,7 +169,7 @@ class DistillTrainer:
         self.params = list(self.unet.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=0.0)
         self.ema = EMA(self.params, self.cfg.ema_decay)
-        self.empty_cache: dict[str, torch.Tensor] = {}
+        self.empty = None  # the empty caption's embedding (1, 32, D): the text encoder is frozen
 
     def _teacher_pipe(self):
         from diffusers import StableDiffusionPipeline
@@ -238,13 +238,15 @@ class DistillTrainer:
         return z
 
     def step_once(self, batch) -> float:
-        c, dev = self.cfg, self.device
+        dev = self.device
         images, texts = batch
         b, view = len(texts), (-1, 1, 1, 1)
         with torch.no_grad():
             z0 = self.vae.encode(to_unit(images.to(dev))).latent_dist.mean
             z0 = z0 * self.vae.config.scaling_factor  # (B, 4, 16, 16)
-            cond, uncond = self.encode(texts), self.encode([""] * b)
+            if self.empty is None:
+                self.empty = self.encode([""])
+            cond, uncond = self.encode(texts), self.empty.expand(b, -1, -1)  # (B, 32, D) each
             t = self.grid[torch.randint(0, len(self.grid), (b,), device=dev)]  # (B,)
             z_t = self.noise.add_noise(z0, torch.randn_like(z0), t)
             g = self.guidance_scales(b)
@@ -256,15 +258,7 @@ class DistillTrainer:
         pred = self.unet(z_t, t, cond, timestep_cond=w_embed).sample
         w = snr_loss_weight(self.abar[t], "v_prediction", gamma=float("inf"), floor=1.0)
         loss = (w * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
-        lr = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start, c.steps,
-                           c.lr_min_ratio)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        self.ema.update(self.step - self.warmup_from)
+        optimizer_step(self, loss, self.params)
         return loss.item()
 
     # -- export -----------------------------------------------------------------------------------
@@ -303,22 +297,11 @@ class DistillTrainer:
 
 
 def export_from_state(state_dir: str | Path, out: str | Path, init: str | None = None, log=print) -> Path:
-    """Export the weights of a (running) run's saved state to ``out`` without touching the run:
-    to evaluate a run midway. Its model folder is only written when it ends."""
+    """``export.export_saved_state`` of a distillation run (``init``: its teacher)."""
     cfg = DistillConfig(state_dir=str(state_dir), out=str(out), **({"init": init} if init else {}))
-    trainer = DistillTrainer(cfg, log=log)
-    if not trainer.resume():
-        raise FileNotFoundError(f"no training state in {state_dir}")
-    trainer.export(out)
-    return Path(out)
+    return export_saved_state(DistillTrainer(cfg, log=log), out)
 
 
 def train_distilled(cfg: DistillConfig, resume: bool = False, log=print) -> DistillTrainer:
     """Entry point of ``python -m vgen train distilled``."""
-    trainer = DistillTrainer(cfg, log=log)
-    if not (resume and trainer.resume()):
-        if resume:
-            log("nothing to resume from; starting from the teacher")
-        trainer.start_from_init()
-    trainer.run()
-    return trainer
+    return train_from(DistillTrainer(cfg, log=log), resume, "the teacher")

@@ -30,7 +30,6 @@ import copy
 import functools
 import json
 import random
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,16 +38,15 @@ import numpy as np
 import torch
 
 from . import edits, world
-from .export import partial_folder, publish, stop_on_signals
+from .export import partial_folder, publish, run_steps, train_from
 from .model import pin_posterior_std
 from .train import (
     EMA,
-    TimeBudget,
     autocast,
     batch_stream,
     channels_first,
     fix_tokenizer_class,
-    learning_rate,
+    optimizer_step,
     snr_loss_weight,
     to_unit,
     train_device,
@@ -362,14 +360,7 @@ class EditTrainer:
                             c.min_snr_gamma, c.snr_floor)  # (B,)
         loss = (w * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
         # 5. AdamW with linear warmup, clipped gradients, EMA.
-        for g in self.opt.param_groups:
-            g["lr"] = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start,
-                                    c.steps, c.lr_min_ratio)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self._params(), 1.0)
-        self.opt.step()
-        self.ema.update(self.step)
+        optimizer_step(self, loss, self._params())
         return loss.item()
 
     # -- export -----------------------------------------------------------------------------------
@@ -401,43 +392,13 @@ class EditTrainer:
 
     # -- loop -------------------------------------------------------------------------------------
     def run(self) -> None:
-        with stop_on_signals() as stop:
-            self._loop(stop)
-
-    def _loop(self, stop: threading.Event) -> None:
-        c = self.cfg
         self.text.train()
         self.unet.train()
-        t0, losses = time.time(), []
-        run_t0, run_step0 = t0, self.step
-        batches, budget = self.batches(), TimeBudget(c.minutes, self.step, c)
-        while self.step < c.steps and not stop.is_set() and not budget.expired():
-            losses.append(self.step_once(next(batches)))
-            self.step += 1
-            budget.after_step(self.step, self.log)
-            if self.step % c.log_every == 0:
-                self.log(f"step {self.step}/{c.steps} loss {np.mean(losses):.4f} "
-                         f"({(time.time() - t0) / len(losses):.2f} s/step)")
-                t0, losses = time.time(), []
-            if self.step % c.save_every == 0:
-                self.save_state()
-                self.export()
-                self.log(f"exported step {self.step} to {c.out}")
-        run_s, run_steps = time.time() - run_t0, self.step - run_step0
-        if not (run_steps and self.step % c.save_every == 0):  # else the loop just did both
-            self.save_state()
-            self.export()
-        self.log(f"done: step {self.step}, exported to {c.out} ({run_steps} steps in this run, "
-                 f"{run_s / max(1, run_steps):.2f} s/step including exports)")
+        run_steps(self, export_on_save=True)
 
 
 def train_edit(cfg: EditTrainConfig, resume: bool = False, log=print,
                reset_optimizer: bool = False) -> EditTrainer:
     """Entry point of ``python -m vgen train edit``."""
     trainer = EditTrainer(cfg, log=log)
-    if not (resume and trainer.resume(reset_optimizer)):
-        if resume:
-            log("nothing to resume from; starting from the text-to-image model")
-        trainer.start_from_init()
-    trainer.run()
-    return trainer
+    return train_from(trainer, resume, "the text-to-image model", lambda: trainer.resume(reset_optimizer))

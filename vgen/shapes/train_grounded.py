@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import box_attention, gligen, world
-from .export import partial_folder, publish, run_steps
+from .export import export_saved_state, partial_folder, publish, run_steps, train_from
 from .model import pin_posterior_std
 from .train import (
     EMA,
@@ -44,7 +44,7 @@ from .train import (
     batch_stream,
     channels_first,
     fix_tokenizer_class,
-    learning_rate,
+    optimizer_step,
     sample_batch,
     snr_loss_weight,
     to_unit,
@@ -245,15 +245,7 @@ class GroundedTrainer:
             box_loss = box_attention.box_attention_loss(store, grounding["boxes"], grounding["masks"])
             loss = loss + c.box_attention_weight * box_loss
             self.last_box_loss = box_loss.detach()
-        lr = learning_rate(c.lr, self.step, c.warmup, self.warmup_from, c.decay_start, c.steps,
-                           c.lr_min_ratio)
-        for g in self.opt.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        self.ema.update(self.step)
+        optimizer_step(self, loss, self.params)  # the gates' group at gate_lr_mult
         return loss.item()
 
     def gates(self) -> float:
@@ -304,22 +296,11 @@ def _is_grounded(folder: Path) -> bool:
 
 
 def export_from_state(state_dir: str | Path, out: str | Path, log=print) -> Path:
-    """Export the weights of a (running) run's saved state to ``out`` without touching the run:
-    to evaluate a run midway. Its model folder is only written when it ends."""
+    """``export.export_saved_state`` of a grounded run."""
     cfg = GroundedTrainConfig(state_dir=str(state_dir), out=str(out))
-    trainer = GroundedTrainer(cfg, log=log)
-    if not trainer.resume():
-        raise FileNotFoundError(f"no training state in {state_dir}")
-    trainer.export(out)
-    return Path(out)
+    return export_saved_state(GroundedTrainer(cfg, log=log), out)
 
 
 def train_grounded(cfg: GroundedTrainConfig, resume: bool = False, log=print) -> GroundedTrainer:
     """Entry point of ``python -m vgen train grounded``."""
-    trainer = GroundedTrainer(cfg, log=log)
-    if not (resume and trainer.resume()):
-        if resume:
-            log("nothing to resume from; starting from the text-to-image model")
-        trainer.start_from_init()
-    trainer.run()
-    return trainer
+    return train_from(GroundedTrainer(cfg, log=log), resume, "the text-to-image model")
