@@ -50,7 +50,7 @@ def test_forced_float32(tiny_env, monkeypatch):
     assert parse_parameters(r.parameters[0])["Precision"] == "fp32"
 
 
-def test_forced_bf16_on_cpu_runs_the_unet_and_vae_in_bf16_and_the_rest_in_fp32(tiny_env, monkeypatch):
+def test_forced_bf16_on_cpu_runs_the_unet_vae_and_text_layers_in_bf16_and_the_rest_in_fp32(tiny_env, monkeypatch):
     monkeypatch.setenv("VGEN_DTYPE", "bf16")
     cache = ModelCache(max_models=1)
     r = generate(_request(), cache=cache)
@@ -59,7 +59,15 @@ def test_forced_bf16_on_cpu_runs_the_unet_and_vae_in_bf16_and_the_rest_in_fp32(t
     # Still bf16 after the job's views (diffusers' from_pipe would have made it fp32 in place).
     generate(_request(scheduler="euler"), cache=cache)
     assert model.pipe.unet.dtype == torch.bfloat16
-    assert model.pipe.text_encoder.dtype == torch.float32
+    # The text encoder's layers run bf16; its embedding tables stay fp32, so its dtype (what
+    # diffusers casts the prompt embeddings to) and the embeddings it returns are fp32.
+    text = model.pipe.text_encoder
+    root = getattr(text, "text_model", text)  # transformers 5 has no text_model level in CLIPTextModel
+    assert text.dtype == torch.float32 and root.final_layer_norm.weight.dtype == torch.float32
+    assert root.encoder.layers[0].mlp.fc1.weight.dtype == torch.bfloat16
+    ids = model.pipe.tokenizer("a red circle", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        assert text(ids)[0].dtype == torch.float32
     # force_upcast guards float16's range, not bf16's: the VAE runs bf16 too
     assert model.pipe.vae.config.force_upcast and model.pipe.vae.decoder.conv_in.weight.dtype == torch.bfloat16
     # The scheduler steps on fp32 latents: the UNet's output comes back in fp32.
@@ -76,6 +84,32 @@ def test_forced_bf16_on_cpu_runs_the_unet_and_vae_in_bf16_and_the_rest_in_fp32(t
     ref = generate(_request(), cache=ModelCache(max_models=1))
     a, b = (np.asarray(x.images[0], dtype=np.float64) for x in (ref, r))
     assert 10 * np.log10(255 ** 2 / max(((a - b) ** 2).mean(), 1e-9)) > 20
+
+
+@pytest.mark.parametrize("mode", ["img2img", "inpaint"])
+def test_an_edit_view_leaves_a_bf16_model_in_bf16(tiny_env, monkeypatch, mode):
+    """The img2img and inpainting views come from diffusers' ``from_pipe``, which ends with a
+    ``.to(dtype)`` of the pipeline: the shared model (its text encoder's bf16 layers included)
+    must come out of an edit as it went in, or its later jobs would run fp32 while saying bf16."""
+    from PIL import Image
+
+    from vgen.edit import edit
+    from vgen.requests import EditRequest
+
+    monkeypatch.setenv("VGEN_DTYPE", "bf16")
+    cache = ModelCache(max_models=1)
+    generate(_request(), cache=cache)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 32, 32))
+    r = edit(EditRequest(prompt="a blue square", image=Image.new("RGB", (64, 64), "white"), mask=mask,
+                         mode=mode, steps=2, seed=1), cache=cache)
+    assert r.precision == "bf16"
+    pipe = cache.get(None).pipe
+    root = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)
+    assert pipe.unet.dtype == torch.bfloat16
+    assert pipe.vae.decoder.conv_in.weight.dtype == torch.bfloat16
+    assert root.encoder.layers[0].mlp.fc1.weight.dtype == torch.bfloat16
+    assert pipe.text_encoder.dtype == torch.float32
 
 
 def test_precision_round_trips_through_the_png(tiny_env, monkeypatch):

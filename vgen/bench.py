@@ -164,7 +164,7 @@ def bench_case(case: Case, root: Path, repeats: int, peak_gflops: tuple[float, f
 def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNamespace:
     """Steps 1-2 of :func:`bench_case`: the model loaded, the stock pipeline beside it, the
     variants to time and ``call(variant, prompt)``, which runs one of them once."""
-    from . import decoders
+    from . import decoders, openvino_backend
     from .catalog import model_defaults
     from .edit import edit
     from .generate import generate
@@ -183,12 +183,18 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
     # The engine keeps the VAE decoder in channels-last on a CPU (vgen.decoders.prepare_model);
     # stock gets its own copy of the VAE as loaded, everything else is shared.
     # Under bf16 (vgen.precision) stock runs fp32, as diffusers' docs call it, on fp32 copies of
-    # the denoiser and the VAE. pipelines.share, not from_pipe: from_pipe converts the shared
-    # modules to fp32 in place.
+    # the denoiser, the VAE and the text encoders. pipelines.share, not from_pipe: from_pipe
+    # converts the shared modules to fp32 in place.
     bf16 = model.precision == "bf16"
-    stock_vae = copy.deepcopy(model.pipe.vae).float() if bf16 else copy.deepcopy(model.pipe.vae)
-    stock_unet = copy.deepcopy(model.pipe.unet).float() if bf16 else model.pipe.unet
-    stock = share(type(model.pipe), model.pipe, vae=stock_vae, unet=stock_unet)
+
+    def fp32(module):
+        return copy.deepcopy(module).float() if bf16 and module is not None else module
+
+    stock_vae = fp32(model.pipe.vae) if bf16 else copy.deepcopy(model.pipe.vae)
+    stock_unet = fp32(model.pipe.unet)
+    stock_texts = {name: fp32(getattr(model.pipe, name)) for name in ("text_encoder", "text_encoder_2")
+                   if hasattr(model.pipe, name)}
+    stock = share(type(model.pipe), model.pipe, vae=stock_vae, unet=stock_unet, **stock_texts)
     stock.set_progress_bar_config(disable=True)
     source = source_image(size) if case.task == "instruct" else None
     base = (EditRequest(prompt="", model=ref, mode="instruct", image=source, steps=steps, guidance=guidance,
@@ -197,10 +203,11 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
             GenerateRequest(prompt="", model=ref, steps=steps, guidance=guidance, seed=SEED, width=size,
                             height=size))
     engine = edit if case.task == "instruct" else generate
+    # Under VGEN_BACKEND=openvino the engine's jobs call the UNet's stand-in: time that.
     parts = SimpleNamespace(text_encoder=model.pipe.text_encoder,
                             text_encoder_2=getattr(model.pipe, "text_encoder_2", None),
-                            unet=model.pipe.unet, vae=model.pipe.vae)
-    stock_parts = SimpleNamespace(**{**vars(parts), "vae": stock_vae, "unet": stock_unet})
+                            unet=openvino_backend.denoiser_for(model) or model.pipe.unet, vae=model.pipe.vae)
+    stock_parts = SimpleNamespace(**{**vars(parts), **stock_texts, "vae": stock_vae, "unet": stock_unet})
 
     # 2. Which variants: vgen-fast only where a tiny autoencoder fits (else it would be vgen).
     variants = ["stock", "vgen"]
@@ -503,6 +510,7 @@ def _result(suite: str, repeats: int, max_steps: int | None, device, dtype, peak
             "precision": pick_precision(device).name, "precision_reason": pick_precision(device).reason,
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": config.omp_num_threads(),
             "OMP_WAIT_POLICY": config.omp_wait_policy(), "VGEN_ADAPT_THREADS": config.adapt_threads(),
+            "VGEN_BACKEND": config.backend_setting(),
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "weights": "random at the published architectures "

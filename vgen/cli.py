@@ -88,8 +88,9 @@ def _numbered(out: Path, i: int, n: int) -> Path:
 
 
 def _warn_notes(result) -> None:
-    if result.extras.get("negative_note"):
-        print(f"note: {result.extras['negative_note']}", file=sys.stderr)
+    for key in ("negative_note", "backend_note"):
+        if result.extras.get(key):
+            print(f"note: {result.extras[key]}", file=sys.stderr)
     unknown = result.extras.get("unknown_words")
     if unknown:
         msg = f"warning: {result.model} does not know the words: {', '.join(unknown)}"

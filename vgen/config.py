@@ -218,6 +218,12 @@ def dtype_setting() -> str:
     return raw("VGEN_DTYPE", "auto").lower()
 
 
+def backend_setting() -> str:
+    """VGEN_BACKEND: what runs a job's denoiser on a CPU, torch (the default, also when unset)
+    or openvino, lower-cased (see ``vgen.openvino_backend``)."""
+    return raw("VGEN_BACKEND", "torch").lower()
+
+
 def user_cache_dir() -> str:
     """Where vgen keeps small per-machine facts (the precision micro-benchmark's verdict):
     VGEN_CACHE_DIR, else $XDG_CACHE_HOME/vgen, else ~/.cache/vgen (not created here)."""

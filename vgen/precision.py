@@ -21,9 +21,11 @@ weights become bf16 in channels-last; a forward pre-hook casts its floating inpu
 the timestep, which the UNet embeds in fp32 itself) and a forward hook casts its output back to
 fp32, so the latents and the scheduler's arithmetic stay fp32. A VAE runs in bf16 the same way,
 ``force_upcast`` or not (it guards float16's range, which bf16 does not lack; :func:`apply_vae`).
-The text encoders stay fp32: diffusers casts the prompt embeddings to ``text_encoder.dtype`` and
-creates the latents in the embeddings' dtype, so a bf16 text encoder would put the scheduler in
-bf16 (one call per prompt, and the engine reuses the embeddings of repeated prompts).
+A text encoder's transformer layers (CLIP's ``encoder``) run in bf16 the same way,
+while its embedding tables and final layer norm stay fp32 (:func:`apply_text_encoder`): diffusers
+casts the prompt embeddings to ``text_encoder.dtype``, which transformers reads off the first
+floating parameter (the token embedding), and creates the latents in the embeddings' dtype, so the
+embeddings, the latents and the scheduler's arithmetic stay fp32.
 
 Forced fp16 (or bf16 on CUDA) loads the whole pipeline in that dtype, as before.
 """
@@ -163,10 +165,27 @@ def apply_vae(vae, precision: Precision) -> None:
             run_in(m, precision.compute_dtype)
 
 
+def apply_text_encoder(encoder, precision: Precision) -> bool:
+    """A text encoder under ``precision``: with ``mixed``, its transformer layers
+    (CLIP's ``encoder``, under ``text_model`` where the model has one) in bf16 with fp32 at their boundaries; the embedding
+    tables, the final layer norm and a projection stay fp32. Only where the encoder's first
+    floating parameter lies outside those layers, so that ``encoder.dtype`` (what diffusers casts
+    the prompt embeddings to) stays fp32; another layout is left alone. Returns whether applied."""
+    layers = getattr(getattr(encoder, "text_model", encoder), "encoder", None)
+    if not precision.mixed or not isinstance(encoder, torch.nn.Module) or not isinstance(layers, torch.nn.Module):
+        return False
+    first = next((p for p in encoder.parameters() if p.is_floating_point()), None)
+    if first is None or any(first is p for p in layers.parameters()):
+        return False
+    run_in(layers, precision.compute_dtype)
+    return True
+
+
 def apply(pipe, precision: Precision):
     """A loaded pipeline (in ``precision.load_dtype``) under ``precision``: with ``mixed``, the
-    denoiser in bf16 (fp32 at its boundaries) and the VAE as :func:`apply_vae` says; the text
-    encoders and the scheduler stay fp32. Returns ``pipe``."""
+    denoiser in bf16 (fp32 at its boundaries), the VAE as :func:`apply_vae` says and the text
+    encoders' layers as :func:`apply_text_encoder` says; the scheduler stays fp32. Returns
+    ``pipe``."""
     if not precision.mixed:
         return pipe
     for name in ("unet", "transformer"):
@@ -174,6 +193,8 @@ def apply(pipe, precision: Precision):
         if isinstance(m, torch.nn.Module):
             run_in(m, precision.compute_dtype, timestep_arg=1)
     apply_vae(getattr(pipe, "vae", None), precision)
+    for name in ("text_encoder", "text_encoder_2"):
+        apply_text_encoder(getattr(pipe, name, None), precision)
     return pipe
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import decoders, speed
+from . import decoders, openvino_backend, speed
 from .catalog import default_model, defaults_for, model_defaults
 from .jobs import JobControl
 from .metadata import attach, format_parameters
@@ -63,7 +63,10 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
     decoders.prepare_model(model)
     swap = decoders.components_for(req, model, progress=control.download if control else None)
     decoders.decode_only(req, model, progress=control.download if control else None)
-    key = ("job", req.task, req.scheduler, id(swap.get("vae")))
+    stand_in = openvino_backend.denoiser_for(model)  # VGEN_BACKEND=openvino: the UNet's stand-in
+    if stand_in is not None:
+        swap["unet"] = stand_in
+    key = ("job", req.task, req.scheduler, id(swap.get("vae")), id(swap.get("unet")))
     view = model.views.get(key)
     if view is None:
         base = task_view(model, req.task)
@@ -95,9 +98,11 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     reuse = bool(text) and hooks is None and speed.reuses_embeddings(view)
     tiny = decoders.decode_only(req, model)  # fetched by prepare
     decoder = decoders.describe(req, model, view, tiny)
+    stand_in = view.unet if isinstance(getattr(view, "unet", None), openvino_backend.OpenVINODenoiser) else None
     with model.hold(control) as control:
         control.restart()  # the time limit counts this job's own work, not loading or waiting
         control.check()  # it may have been cancelled while waiting for the model
+        used_before = dict(stand_in.used) if stand_in is not None else None  # this job's calls: after the lock
         t0 = time.perf_counter()
         with hooks(view) if hooks else contextlib.nullcontext(), torch.inference_mode(), \
                 speed.PhaseTimer(view, model.device, (tiny.module,) if tiny else ()) as phases:
@@ -120,15 +125,15 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     sampler = sampler_name(view.scheduler)
     seeds = tuple(req.seed + i for i in range(req.num_images))
     req = replace(req, decoder=decoder.used)  # what made the images, recorded in each PNG
-    images = tuple(
-        attach(im, format_parameters(req, s, sampler, req.model, model.revision,
-                                     {**(decoder.metadata or {}), "Precision": model.precision}))
-        for im, s in zip(pictures, seeds)
-    )
+    backend = openvino_backend.describe_use(stand_in, used_before)
+    stamp = {**(decoder.metadata or {}), "Precision": model.precision, **({"Backend": backend} if backend else {})}
+    images = tuple(attach(im, format_parameters(req, s, sampler, req.model, model.revision, stamp))
+                   for im, s in zip(pictures, seeds))
     t = phases.times
     extras = vocabulary_extras(getattr(view, "tokenizer", None), req.prompt)
     extras.update(decoder=decoder.label, decoder_note=decoder.note,
-                  negative_note=negative_prompt_note(view, req))
+                  negative_note=negative_prompt_note(view, req), backend=backend or "torch",
+                  backend_note=openvino_backend.fallback_note(backend))
     return GenerationResult(
         images=images, seeds=seeds, request=req, model=req.model, revision=model.revision,
         sampler=sampler, timings=Timings(load_s=model.load_s, encode_s=t.text_s, denoise_s=t.unet_s,

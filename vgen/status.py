@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from . import __version__
+from . import __version__, config
 from .catalog import default_model
 
 
@@ -27,8 +27,8 @@ def engine_status(loaded_models: list[str] | None = None) -> dict:
     """``base_status`` plus torch's version, the device, the precision (``precision``: fp32,
     bf16 or fp16, ``precision_reason``: why, and ``dtype``: the denoiser's torch dtype; see
     ``vgen.precision``) and threads of this process (``small_model_threads``: those of a small
-    model's jobs, ``vgen.cpu_share.job_threads``), and ``loaded_models`` (default: this
-    process's model cache)."""
+    model's jobs, ``vgen.cpu_share.job_threads``), ``loaded_models`` (default: this process's
+    model cache) and ``backend`` (``VGEN_BACKEND``: torch or openvino)."""
     import torch
 
     from .cpu_share import job_threads
@@ -45,4 +45,6 @@ def engine_status(loaded_models: list[str] | None = None) -> dict:
         # what a job of a model under 50 M parameters runs on (None: torch_threads)
         "small_model_threads": job_threads(device.type, 0),
         "loaded_models": model_cache().loaded() if loaded_models is None else loaded_models,
+        # what runs a job's denoiser on a CPU (VGEN_BACKEND; vgen.openvino_backend)
+        "backend": config.backend_setting(),
     }

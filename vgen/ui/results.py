@@ -58,7 +58,8 @@ def refused(info: str | None) -> tuple:
 
 def info_line(job: Job) -> str:
     """One line that says what made the images: model, revision, task, sampler, size, steps,
-    guidance (and strength or image guidance for edits), seeds, time, decoder and precision."""
+    guidance (and strength or image guidance for edits), seeds, time, decoder, precision and
+    (when not PyTorch) the denoiser's backend."""
     r = job.result
     req = r.request
     task = getattr(req, "mode", "txt2img")
@@ -75,6 +76,9 @@ def info_line(job: Job) -> str:
         note = r.extras.get("decoder_note")
         parts.append(f"decoder {decoder}" + (f" ({note})" if note else ""))
     parts.append(r.precision)  # what the denoiser computed in (VGEN_DTYPE)
+    backend = r.extras.get("backend")
+    if backend and (backend != "torch" or r.extras.get("backend_note")):  # VGEN_BACKEND=openvino
+        parts.append(f"denoiser on {backend}")
     return " · ".join(parts)
 
 
@@ -112,12 +116,14 @@ def size_notice(result) -> str:
 
 def notice(job: Job) -> str:
     """What the input checks noticed (an animation's first frame), a size the model was not
-    trained at, a negative prompt that had no effect, then the vocabulary notice."""
+    trained at, a negative prompt that had no effect, a denoiser that could not run on the
+    OpenVINO backend, then the vocabulary notice."""
     parts = []
     if job.notes:
         parts.append("ℹ️ " + "; ".join(n[0].upper() + n[1:] for n in job.notes) + ".")
     negative = job.result.extras.get("negative_note")
-    parts += [size_notice(job.result), "ℹ️ " + negative if negative else "",
+    backend = job.result.extras.get("backend_note")  # VGEN_BACKEND=openvino, a call it cannot take
+    parts += [size_notice(job.result), "ℹ️ " + negative if negative else "", "ℹ️ " + backend if backend else "",
               vocabulary_notice(job.result, job.known)]
     return "\n\n".join(p for p in parts if p)
 
