@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vgen import openvino_backend
+from vgen.bench_measure import psnr
 from vgen.errors import ModelError
 from vgen.generate import generate
 from vgen.metadata import parse_parameters
@@ -28,11 +29,6 @@ def ov_env(tiny_env, tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def _psnr(a, b) -> float:
-    x, y = (np.asarray(im, dtype=np.float64) for im in (a, b))
-    return float(10 * np.log10(255 ** 2 / max(((x - y) ** 2).mean(), 1e-9)))
-
-
 def _request(**kw) -> GenerateRequest:
     return GenerateRequest(**{"prompt": "a red circle", "steps": 3, "seed": 3, "guidance": 5.0, **kw})
 
@@ -44,7 +40,7 @@ def test_openvino_draws_what_torch_draws_converts_once_and_says_so(ov_env, monke
     r = generate(_request(), cache=cache)
     assert r.extras["backend"] == "openvino"
     assert parse_parameters(r.parameters[0])["Backend"] == "openvino"
-    assert _psnr(ref.images[0], r.images[0]) > 40
+    assert psnr(ref.images[0], r.images[0]) > 40
     stand_in = openvino_backend.denoiser_for(cache.get(None))
     assert stand_in.used == {"openvino": 3 * 1, "torch": 0}  # 3 steps, guidance batched in one call
     assert stand_in.converted == 1
@@ -86,7 +82,7 @@ def test_the_embedded_distilled_model_takes_its_guidance_input_through_openvino(
     monkeypatch.setenv("VGEN_BACKEND", "openvino")
     r = generate(req, cache=ModelCache(max_models=1))
     assert r.extras["backend"] == "openvino"
-    assert _psnr(ref.images[0], r.images[0]) > 35
+    assert psnr(ref.images[0], r.images[0]) > 35
 
 
 def test_a_layout_on_the_grounded_model_runs_its_grounding_through_openvino(tmp_path, monkeypatch):
@@ -106,7 +102,7 @@ def test_a_layout_on_the_grounded_model_runs_its_grounding_through_openvino(tmp_
     cache = ModelCache(max_models=1)
     r = generate(req, cache=cache)
     assert r.extras["backend"] == "openvino"
-    assert _psnr(ref.images[0], r.images[0]) > 35
+    assert psnr(ref.images[0], r.images[0]) > 35
     assert openvino_backend.denoiser_for(cache.get("vgen-shapes-grounded")).converted == 2  # grounded, plain
     guided = generate(GenerateRequest(**{**req.__dict__, "layout_guidance": 0.5}), cache=cache)
     assert guided.extras["backend"] == "openvino+torch" and "Some denoiser call" in guided.extras["backend_note"]

@@ -305,6 +305,30 @@ def test_a_size_larger_than_the_models_own_gets_a_notice():
         _finished_job("org/tiny", 64, 64, {"native_size": (32, 32)}))
 
 
+def test_the_info_line_and_notice_say_when_openvino_ran_the_denoiser_and_when_it_could_not():
+    """VGEN_BACKEND=openvino (vgen.openvino_backend): the info line names the backend unless it
+    was PyTorch all along, and a job that fell back to PyTorch says why in the notice."""
+    import types
+
+    from vgen.requests import GenerateRequest
+    from vgen.ui import results
+
+    def info(extras):
+        job = _finished_job("vgen-shapes", 64, 64, extras)
+        request = GenerateRequest(prompt="a red circle", model="vgen-shapes", steps=10, guidance=4.0,
+                                  width=64, height=64)
+        job.result = types.SimpleNamespace(**{**vars(job.result), "request": request}, revision="local",
+                                           sampler="DDIM", seeds=(1,), precision="fp32")
+        return results.info_line(job), results.notice(job)
+
+    line, notice = info({"backend": "openvino", "backend_note": ""})
+    assert line.endswith("fp32 · denoiser on openvino") and notice == ""
+    line, notice = info({"backend": "torch", "backend_note": "Every denoiser call of this job ran on PyTorch: x."})
+    assert line.endswith("denoiser on torch") and "ℹ️ Every denoiser call" in notice
+    line, notice = info({"backend": "torch", "backend_note": ""})  # the default backend: nothing to say
+    assert "denoiser" not in line and notice == ""
+
+
 def test_stop_and_failure_lines_replace_a_running_jobs_output():
     """Defect 2: Stop and errors left the preview and the previous info line. Stop acts only
     while a job runs (its progress line is on screen); a refusal leaves a failure line."""

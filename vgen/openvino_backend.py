@@ -186,9 +186,6 @@ class OpenVINODenoiser(torch.nn.Module):
 
     # ---- conversion and compilation ------------------------------------------------------------
 
-    def _signature(self, inputs: dict) -> dict:
-        return {k: list(v.shape) for k, v in inputs.items()}
-
     def _key(self, signature: dict) -> str:
         import openvino
 
@@ -202,8 +199,8 @@ class OpenVINODenoiser(torch.nn.Module):
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def _request(self, inputs: dict):
-        signature = self._signature(inputs)
-        name = json.dumps(signature, sort_keys=False)
+        signature = {k: list(v.shape) for k, v in inputs.items()}  # names and shapes, in call order
+        name = json.dumps(signature)
         with self._lock:
             hit = self._compiled.get(name)
             if hit is not None:
