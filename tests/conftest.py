@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from vgen.launch import free_port, stop
+from vgen.launch import die_with_parent, free_port, stop
 
 # Browser fixtures (browser, page, phone_page) for tests/test_browser*.py.
 pytest_plugins = ["browser_tools"]
@@ -123,7 +123,7 @@ def local_hub(tmp_path_factory: pytest.TempPathFactory):
     with open(log_path, "wb") as log:
         # cwd=work: olah writes ./logs relative to its working directory.
         proc = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", str(config)], cwd=work, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         _wait_until_serving(endpoint, proc, log_path)

@@ -45,6 +45,10 @@ def test_openvino_draws_what_torch_draws_converts_once_and_says_so(ov_env, monke
     assert stand_in.used == {"openvino": 3 * 1, "torch": 0}  # 3 steps, guidance batched in one call
     assert stand_in.converted == 1
     assert len(list(ov_env.glob("openvino/*/denoiser.xml"))) == 1
+    # Regression: with OpenVINO's default pinning, its thread stayed on a core another process
+    # kept busy (vgen bench --busy-core: 2.17x the idle time, against 0.99x unpinned).
+    (request,) = stand_in._ir._compiled.values()
+    assert request.get_compiled_model().get_property("ENABLE_CPU_PINNING") is False
     # No guidance batch is a new signature; a new process (cache) reads the saved IRs back.
     generate(_request(guidance=1.0), cache=cache)
     assert stand_in.converted == 2
@@ -122,3 +126,84 @@ def test_status_says_the_backend(monkeypatch):
     assert engine_status([])["backend"] == "openvino"
     monkeypatch.delenv("VGEN_BACKEND")
     assert engine_status([])["backend"] == "torch"
+
+
+@pytest.fixture
+def fast_env(tmp_path, monkeypatch):
+    """A tiny SD-shaped model and a tiny AutoencoderTiny as its TAESD (VGEN_TAESD, a local folder)."""
+    from vgen.bench_models import save_tiny_autoencoder, save_tiny_sd
+
+    monkeypatch.setenv("VGEN_MODEL_ROOTS", str(tmp_path / "models"))
+    monkeypatch.setenv("VGEN_TAESD", str(save_tiny_autoencoder(tmp_path / "models" / "taesd", tiny=True)))
+    monkeypatch.setenv("VGEN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VGEN_DTYPE", "float32")
+    return save_tiny_sd(tmp_path / "models" / "tiny-sd"), tmp_path / "cache"
+
+
+def test_a_fast_job_runs_its_text_encoder_denoiser_and_tiny_decoder_on_openvino(fast_env, monkeypatch):
+    model, cache_dir = fast_env
+    req = GenerateRequest(prompt="two yellow triangles", model=str(model), steps=2, guidance=0.0, seed=3,
+                          decoder="fast", num_images=2)
+    ref = generate(req, cache=ModelCache(max_models=1))
+    monkeypatch.setenv("VGEN_BACKEND", "openvino")
+    r = generate(req, cache=ModelCache(max_models=1))
+    assert r.extras["backend"] == "openvino"
+    assert r.extras["openvino_parts"] == "text encoder, denoiser, decoder"
+    assert r.extras["decoder"].startswith("fast: tiny autoencoder")  # the stand-in is still TAESD to the job
+    assert r.timings.decode_s > 0 and r.timings.encode_s > 0  # the phase timer sees the stand-ins
+    for a, b in zip(ref.images, r.images):  # two images: one latent per decoder call, one row per text call
+        assert psnr(a, b) > 40
+    assert {p.name for p in cache_dir.glob("openvino/*/*.xml")} == {"text_encoder.xml", "denoiser.xml",
+                                                                     "decoder.xml"}
+    # The full decoder stays on PyTorch: OpenVINO did not decode SD's VAE faster (README).
+    full = generate(GenerateRequest(**{**req.__dict__, "decoder": "full"}), cache=ModelCache(max_models=1))
+    assert full.extras["openvino_parts"] == "text encoder, denoiser"
+
+
+def test_the_text_encoder_stand_in_answers_as_the_clip_model_does(fast_env, monkeypatch):
+    """What diffusers asks of a text encoder: ``[0]``, the hidden states for ``clip_skip`` and
+    SDXL (``[-1]``, ``.hidden_states``), a tuple with ``return_dict=False``; a call with an
+    attention mask (GLIGEN's phrases) runs the torch model."""
+    import torch
+
+    monkeypatch.setenv("VGEN_BACKEND", "openvino")
+    loaded = ModelCache(max_models=1).get(str(fast_env[0]))
+    stand_in = openvino_backend.stand_ins_for(loaded)["text_encoder"]
+    torch_model = stand_in.torch_module
+    cfg = torch_model.config
+    length = min(77, cfg.max_position_embeddings)
+    ids = torch.randint(0, cfg.vocab_size, (3, length))
+    with torch.inference_mode():
+        want = torch_model(ids, output_hidden_states=True)
+        got = stand_in(ids, output_hidden_states=True)
+        assert torch.allclose(got[0], want[0], atol=1e-4) and torch.allclose(got.pooler_output, want.pooler_output,
+                                                                              atol=1e-4)
+        assert len(got[-1]) == len(want.hidden_states)
+        assert torch.allclose(got[-1][-2], want.hidden_states[-2], atol=1e-4)
+        plain = stand_in(ids[:1], return_dict=False)
+        assert isinstance(plain, tuple) and torch.allclose(plain[0], want[0][:1], atol=1e-4)
+        assert stand_in.used == {"openvino": 4, "torch": 0}  # one row per call
+        masked = stand_in(ids[:2], attention_mask=torch.ones(2, length, dtype=torch.long))
+        assert stand_in.used["torch"] == 1 and torch.allclose(masked[0], want[0][:2], atol=1e-4)
+
+
+def test_the_warm_up_converts_the_default_path_so_the_first_layout_job_does_not(tmp_path, monkeypatch):
+    """Regression: under the backend the app's first planned-layout image took 16.2 s in the
+    browser, converting the grounded twin's IRs; the warm-up converted only the default model's."""
+    from vgen import pipelines
+    from vgen.layout import Layout
+    from vgen.worker import warm_up
+
+    monkeypatch.setattr(pipelines, "_CACHE", None)  # the warm-up loads into the process's model cache
+    monkeypatch.setenv("VGEN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VGEN_DTYPE", "float32")
+    monkeypatch.setenv("VGEN_BACKEND", "openvino")
+    monkeypatch.delenv("VGEN_DEFAULT_MODEL", raising=False)  # the embedded default, whose twin draws layouts
+    warm_up()
+    roles = sorted(p.name for p in (tmp_path / "cache").glob("openvino/*/*.xml"))
+    assert roles == ["denoiser.xml"] * 3 + ["text_encoder.xml"] * 2  # grounded, plain, distilled; 2 encoders
+    model_cache = pipelines.model_cache
+    layout = Layout.from_json('{"objects": [{"phrase": "a blue square", "box": [0.1, 0.1, 0.5, 0.5]}]}')
+    r = generate(GenerateRequest(prompt="a blue square", layout=layout, seed=4), cache=model_cache())
+    assert r.extras["backend"] == "openvino"
+    assert openvino_backend.denoiser_for(model_cache().get("vgen-shapes-grounded")).converted == 2  # in the warm-up

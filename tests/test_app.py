@@ -323,8 +323,12 @@ def test_the_info_line_and_notice_say_when_openvino_ran_the_denoiser_and_when_it
 
     line, notice = info({"backend": "openvino", "backend_note": ""})
     assert line.endswith("fp32 · denoiser on openvino") and notice == ""
+    line, _ = info({"backend": "openvino", "backend_note": "", "openvino_parts": "text encoder, denoiser, decoder"})
+    assert line.endswith("fp32 · text encoder, denoiser, decoder on openvino")
     line, notice = info({"backend": "torch", "backend_note": "Every denoiser call of this job ran on PyTorch: x."})
     assert line.endswith("denoiser on torch") and "ℹ️ Every denoiser call" in notice
+    line, _ = info({"backend": "torch", "backend_note": "Every denoiser call: x.", "openvino_parts": "text encoder"})
+    assert line.endswith("denoiser on torch · text encoder on openvino")
     line, notice = info({"backend": "torch", "backend_note": ""})  # the default backend: nothing to say
     assert "denoiser" not in line and notice == ""
 

@@ -203,10 +203,11 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
             GenerateRequest(prompt="", model=ref, steps=steps, guidance=guidance, seed=SEED, width=size,
                             height=size))
     engine = edit if case.task == "instruct" else generate
-    # Under VGEN_BACKEND=openvino the engine's jobs call the UNet's stand-in: time that.
-    parts = SimpleNamespace(text_encoder=model.pipe.text_encoder,
-                            text_encoder_2=getattr(model.pipe, "text_encoder_2", None),
-                            unet=openvino_backend.denoiser_for(model) or model.pipe.unet, vae=model.pipe.vae)
+    # Under VGEN_BACKEND=openvino the engine's jobs call the stand-ins: time those.
+    on_ov = openvino_backend.stand_ins_for(model)
+    parts = SimpleNamespace(text_encoder=on_ov.get("text_encoder", model.pipe.text_encoder),
+                            text_encoder_2=on_ov.get("text_encoder_2", getattr(model.pipe, "text_encoder_2", None)),
+                            unet=on_ov.get("unet", model.pipe.unet), vae=model.pipe.vae)
     stock_parts = SimpleNamespace(**{**vars(parts), **stock_texts, "vae": stock_vae, "unet": stock_unet})
 
     # 2. Which variants: vgen-fast only where a tiny autoencoder fits (else it would be vgen).
@@ -229,7 +230,9 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
                 kw.update(height=size, width=size)
             return timed(stock_parts, device, lambda: stock(**kw).images[0])
         req = replace(base, prompt=prompt, decoder="fast" if variant == "vgen-fast" else "full")
-        p = parts if variant != "vgen-fast" else SimpleNamespace(**{**vars(parts), "vae": tiny})
+        p = parts
+        if variant == "vgen-fast":  # TAESD as the job's VAE (under the OpenVINO backend, its stand-in)
+            p = SimpleNamespace(**{**vars(parts), "vae": openvino_backend.stand_ins_for(model, tiny).get("vae", tiny)})
         return timed(p, device, lambda: engine(req, cache=cache).images[0])
 
     return SimpleNamespace(case=case, cache=cache, model=model, device=device, size=size, steps=steps,

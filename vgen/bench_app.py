@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import config
+from .launch import die_with_parent
 from .bench import PROMPTS, SEED
 from .bench_measure import median
 
@@ -44,7 +45,7 @@ class _ApiTimer:
         env = config.environment_with(PYTHONPATH=os.pathsep.join(
             filter(None, [str(Path(__file__).resolve().parent.parent), config.raw("PYTHONPATH")])))
         self.proc = subprocess.Popen([sys.executable, "-m", "vgen.ui.api_timer"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, text=True, env=env, preexec_fn=die_with_parent)
         self._read()  # {"started": true}: its imports are done
 
     def _read(self) -> dict:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import config
+from .launch import die_with_parent
 
 SPIN = "while True: pass"
 PROMPT = "a red circle to the left of a blue square"
@@ -52,7 +53,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 @contextlib.contextmanager
 def busy_core(core: int = 0):
     """A CPU-bound process for the duration of the block, pinned to ``core`` where possible."""
-    proc = subprocess.Popen([sys.executable, "-c", SPIN])
+    proc = subprocess.Popen([sys.executable, "-c", SPIN], preexec_fn=die_with_parent)
     try:
         if hasattr(os, "sched_setaffinity"):
             with contextlib.suppress(OSError):

@@ -218,9 +218,15 @@ def decode_latents(tiny: TinyDecoder, view, latents: torch.Tensor) -> list:
     return view.image_processor.postprocess(image, output_type="pil")
 
 
+def _torch_module(vae):
+    """The torch autoencoder behind a job view's ``vae``: itself, or what an OpenVINO stand-in
+    (``vgen.openvino_backend``) stands in for."""
+    return getattr(vae, "torch_module", vae)
+
+
 def describe(req, model, view, decoder: TinyDecoder | None = None) -> DecoderUse:
     """What decoded (or will decode) ``view``'s images (``decoder``: a decode-only one)."""
-    module = decoder.module if decoder is not None else getattr(view, "vae", None)
+    module = decoder.module if decoder is not None else _torch_module(getattr(view, "vae", None))
     with model.cache_lock:
         tiny = next((d for d in list(model.decoders.values())
                      if isinstance(d, TinyDecoder) and d.module is module), None)
@@ -243,7 +249,7 @@ def preview_decoder(model, view) -> Callable[[torch.Tensor], torch.Tensor] | Non
     vae = getattr(view, "vae", None)
     if vae is None:
         return None
-    if type(vae).__name__ == "AutoencoderTiny":  # a fast job: its own decoder is the tiny one
+    if type(_torch_module(vae)).__name__ == "AutoencoderTiny":  # a fast job: its own decoder is the tiny one
         return lambda z: vae.decode(z.to(vae.dtype), return_dict=False)[0]
     space = latent_space(vae)
     if space is not None:

@@ -17,6 +17,17 @@ from types import SimpleNamespace
 REPO_DIR = Path(__file__).resolve().parent.parent
 
 
+def die_with_parent() -> None:
+    """For ``Popen(preexec_fn=...)``: on Linux, the child gets SIGTERM when the thread that
+    started it dies (``PR_SET_PDEATHSIG``), so a crashed test run or bench leaves no app serving
+    or spinner spinning; elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -40,7 +51,7 @@ def launched_app(env: dict[str, str], work: Path, timeout: float = 240.0, unset:
     started = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_DIR, env=full, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -1,56 +1,55 @@
-"""``VGEN_BACKEND=openvino``: a job's denoiser run by OpenVINO's CPU plugin instead of PyTorch.
+"""``VGEN_BACKEND=openvino``: a job's networks run by OpenVINO's CPU plugin instead of PyTorch.
 
 Where OpenVINO's CPU kernels beat PyTorch's (the README's "OpenVINO as a backend" has the
-figures), the denoiser, which does nearly all of a job's arithmetic, runs there. It is plain
-``openvino`` (``convert_model``, ``compile_model``), not optimum-intel, whose pins
-(``huggingface_hub<1.22``) cannot live with vgen's; the rest of the job (text encoders,
-scheduler, VAE or TAESD, callbacks) is the same diffusers pipeline as always.
+figures), the denoiser, which does nearly all of a job's arithmetic, the text encoder and the
+tiny autoencoder's decoder run there. It is plain ``openvino`` (``convert_model``,
+``compile_model``; :mod:`vgen.openvino_ir`), not optimum-intel, whose pins
+(``huggingface_hub<1.22``) cannot live with vgen's; the rest of the job (tokenizers, scheduler,
+callbacks, the full VAE, whose decoder OpenVINO did not run faster) is the same diffusers
+pipeline as always.
 
-1. **Convert once, at the job's shapes.** The first call of a new input signature (names and
-   shapes of the UNet's tensors: a size, a batch, classifier-free guidance or not) converts the
-   torch UNet's weights, as loaded, in fp32 with ``openvino.convert_model`` (its PyTorch
-   frontend) into an IR saved under ``<user cache>/openvino/<key>/`` (``key``: the
-   model, its revision, a fingerprint of its weights, the signature, the precision, the
-   versions). Static shapes, as FastSD CPU and optimum-intel's ``reshape`` use them. Later
-   processes read the IR back (seconds) instead of converting (a minute for SD's UNet).
-2. **Compile with vgen's precision**: ``INFERENCE_PRECISION_HINT`` is ``bf16`` where
-   ``vgen.precision`` chose bf16 for the model and ``f32`` otherwise, so a model's precision
-   means the same under both backends; ``INFERENCE_NUM_THREADS`` is the model's job threads.
-3. **Only calls it can take exactly**: :class:`OpenVINODenoiser` stands in for a job view's
-   ``unet`` and hands every attribute to the torch UNet (``config``, ``add_embedding``,
-   ``set_attn_processor``...). GLIGEN's grounding (``cross_attention_kwargs={"gligen": ...}``)
-   becomes three more IR inputs (:func:`_grounding`). Any other ``cross_attention_kwargs``,
-   ``added_cond_kwargs``, a call under autograd (layout guidance), or one after someone changed
-   the torch UNet's attention processors or hung a hook on one of its modules (the Features
-   tab, attention maps) runs the torch UNet, so looking inside the model still sees the model.
-   ``used`` counts the calls each way; the job reports it (``extras["backend"]``, the PNG's
-   ``Backend``).
+A stand-in takes a component's place in a job view and hands every attribute to the torch
+module (``config``, ``add_embedding``, ``set_attn_processor``, ``encode``...), running on an IR
+only the calls it can take exactly (:class:`_StandIn`):
+
+* :class:`OpenVINODenoiser` for ``unet``: GLIGEN's grounding (``cross_attention_kwargs=
+  {"gligen": ...}``) becomes three more IR inputs (:func:`_grounding`). Any other
+  ``cross_attention_kwargs``, ``added_cond_kwargs`` or a call after someone changed the torch
+  UNet's attention processors or hung a hook on one of its modules (the Features tab, attention
+  maps) runs the torch UNet, so looking inside the model still sees the model.
+* :class:`OpenVINOTextEncoder` for a CLIP ``text_encoder``: prompts, one row per IR call (rows
+  are independent in CLIP), with the hidden states when asked (``clip_skip``, SDXL). Calls with
+  an attention mask (GLIGEN's phrases, padded to their longest) run on PyTorch.
+* :class:`OpenVINOAutoencoder` for TAESD (``AutoencoderTiny``) as a fast job's ``vae``: its
+  ``decode``, one latent per IR call; ``encode`` and tiled decoding are PyTorch's.
+
+A call under autograd (layout guidance) always runs on PyTorch. ``used`` counts the calls each
+way; the job reports the denoiser's (``extras["backend"]``, the PNG's ``Backend``) and which
+parts ran on OpenVINO (``extras["openvino_parts"]``).
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import importlib
-import json
-import logging
-import threading
-import time
-import warnings
-from collections import OrderedDict
-from pathlib import Path
+import weakref
 
 import torch
 
 from . import config
 from .errors import ModelError
-
-logger = logging.getLogger("vgen.openvino")
+from .openvino_ir import IRCache
 
 BACKENDS = ("torch", "openvino")
-COMPILED_KEPT = 4  # compiled signatures kept per model (sizes, guidance on or off)
-FORMAT_VERSION = 1  # bump when the conversion changes: older IRs are converted again
+PART_LABELS = {"text_encoder": "text encoder", "text_encoder_2": "second text encoder", "unet": "denoiser",
+               "vae": "decoder"}  # the components a stand-in can take, as the job reports them
 GLIGEN = ("boxes", "positive_embeddings", "masks")  # cross_attention_kwargs["gligen"]
+# The CLIP text models a stand-in serves: the output class and its fields before hidden_states.
+TEXT_OUTPUTS = {
+    "CLIPTextModel": ("transformers.modeling_outputs", "BaseModelOutputWithPooling",
+                      ("last_hidden_state", "pooler_output")),
+    "CLIPTextModelWithProjection": ("transformers.models.clip.modeling_clip", "CLIPTextModelOutput",
+                                    ("text_embeds", "last_hidden_state")),
+}
 
 
 def backend() -> str:
@@ -68,30 +67,114 @@ def backend() -> str:
     return name
 
 
-def denoiser_for(model) -> "OpenVINODenoiser | None":
-    """The stand-in UNet for ``model``'s jobs under ``VGEN_BACKEND=openvino`` (one per model,
-    kept in ``model.views``), or None: the torch backend, a device other than the CPU, or a
-    pipeline without a UNet."""
+def stand_ins_for(model, vae=None) -> dict[str, torch.nn.Module]:
+    """The components a job view of ``model`` swaps in under ``VGEN_BACKEND=openvino``
+    (``unet``, CLIP's ``text_encoder`` and ``text_encoder_2``, and ``vae`` when ``vae``, the
+    job's, is a tiny autoencoder),
+    one of each per model and module, kept in ``model.views``; {} under the torch backend or on
+    a device other than the CPU."""
     if backend() != "openvino" or model.device.type != "cpu":
-        return None
-    unet = getattr(model.pipe, "unet", None)
-    if not isinstance(unet, torch.nn.Module):
-        return None
+        return {}
+    wanted = {"unet": (getattr(model.pipe, "unet", None), OpenVINODenoiser),
+              "text_encoder": (getattr(model.pipe, "text_encoder", None), OpenVINOTextEncoder),
+              "text_encoder_2": (getattr(model.pipe, "text_encoder_2", None), OpenVINOTextEncoder),
+              "vae": (vae, OpenVINOAutoencoder)}
+    out = {}
     with model.cache_lock:
-        stand_in = model.views.get(("openvino", "denoiser"))
-        if stand_in is None:
-            stand_in = OpenVINODenoiser(unet, model.ref, model.revision, model.precision, model.threads)
-            model.views[("openvino", "denoiser")] = stand_in
-    return stand_in
+        for name, (module, kind) in wanted.items():
+            if not kind.serves(module):
+                continue
+            key = ("openvino", name, id(module))
+            if key not in model.views:
+                ir = IRCache(module, kind.role, model.ref, model.revision, model.precision, model.threads)
+                model.views[key] = kind(module, ir)
+            out[name] = model.views[key]
+    return out
 
 
-def _hooks_of(unet: torch.nn.Module) -> tuple:
-    """What must be as it was for the IR to compute what the torch UNet would: the identity of
-    each attention processor and the hooks on every module."""
-    procs = tuple(id(p) for p in getattr(unet, "attn_processors", {}).values())
-    hooks = tuple((id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in unet.modules())
+def denoiser_for(model) -> "OpenVINODenoiser | None":
+    """The UNet's stand-in for ``model``'s jobs (:func:`stand_ins_for`), or None."""
+    return stand_ins_for(model).get("unet")
+
+
+def stand_ins_of(view) -> dict[str, "_StandIn"]:
+    """The stand-ins among a job view's components, by name."""
+    return {name: m for name in PART_LABELS if isinstance(m := getattr(view, name, None), _StandIn)}
+
+
+# Hooks a library hangs on its own model that only record what a call asked for: transformers 5
+# installs these on a text model's first call with output_hidden_states.
+RECORDING_HOOKS = ("transformers.utils.output_capturing",)
+
+
+def _hooks_of(module: torch.nn.Module) -> tuple:
+    """What must be as it was for the IR to compute what the torch module would: the identity
+    of each attention processor and the hooks on every module (but ``RECORDING_HOOKS``)."""
+    def ids(hooks: dict) -> tuple:
+        return tuple(k for k, h in hooks.items() if getattr(h, "__module__", "") not in RECORDING_HOOKS)
+
+    procs = tuple(id(p) for p in getattr(module, "attn_processors", {}).values())
+    hooks = tuple((id(m), ids(m._forward_hooks), ids(m._forward_pre_hooks)) for m in module.modules())
     return procs, hooks
 
+
+class _StandIn(torch.nn.Module):
+    """A job view's component whose calls run on OpenVINO IRs where they can (see the module
+    docstring). ``watched`` is the part of the torch module the IR replaces: the calls stay on
+    the IR while its hooks and processors are as they were when the stand-in was made."""
+
+    role = ""
+
+    def __init__(self, module: torch.nn.Module, ir: IRCache, watched: torch.nn.Module | None = None):
+        super().__init__()
+        self.torch_module = module
+        self._ir = ir
+        self._watched = [watched if watched is not None else module]  # a list: not a submodule twice
+        self._baseline = _hooks_of(self._watched[0])
+        self.used = {"openvino": 0, "torch": 0}
+
+    @classmethod
+    def serves(cls, module) -> bool:
+        return isinstance(module, torch.nn.Module)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("torch_module"), name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.torch_module.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.torch_module.device
+
+    @property
+    def converted(self) -> int:
+        """Conversions this process made for this module (not read back from the cache)."""
+        return self._ir.converted
+
+    def _exact(self) -> bool:
+        """Whether the IR computes what the torch module would now."""
+        return not torch.is_grad_enabled() and _hooks_of(self._watched[0]) == self._baseline
+
+    def _on_torch(self, call, *args, **kwargs):
+        self.used["torch"] += 1
+        return call(*args, **kwargs)
+
+    def _infer(self, inputs: dict[str, torch.Tensor], traced, variant: str = "") -> list[torch.Tensor]:
+        """The IR's outputs for ``inputs`` (converted or read back on a signature's first call)."""
+        request = self._ir.request(inputs, traced, variant)
+        arrays = [v.detach().contiguous().numpy() if not v.is_floating_point()
+                  else v.detach().float().contiguous().numpy() for v in inputs.values()]
+        outs = request.infer(arrays).to_tuple()
+        self.used["openvino"] += 1
+        return [torch.from_numpy(o.copy()) for o in outs]
+
+
+# ---- the denoiser --------------------------------------------------------------------------
 
 class _Positional(torch.nn.Module):
     """The UNet called with positional tensors ``names`` (what the converter traces); GLIGEN's
@@ -128,128 +211,142 @@ def _grounding(fusers: list, cross_attention_kwargs) -> tuple[bool, dict]:
     return False, {}
 
 
-class OpenVINODenoiser(torch.nn.Module):
-    """A job view's ``unet`` under the OpenVINO backend (see the module docstring)."""
+class OpenVINODenoiser(_StandIn):
+    """A job view's ``unet`` under the OpenVINO backend."""
 
-    def __init__(self, unet: torch.nn.Module, ref: str, revision: str, precision: str,
-                 threads: int | None):
-        super().__init__()
-        self.torch_unet = unet
-        self._ref, self._revision, self._precision, self._threads = ref, revision, precision, threads
-        self._baseline = _hooks_of(unet)
+    role = "denoiser"
+
+    def __init__(self, unet: torch.nn.Module, ir: IRCache):
+        super().__init__(unet, ir)
         self._fusers = [m for m in unet.modules() if type(m).__name__ == "GatedSelfAttentionDense"]
-        self._compiled: OrderedDict[str, object] = OrderedDict()
-        self._lock = threading.Lock()
-        self.used = {"openvino": 0, "torch": 0}
-        self.converted = 0  # conversions this process made (not read back from the cache)
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("torch_unet"), name)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.torch_unet.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.torch_unet.device
 
     def forward(self, sample, timestep, encoder_hidden_states=None, timestep_cond=None,
                 cross_attention_kwargs=None, added_cond_kwargs=None, return_dict=True, **kwargs):
         takes, grounding = _grounding(self._fusers, cross_attention_kwargs)
+        if not (takes and not added_cond_kwargs and not kwargs and encoder_hidden_states is not None
+                and self._exact()):
+            return self._on_torch(self.torch_module, sample, timestep, encoder_hidden_states,
+                                  timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
+                                  added_cond_kwargs=added_cond_kwargs, return_dict=return_dict, **kwargs)
         tensors = {"sample": sample, "timestep": torch.as_tensor(timestep, dtype=torch.float32),
                    "encoder_hidden_states": encoder_hidden_states, "timestep_cond": timestep_cond,
                    **grounding}
-        exact = (takes and not added_cond_kwargs and not kwargs
-                 and not torch.is_grad_enabled() and encoder_hidden_states is not None
-                 and _hooks_of(self.torch_unet) == self._baseline)
-        if not exact:
-            self.used["torch"] += 1
-            return self.torch_unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond,
-                                   cross_attention_kwargs=cross_attention_kwargs,
-                                   added_cond_kwargs=added_cond_kwargs, return_dict=return_dict, **kwargs)
-        # 1. The compiled IR for this signature (converted or read back on its first call).
         inputs = {k: v for k, v in tensors.items() if v is not None}
-        request = self._request(inputs)
-        # 2. Run it; the output is the torch UNet's, in the dtype its forward returns.
-        out = request.infer([v.detach().float().contiguous().numpy() for v in inputs.values()])[0]
-        self.used["openvino"] += 1
-        sample_out = torch.from_numpy(out.copy()).to(sample.dtype)  # (B, C, H, W)
+        names = tuple(inputs)
+        out = self._infer(inputs, lambda unet: _Positional(unet, names))[0]
+        sample_out = out.to(sample.dtype)  # (B, C, H, W), in the dtype the torch UNet returns
         if not return_dict:
             return (sample_out,)
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
         return UNet2DConditionOutput(sample=sample_out)
 
-    # ---- conversion and compilation ------------------------------------------------------------
 
-    def _key(self, signature: dict) -> str:
-        import openvino
+# ---- the text encoder ----------------------------------------------------------------------
 
-        params = list(self.torch_unet.parameters())
-        sample = params[:: max(1, len(params) // 16)]  # a fingerprint of the weights, cheap to take
-        with torch.no_grad():
-            fingerprint = [round(float(p.double().sum()), 6) for p in sample]
-        text = json.dumps([FORMAT_VERSION, self._ref, self._revision, self._precision, signature,
-                           sum(p.numel() for p in params), fingerprint, openvino.__version__,
-                           str(torch.__version__)])
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+class _TextOutputs(torch.nn.Module):
+    """A CLIP text model called on ``input_ids``, its outputs flat: the fields before
+    ``hidden_states`` (``TEXT_OUTPUTS``), then each hidden state when ``hidden``."""
 
-    def _request(self, inputs: dict):
-        signature = {k: list(v.shape) for k, v in inputs.items()}  # names and shapes, in call order
-        name = json.dumps(signature)
-        with self._lock:
-            hit = self._compiled.get(name)
-            if hit is not None:
-                self._compiled.move_to_end(name)
-                return hit
-            request = self._compile(self._model_file(inputs, signature)).create_infer_request()
-            self._compiled[name] = request
-            while len(self._compiled) > COMPILED_KEPT:
-                self._compiled.popitem(last=False)
-            return request
+    def __init__(self, encoder: torch.nn.Module, hidden: bool):
+        super().__init__()
+        self.encoder, self.hidden = encoder, hidden
 
-    def _model_file(self, inputs: dict, signature: dict) -> Path:
-        """The IR for ``signature``: from the cache, else converted now and saved there."""
-        import openvino
+    def forward(self, input_ids):
+        out = self.encoder(input_ids, output_hidden_states=self.hidden, return_dict=True)
+        fields = TEXT_OUTPUTS[type(self.encoder).__name__][2]
+        return (*(out[f] for f in fields), *(out.hidden_states if self.hidden else ()))
 
-        folder = Path(config.user_cache_dir()) / "openvino" / self._key(signature)
-        xml = folder / "denoiser.xml"
-        if xml.is_file() and (folder / "done.json").is_file():
-            return xml
-        t0 = time.perf_counter()
-        names = tuple(inputs)
-        example = tuple(v.detach().clone().float() for v in inputs.values())
-        # From fp32 weights: OpenVINO picks its compute precision from the compile hint (step 2),
-        # and a bf16 module converted as it is drew wrong images.
-        source = copy.deepcopy(self.torch_unet)
-        torch.nn.Module.to(source, dtype=torch.float32)
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            # The trace fixes the shapes on purpose (one IR per signature): its warnings say so.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            ov_model = openvino.convert_model(_Positional(source, names), example_input=example)
-        del source
-        folder.mkdir(parents=True, exist_ok=True)
-        openvino.save_model(ov_model, xml)
-        seconds = time.perf_counter() - t0
-        (folder / "done.json").write_text(json.dumps({"ref": self._ref, "signature": signature,
-                                                      "precision": self._precision,
-                                                      "convert_seconds": round(seconds, 1)}) + "\n")
-        self.converted += 1
-        logger.info("converted %s's UNet to OpenVINO at %s in %.1f s (%s)", self._ref, signature, seconds, folder)
-        return xml
 
-    def _compile(self, xml: Path):
-        import openvino
+class OpenVINOTextEncoder(_StandIn):
+    """A job view's CLIP ``text_encoder`` under the OpenVINO backend."""
 
-        hint = "bf16" if self._precision == "bf16" else "f32"
-        threads = self._threads or torch.get_num_threads()
-        return openvino.Core().compile_model(str(xml), "CPU", {
-            "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": str(threads),
-            "PERFORMANCE_HINT": "LATENCY"})
+    role = "text_encoder"
+
+    @classmethod
+    def serves(cls, module) -> bool:
+        return isinstance(module, torch.nn.Module) and type(module).__name__ in TEXT_OUTPUTS
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        if (not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or attention_mask is not None
+                or position_ids is not None or output_attentions or kwargs or not self._exact()):
+            return self._on_torch(self.torch_module, input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, return_dict=return_dict, **kwargs)
+        # 1. One row per IR call: CLIP's rows do not see each other (a causal mask, no padding mask).
+        hidden = bool(output_hidden_states)
+        rows = [self._infer({"input_ids": row[None]}, lambda enc: _TextOutputs(enc, hidden),
+                            variant=f"hidden_states={hidden}") for row in input_ids]  # each (1, L, D)...
+        flat = [torch.cat(parts) for parts in zip(*rows)]  # (B, L, D) or (B, D) each
+        # 2. The torch model's output class, its hidden states as a tuple.
+        module, cls_name, fields = TEXT_OUTPUTS[type(self.torch_module).__name__]
+        cls = getattr(importlib.import_module(module), cls_name)
+        out = cls(**dict(zip(fields, flat)), hidden_states=tuple(flat[len(fields):]) if hidden else None)
+        return out if return_dict is not False else out.to_tuple()
+
+
+# ---- the tiny autoencoder's decoder --------------------------------------------------------
+
+class _Decode(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z):
+        return self.vae.decode(z, return_dict=False)[0]
+
+
+class _DecoderCall(torch.nn.Module):
+    """The stand-in autoencoder's ``decoder``: what ``vae.decode`` runs, as a module, so that
+    phase timers (``vgen.speed.PhaseTimer`` watches ``vae.decoder``) time the IR's calls."""
+
+    def __init__(self, owner: "OpenVINOAutoencoder"):
+        super().__init__()
+        self._owner = weakref.ref(owner)  # not a submodule: the owner holds this one
+
+    def forward(self, z):
+        return self._owner()._decode(z)
+
+
+class OpenVINOAutoencoder(_StandIn):
+    """A fast job's ``vae`` (TAESD, ``AutoencoderTiny``) under the OpenVINO backend."""
+
+    role = "decoder"
+
+    def __init__(self, vae: torch.nn.Module, ir: IRCache):
+        super().__init__(vae, ir, watched=vae.decoder)
+        self.decoder = _DecoderCall(self)
+
+    @classmethod
+    def serves(cls, module) -> bool:
+        return isinstance(module, torch.nn.Module) and type(module).__name__ == "AutoencoderTiny"
+
+    def decode(self, z, generator=None, return_dict=True):
+        sample = self.decoder(z)  # (B, 3, H, W) in [-1, 1]
+        if not return_dict:
+            return (sample,)
+        from diffusers.models.autoencoders.vae import DecoderOutput
+
+        return DecoderOutput(sample=sample)
+
+    def _decode(self, z):
+        if not isinstance(z, torch.Tensor) or z.dim() != 4 or self.torch_module.use_tiling or not self._exact():
+            return self._on_torch(self.torch_module.decode, z, return_dict=False)[0]
+        rows = [self._infer({"latents": row[None]}, _Decode)[0] for row in z]  # each (1, 3, H, W)
+        return torch.cat(rows)  # fp32, as the torch decoder returns it (vgen.precision: fp32 at its boundaries)
+
+
+def usage(stand_ins: dict[str, "_StandIn"]) -> dict[str, dict]:
+    """A copy of each stand-in's ``used`` counts, to tell a job's own calls afterwards."""
+    return {name: dict(m.used) for name, m in stand_ins.items()}
+
+
+def parts_on_openvino(stand_ins: dict[str, "_StandIn"], before: dict[str, dict]) -> str:
+    """Which of a job's parts made calls on OpenVINO since ``before`` (:func:`usage`), e.g.
+    "text encoder, denoiser, decoder"; "" for none."""
+    return ", ".join(PART_LABELS[name] for name in PART_LABELS
+                     if name in stand_ins and stand_ins[name].used["openvino"] > before[name]["openvino"])
 
 
 def describe_use(stand_in: "OpenVINODenoiser | None", before: dict | None) -> str:

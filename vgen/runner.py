@@ -63,10 +63,9 @@ def prepare(req: GenerateRequest, control: JobControl | None, cache: ModelCache 
     decoders.prepare_model(model)
     swap = decoders.components_for(req, model, progress=control.download if control else None)
     decoders.decode_only(req, model, progress=control.download if control else None)
-    stand_in = openvino_backend.denoiser_for(model)  # VGEN_BACKEND=openvino: the UNet's stand-in
-    if stand_in is not None:
-        swap["unet"] = stand_in
-    key = ("job", req.task, req.scheduler, id(swap.get("vae")), id(swap.get("unet")))
+    # VGEN_BACKEND=openvino: the UNet's, the text encoder's and TAESD's stand-ins.
+    swap.update(openvino_backend.stand_ins_for(model, swap.get("vae")))
+    key = ("job", req.task, req.scheduler, *sorted((k, id(v)) for k, v in swap.items()))
     view = model.views.get(key)
     if view is None:
         base = task_view(model, req.task)
@@ -98,11 +97,11 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     reuse = bool(text) and hooks is None and speed.reuses_embeddings(view)
     tiny = decoders.decode_only(req, model)  # fetched by prepare
     decoder = decoders.describe(req, model, view, tiny)
-    stand_in = view.unet if isinstance(getattr(view, "unet", None), openvino_backend.OpenVINODenoiser) else None
+    stand_ins = openvino_backend.stand_ins_of(view)
     with model.hold(control) as control:
         control.restart()  # the time limit counts this job's own work, not loading or waiting
         control.check()  # it may have been cancelled while waiting for the model
-        used_before = dict(stand_in.used) if stand_in is not None else None  # this job's calls: after the lock
+        used_before = openvino_backend.usage(stand_ins)  # this job's calls: after the lock
         t0 = time.perf_counter()
         with hooks(view) if hooks else contextlib.nullcontext(), torch.inference_mode(), \
                 speed.PhaseTimer(view, model.device, (tiny.module,) if tiny else ()) as phases:
@@ -125,7 +124,7 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     sampler = sampler_name(view.scheduler)
     seeds = tuple(req.seed + i for i in range(req.num_images))
     req = replace(req, decoder=decoder.used)  # what made the images, recorded in each PNG
-    backend = openvino_backend.describe_use(stand_in, used_before)
+    backend = openvino_backend.describe_use(stand_ins.get("unet"), used_before.get("unet"))
     stamp = {**(decoder.metadata or {}), "Precision": model.precision, **({"Backend": backend} if backend else {})}
     images = tuple(attach(im, format_parameters(req, s, sampler, req.model, model.revision, stamp))
                    for im, s in zip(pictures, seeds))
@@ -133,7 +132,8 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     extras = vocabulary_extras(getattr(view, "tokenizer", None), req.prompt)
     extras.update(decoder=decoder.label, decoder_note=decoder.note,
                   negative_note=negative_prompt_note(view, req), backend=backend or "torch",
-                  backend_note=openvino_backend.fallback_note(backend))
+                  backend_note=openvino_backend.fallback_note(backend),
+                  openvino_parts=openvino_backend.parts_on_openvino(stand_ins, used_before))
     return GenerationResult(
         images=images, seeds=seeds, request=req, model=req.model, revision=model.revision,
         sampler=sampler, timings=Timings(load_s=model.load_s, encode_s=t.text_s, denoise_s=t.unet_s,

@@ -310,9 +310,10 @@ def warm_up() -> None:
     """Import the engine, load the default text-to-image model and run one denoising step at the
     smallest size, so that the first job finds them done (its first step is slower too: oneDNN
     and diffusers set themselves up on the first call). Only a local default model (the embedded
-    one, a folder): a Hub model is fetched when a job asks for it, with its download shown. Best
+    one, a folder): a Hub model is fetched when a job asks for it, with its download shown. Under
+    ``VGEN_BACKEND=openvino`` also one layout job on the grounded twin, so both convert here. Best
     effort: a failure is logged, and the first job that needs the model reports it."""
-    from .catalog import default_model
+    from .catalog import default_model, layout_model
     from .hub import parse_reference
     from .requests import GenerateRequest
 
@@ -325,6 +326,15 @@ def warm_up() -> None:
 
         side = 64  # the smallest size a request may ask for (Limits.min_side): one step is cheap
         generate(GenerateRequest(prompt="", model=str(ref), steps=1, width=side, height=side, seed=0))
+        if config.backend_setting() == "openvino" and layout_model(str(ref)) != str(ref):
+            # The app's default path draws a planned layout on the grounded twin: convert its
+            # IRs (with and without grounding: the model's default steps have both) now, not in
+            # a user's first job.
+            from .layout import Layout
+
+            one = Layout.from_json('{"objects": [{"phrase": "a red circle", "box": [0.2, 0.2, 0.8, 0.8]}]}')
+            generate(GenerateRequest(prompt="a red circle", model=str(ref), layout=one, width=side, height=side,
+                                     seed=0))
         logger.info("warm-up: %s loaded", ref)
     except Exception as e:  # noqa: BLE001 - the first job that needs the model reports it
         logger.warning("warm-up skipped: %s: %s", type(e).__name__, e)

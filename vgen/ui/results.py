@@ -59,7 +59,7 @@ def refused(info: str | None) -> tuple:
 def info_line(job: Job) -> str:
     """One line that says what made the images: model, revision, task, sampler, size, steps,
     guidance (and strength or image guidance for edits), seeds, time, decoder, precision and
-    (when not PyTorch) the denoiser's backend."""
+    (when not PyTorch) what ran on OpenVINO."""
     r = job.result
     req = r.request
     task = getattr(req, "mode", "txt2img")
@@ -78,7 +78,12 @@ def info_line(job: Job) -> str:
     parts.append(r.precision)  # what the denoiser computed in (VGEN_DTYPE)
     backend = r.extras.get("backend")
     if backend and (backend != "torch" or r.extras.get("backend_note")):  # VGEN_BACKEND=openvino
-        parts.append(f"denoiser on {backend}")
+        on_ov = [p for p in (r.extras.get("openvino_parts") or "").split(", ") if p]
+        if backend == "openvino":  # e.g. "text encoder, denoiser, decoder on openvino"
+            parts.append(f"{', '.join(on_ov or ['denoiser'])} on openvino")
+        else:
+            others = [p for p in on_ov if p != "denoiser"]
+            parts.append(f"denoiser on {backend}" + (f" · {', '.join(others)} on openvino" if others else ""))
     return " · ".join(parts)
 
 
