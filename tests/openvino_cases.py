@@ -8,6 +8,8 @@ process of its own (see why there)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -47,7 +49,7 @@ def test_openvino_draws_what_torch_draws_converts_once_and_says_so(ov_env, monke
     assert len(list(ov_env.glob("openvino/*/denoiser.xml"))) == 1
     # Regression: with OpenVINO's default pinning, its thread stayed on a core another process
     # kept busy (vgen bench --busy-core: 2.17x the idle time, against 0.99x unpinned).
-    (request,) = stand_in._ir._compiled.values()
+    ((request, _int8),) = stand_in._ir._compiled.values()
     assert request.get_compiled_model().get_property("ENABLE_CPU_PINNING") is False
     # No guidance batch is a new signature; a new process (cache) reads the saved IRs back.
     generate(_request(guidance=1.0), cache=cache)
@@ -207,3 +209,30 @@ def test_the_warm_up_converts_the_default_path_so_the_first_layout_job_does_not(
     r = generate(GenerateRequest(prompt="a blue square", layout=layout, seed=4), cache=model_cache())
     assert r.extras["backend"] == "openvino"
     assert openvino_backend.denoiser_for(model_cache().get("vgen-shapes-grounded")).converted == 2  # in the warm-up
+
+
+def test_quantize_makes_an_int8_denoiser_that_runs_only_when_asked(fast_env, monkeypatch):
+    """python -m vgen quantize (vgen.openvino_int8): calibrated on the model's own calls, saved
+    beside the converted IR, used under VGEN_OPENVINO_INT8=1 and said in the result and PNG."""
+    from vgen.openvino_int8 import quantize
+
+    model, cache_dir = fast_env
+    req = GenerateRequest(prompt="two yellow triangles", model=str(model), steps=2, guidance=0.0, seed=3)
+    monkeypatch.setenv("VGEN_BACKEND", "openvino")
+    with pytest.raises(ModelError, match="VGEN_BACKEND=openvino"):
+        monkeypatch.setenv("VGEN_BACKEND", "torch")
+        quantize(req, prompts=("a",))
+    monkeypatch.setenv("VGEN_BACKEND", "openvino")
+    plain = generate(req, cache=ModelCache(max_models=1))
+    folders = quantize(req, prompts=("a red square", "two blue circles", "a green triangle"), log=lambda m: None)
+    assert len(folders) == 1 and (folders[0] / "denoiser-int8.xml").is_file()
+    assert json.loads((folders[0] / "int8.json").read_text())["calls"] == 3 * 2  # 3 prompts, 2 steps
+    assert generate(req, cache=ModelCache(max_models=1)).extras["openvino_parts"] == "text encoder, denoiser"
+    monkeypatch.setenv("VGEN_OPENVINO_INT8", "1")
+    r = generate(req, cache=ModelCache(max_models=1))
+    assert r.extras["openvino_parts"] == "text encoder, denoiser (int8)"
+    assert parse_parameters(r.parameters[0])["Quantized"] == "denoiser int8"
+    assert psnr(plain.images[0], r.images[0]) > 25
+    # Another size has no int8 IR: it runs the converted one, and says nothing of int8.
+    other = generate(GenerateRequest(**{**req.__dict__, "width": 128, "height": 128}), cache=ModelCache(max_models=1))
+    assert other.extras["openvino_parts"] == "text encoder, denoiser"

@@ -219,6 +219,12 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
     else:
         tiny = None
         log(f"{case.model}: no vgen-fast run: {fast_note}")
+    if config.openvino_int8() and case.task != "instruct" and on_ov:
+        # VGEN_OPENVINO_INT8=1: the denoiser's int8 IR, made first where missing (vgen.openvino_int8),
+        # calibrated through the fast decoder where there is one (the UNet's inputs are the same).
+        from .openvino_int8 import quantize
+
+        quantize(replace(base, prompt="", decoder="full" if fast_note else "fast"), log=log, cache=cache)
 
     def call(variant: str, prompt: str) -> Sample:
         if variant == "stock":
@@ -514,6 +520,7 @@ def _result(suite: str, repeats: int, max_steps: int | None, device, dtype, peak
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": config.omp_num_threads(),
             "OMP_WAIT_POLICY": config.omp_wait_policy(), "VGEN_ADAPT_THREADS": config.adapt_threads(),
             "VGEN_BACKEND": config.backend_setting(),
+            "VGEN_OPENVINO_INT8": config.openvino_int8(),
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "weights": "random at the published architectures "

@@ -361,6 +361,23 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return bench_main(a)
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from .openvino_int8 import quantize
+    from .requests import GenerateRequest
+
+    folders = quantize(GenerateRequest(prompt="", **_request_kwargs(a)), force=a.force)
+    print(f"{len(folders)} int8 IR(s); run with VGEN_BACKEND=openvino VGEN_OPENVINO_INT8=1 to use them")
+    return 0
+
+
+def _add_quantize_parser(sub) -> None:
+    q = sub.add_parser("quantize", help="VGEN_BACKEND=openvino: int8 denoiser IRs for a model at a size "
+                       "(NNCF, calibrated on the model's own calls), used under VGEN_OPENVINO_INT8=1")
+    _add_common(q)
+    q.add_argument("--force", action="store_true", help="quantize again where an int8 IR exists")
+    q.set_defaults(func=cmd_quantize)
+
+
 def _add_generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="text to image")
     g.add_argument("prompt", nargs="?")
@@ -552,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(sub)
     _add_compare_parser(sub)
     _add_bench_parser(sub)
+    _add_quantize_parser(sub)
     return ap
 
 

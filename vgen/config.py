@@ -224,6 +224,12 @@ def backend_setting() -> str:
     return raw("VGEN_BACKEND", "torch").lower()
 
 
+def openvino_int8() -> bool:
+    """VGEN_OPENVINO_INT8 (default off): under VGEN_BACKEND=openvino, a denoiser runs its int8
+    IR where ``python -m vgen quantize`` made one for the call's shapes (``vgen.openvino_int8``)."""
+    return switch("VGEN_OPENVINO_INT8", default=False)
+
+
 def user_cache_dir() -> str:
     """Where vgen keeps small per-machine facts (the precision micro-benchmark's verdict):
     VGEN_CACHE_DIR, else $XDG_CACHE_HOME/vgen, else ~/.cache/vgen (not created here)."""

@@ -70,9 +70,8 @@ def backend() -> str:
 def stand_ins_for(model, vae=None) -> dict[str, torch.nn.Module]:
     """The components a job view of ``model`` swaps in under ``VGEN_BACKEND=openvino``
     (``unet``, CLIP's ``text_encoder`` and ``text_encoder_2``, and ``vae`` when ``vae``, the
-    job's, is a tiny autoencoder),
-    one of each per model and module, kept in ``model.views``; {} under the torch backend or on
-    a device other than the CPU."""
+    job's, is a tiny autoencoder), one of each per model and module, kept in ``model.views``;
+    {} under the torch backend or on a device other than the CPU."""
     if backend() != "openvino" or model.device.type != "cpu":
         return {}
     wanted = {"unet": (getattr(model.pipe, "unet", None), OpenVINODenoiser),
@@ -132,6 +131,8 @@ class _StandIn(torch.nn.Module):
         self._watched = [watched if watched is not None else module]  # a list: not a submodule twice
         self._baseline = _hooks_of(self._watched[0])
         self.used = {"openvino": 0, "torch": 0}
+        self.int8_calls = 0  # of the OpenVINO ones, on an int8 IR (vgen.openvino_int8)
+        self.recording: list | None = None  # vgen.openvino_int8: (signature, IR inputs) of each call
 
     @classmethod
     def serves(cls, module) -> bool:
@@ -166,11 +167,14 @@ class _StandIn(torch.nn.Module):
 
     def _infer(self, inputs: dict[str, torch.Tensor], traced, variant: str = "") -> list[torch.Tensor]:
         """The IR's outputs for ``inputs`` (converted or read back on a signature's first call)."""
-        request = self._ir.request(inputs, traced, variant)
+        request, int8 = self._ir.request(inputs, traced, variant)
         arrays = [v.detach().contiguous().numpy() if not v.is_floating_point()
                   else v.detach().float().contiguous().numpy() for v in inputs.values()]
+        if self.recording is not None:
+            self.recording.append((self._ir.signature(inputs, variant), [a.copy() for a in arrays]))
         outs = request.infer(arrays).to_tuple()
         self.used["openvino"] += 1
+        self.int8_calls += int8
         return [torch.from_numpy(o.copy()) for o in outs]
 
 
@@ -339,14 +343,16 @@ class OpenVINOAutoencoder(_StandIn):
 
 def usage(stand_ins: dict[str, "_StandIn"]) -> dict[str, dict]:
     """A copy of each stand-in's ``used`` counts, to tell a job's own calls afterwards."""
-    return {name: dict(m.used) for name, m in stand_ins.items()}
+    return {name: {**m.used, "int8": m.int8_calls} for name, m in stand_ins.items()}
 
 
 def parts_on_openvino(stand_ins: dict[str, "_StandIn"], before: dict[str, dict]) -> str:
     """Which of a job's parts made calls on OpenVINO since ``before`` (:func:`usage`), e.g.
-    "text encoder, denoiser, decoder"; "" for none."""
-    return ", ".join(PART_LABELS[name] for name in PART_LABELS
-                     if name in stand_ins and stand_ins[name].used["openvino"] > before[name]["openvino"])
+    "text encoder, denoiser (int8), decoder"; "" for none."""
+    ran = [name for name in PART_LABELS
+           if name in stand_ins and stand_ins[name].used["openvino"] > before[name]["openvino"]]
+    return ", ".join(PART_LABELS[name] + (" (int8)" if stand_ins[name].int8_calls > before[name]["int8"] else "")
+                     for name in ran)
 
 
 def describe_use(stand_in: "OpenVINODenoiser | None", before: dict | None) -> str:

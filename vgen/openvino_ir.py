@@ -38,6 +38,7 @@ logger = logging.getLogger("vgen.openvino")
 
 COMPILED_KEPT = 4  # compiled signatures kept per module (sizes, guidance on or off)
 FORMAT_VERSION = 2  # bump when the conversion changes: older IRs are converted again
+INT8_SUFFIX, INT8_DONE = "-int8", "int8.json"  # vgen.openvino_int8's IR beside the converted one
 KEPT_BYTES = 8 * 2**30  # IRs kept on disk, most recently used first (each holds all weights of its module)
 
 
@@ -59,24 +60,49 @@ class IRCache:
         self._compiled: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
         self.converted = 0  # conversions this process made (not read back from the cache)
+        self.use_int8: bool | None = None  # None: VGEN_OPENVINO_INT8; vgen.openvino_int8 calibrates on False
 
-    def request(self, inputs: dict[str, torch.Tensor], traced: Callable[[torch.nn.Module], torch.nn.Module],
-                variant: str = ""):
-        """``variant`` names what else fixes the IR besides the inputs (e.g. which outputs)."""
-        signature = {k: list(v.shape) for k, v in inputs.items()}  # names and shapes, in call order
+    @staticmethod
+    def signature(inputs: dict[str, torch.Tensor], variant: str = "") -> dict:
+        """Names and shapes of ``inputs``, in call order (plus ``variant``): what fixes an IR."""
+        signature = {k: list(v.shape) for k, v in inputs.items()}
         if variant:
             signature["variant"] = variant
-        name = json.dumps(signature)
+        return signature
+
+    def folder(self, signature: dict) -> Path:
+        return ir_root() / self._key(signature)
+
+    def request(self, inputs: dict[str, torch.Tensor], traced: Callable[[torch.nn.Module], torch.nn.Module],
+                variant: str = "") -> tuple[object, bool]:
+        """An infer request for ``inputs`` and whether it runs the int8 IR (:meth:`_int8_file`).
+        ``variant`` names what else fixes the IR besides the inputs (e.g. which outputs)."""
+        signature = self.signature(inputs, variant)
+        int8 = self.use_int8 if self.use_int8 is not None else config.openvino_int8()
+        name = json.dumps([signature, int8])
         with self._lock:
             hit = self._compiled.get(name)
             if hit is not None:
                 self._compiled.move_to_end(name)
                 return hit
-            request = self._compile(self._model_file(inputs, signature, traced)).create_infer_request()
-            self._compiled[name] = request
+            xml = self._model_file(inputs, signature, traced)
+            quantized = self._int8_file(xml) if int8 else None
+            hit = (self._compile(quantized or xml).create_infer_request(), quantized is not None)
+            self._compiled[name] = hit
             while len(self._compiled) > COMPILED_KEPT:
                 self._compiled.popitem(last=False)
-            return request
+            return hit
+
+    def forget_compiled(self) -> None:
+        """Compile again on the next calls (after :mod:`vgen.openvino_int8` saved an int8 IR)."""
+        with self._lock:
+            self._compiled.clear()
+
+    @staticmethod
+    def _int8_file(xml: Path) -> Path | None:
+        """The int8 IR beside ``xml`` that ``python -m vgen quantize`` made, if it finished."""
+        int8 = xml.with_name(xml.stem + INT8_SUFFIX + ".xml")
+        return int8 if int8.is_file() and (xml.parent / INT8_DONE).is_file() else None
 
     def _key(self, signature: dict) -> str:
         import openvino
@@ -94,7 +120,7 @@ class IRCache:
         """The IR for ``signature``: from the cache, else converted now and saved there."""
         import openvino
 
-        folder = ir_root() / self._key(signature)
+        folder = self.folder(signature)
         xml = folder / f"{self.role}.xml"
         done = folder / "done.json"
         if xml.is_file() and done.is_file():
