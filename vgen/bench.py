@@ -207,7 +207,7 @@ def _setup_case(case: Case, root: Path, log: Callable[[str], None]) -> SimpleNam
     on_ov = openvino_backend.stand_ins_for(model)
     parts = SimpleNamespace(text_encoder=on_ov.get("text_encoder", model.pipe.text_encoder),
                             text_encoder_2=on_ov.get("text_encoder_2", getattr(model.pipe, "text_encoder_2", None)),
-                            unet=on_ov.get("unet", model.pipe.unet), vae=model.pipe.vae)
+                            unet=on_ov.get("unet", model.pipe.unet), vae=on_ov.get("vae", model.pipe.vae))
     stock_parts = SimpleNamespace(**{**vars(parts), **stock_texts, "vae": stock_vae, "unet": stock_unet})
 
     # 2. Which variants: vgen-fast only where a tiny autoencoder fits (else it would be vgen).

@@ -234,7 +234,7 @@ def describe(req, model, view, decoder: TinyDecoder | None = None) -> DecoderUse
         pinned = tiny.ref if tiny.commit == "local" else f"{tiny.ref}@{tiny.commit[:12]}"
         return DecoderUse("fast", f"fast: tiny autoencoder {pinned}",
                           metadata={"Decoder model": pinned})
-    vae = getattr(view, "vae", None)
+    vae = _torch_module(getattr(view, "vae", None))
     label = f"full: {type(vae).__name__}" if vae is not None else "full"
     note = fallback_reason(req, model) if req.decoder == "fast" else ""
     return DecoderUse("full", label, note)

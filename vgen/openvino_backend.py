@@ -2,11 +2,10 @@
 
 Where OpenVINO's CPU kernels beat PyTorch's (the README's "OpenVINO as a backend" has the
 figures), the denoiser, which does nearly all of a job's arithmetic, the text encoder and the
-tiny autoencoder's decoder run there. It is plain ``openvino`` (``convert_model``,
+VAE's decoder (the full one or the tiny autoencoder's) run there. It is plain ``openvino`` (``convert_model``,
 ``compile_model``; :mod:`vgen.openvino_ir`), not optimum-intel, whose pins
 (``huggingface_hub<1.22``) cannot live with vgen's; the rest of the job (tokenizers, scheduler,
-callbacks, the full VAE, whose decoder OpenVINO did not run faster) is the same diffusers
-pipeline as always.
+callbacks, the VAE's encoder) is the same diffusers pipeline as always.
 
 A stand-in takes a component's place in a job view and hands every attribute to the torch
 module (``config``, ``add_embedding``, ``set_attn_processor``, ``encode``...), running on an IR
@@ -20,8 +19,9 @@ only the calls it can take exactly (:class:`_StandIn`):
 * :class:`OpenVINOTextEncoder` for a CLIP ``text_encoder``: prompts, one row per IR call (rows
   are independent in CLIP), with the hidden states when asked (``clip_skip``, SDXL). Calls with
   an attention mask (GLIGEN's phrases, padded to their longest) run on PyTorch.
-* :class:`OpenVINOAutoencoder` for TAESD (``AutoencoderTiny``) as a fast job's ``vae``: its
-  ``decode``, one latent per IR call; ``encode`` and tiled decoding are PyTorch's.
+* :class:`OpenVINOAutoencoder` for the job's ``vae``, the model's ``AutoencoderKL`` or TAESD
+  (``AutoencoderTiny``) for the fast decoder: its ``decode``, one latent per IR call;
+  ``encode`` and tiled decoding are PyTorch's.
 
 A call under autograd (layout guidance) always runs on PyTorch. ``used`` counts the calls each
 way; the job reports the denoiser's (``extras["backend"]``, the PNG's ``Backend``) and which
@@ -69,15 +69,15 @@ def backend() -> str:
 
 def stand_ins_for(model, vae=None) -> dict[str, torch.nn.Module]:
     """The components a job view of ``model`` swaps in under ``VGEN_BACKEND=openvino``
-    (``unet``, CLIP's ``text_encoder`` and ``text_encoder_2``, and ``vae`` when ``vae``, the
-    job's, is a tiny autoencoder), one of each per model and module, kept in ``model.views``;
-    {} under the torch backend or on a device other than the CPU."""
+    (``unet``, CLIP's ``text_encoder`` and ``text_encoder_2``, and ``vae``: ``vae``, the job's
+    tiny autoencoder, else the model's own), one of each per model and module, kept in
+    ``model.views``; {} under the torch backend or on a device other than the CPU."""
     if backend() != "openvino" or model.device.type != "cpu":
         return {}
     wanted = {"unet": (getattr(model.pipe, "unet", None), OpenVINODenoiser),
               "text_encoder": (getattr(model.pipe, "text_encoder", None), OpenVINOTextEncoder),
               "text_encoder_2": (getattr(model.pipe, "text_encoder_2", None), OpenVINOTextEncoder),
-              "vae": (vae, OpenVINOAutoencoder)}
+              "vae": (vae if vae is not None else getattr(model.pipe, "vae", None), OpenVINOAutoencoder)}
     out = {}
     with model.cache_lock:
         for name, (module, kind) in wanted.items():
@@ -101,9 +101,10 @@ def stand_ins_of(view) -> dict[str, "_StandIn"]:
     return {name: m for name in PART_LABELS if isinstance(m := getattr(view, name, None), _StandIn)}
 
 
-# Hooks a library hangs on its own model that only record what a call asked for: transformers 5
-# installs these on a text model's first call with output_hidden_states.
-RECORDING_HOOKS = ("transformers.utils.output_capturing",)
+# Hooks that only record what a call asked for or how long it took: transformers 5 installs
+# these on a text model's first call with output_hidden_states, and vgen's phase timers hang
+# theirs on what vae.decode runs (AutoencoderKL's post_quant_conv, seen through the stand-in).
+RECORDING_HOOKS = ("transformers.utils.output_capturing", "vgen.speed")
 
 
 def _hooks_of(module: torch.nn.Module) -> tuple:
@@ -303,7 +304,9 @@ class _Decode(torch.nn.Module):
 
 class _DecoderCall(torch.nn.Module):
     """The stand-in autoencoder's ``decoder``: what ``vae.decode`` runs, as a module, so that
-    phase timers (``vgen.speed.PhaseTimer`` watches ``vae.decoder``) time the IR's calls."""
+    phase timers (``vgen.speed.PhaseTimer`` watches ``vae.decoder``) time the IR's calls. For
+    AutoencoderKL that is all of ``decode``, ``post_quant_conv`` included: nothing in vgen calls
+    a VAE's decoder but through ``decode``."""
 
     def __init__(self, owner: "OpenVINOAutoencoder"):
         super().__init__()
@@ -314,17 +317,20 @@ class _DecoderCall(torch.nn.Module):
 
 
 class OpenVINOAutoencoder(_StandIn):
-    """A fast job's ``vae`` (TAESD, ``AutoencoderTiny``) under the OpenVINO backend."""
+    """A job's ``vae`` under the OpenVINO backend: the model's ``AutoencoderKL`` (its
+    ``decode``: ``post_quant_conv`` then the decoder) or a fast job's TAESD (``AutoencoderTiny``)."""
 
     role = "decoder"
+    SERVED = ("AutoencoderKL", "AutoencoderTiny")  # exact classes: their decode is one latent in, one image out
 
     def __init__(self, vae: torch.nn.Module, ir: IRCache):
-        super().__init__(vae, ir, watched=vae.decoder)
+        # AutoencoderKL's decode runs post_quant_conv before the decoder: watch all of it.
+        super().__init__(vae, ir, watched=vae.decoder if type(vae).__name__ == "AutoencoderTiny" else vae)
         self.decoder = _DecoderCall(self)
 
     @classmethod
     def serves(cls, module) -> bool:
-        return isinstance(module, torch.nn.Module) and type(module).__name__ == "AutoencoderTiny"
+        return isinstance(module, torch.nn.Module) and type(module).__name__ in cls.SERVED
 
     def decode(self, z, generator=None, return_dict=True):
         sample = self.decoder(z)  # (B, 3, H, W) in [-1, 1]

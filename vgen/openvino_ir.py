@@ -5,11 +5,14 @@ compiled at vgen's precision. The stand-ins of ``vgen.openvino_backend`` run the
    and shapes of the tensors, plus what the caller asks back) converts the torch module's
    weights, as loaded, in fp32 with ``openvino.convert_model`` (its PyTorch frontend) into an IR
    saved under ``<user cache>/openvino/<key>/<role>.xml`` (``key``: the role, the model, its
-   revision, a fingerprint of the weights, the signature, the precision, the versions). Static
-   shapes, as FastSD CPU and optimum-intel's ``reshape`` use them. Later processes read the IR
+   revision, a fingerprint of the weights, the signature, the precision, the versions). Later
+   processes read the IR
    back (seconds) instead of converting (a minute for SD's UNet). ``done.json`` beside it marks
    a finished save; a folder without one is converted again.
-2. **Compile with vgen's precision**: ``INFERENCE_PRECISION_HINT`` is ``bf16`` where
+2. **Compile at static shapes, with vgen's precision.** The converter leaves the batch and
+   spatial dimensions dynamic, so each IR is reshaped to its signature's shapes before it is
+   compiled, as FastSD CPU and optimum-intel's ``reshape`` do (a dynamic UNet ran slower: the
+   README's figures). ``INFERENCE_PRECISION_HINT`` is ``bf16`` where
    ``vgen.precision`` chose bf16 for the model and ``f32`` otherwise, so a model's precision
    means the same under both backends; ``INFERENCE_NUM_THREADS`` is the model's job threads,
    and its threads are not pinned to cores. The last ``COMPILED_KEPT`` compiled signatures stay
@@ -87,7 +90,7 @@ class IRCache:
                 return hit
             xml = self._model_file(inputs, signature, traced)
             quantized = self._int8_file(xml) if int8 else None
-            hit = (self._compile(quantized or xml).create_infer_request(), quantized is not None)
+            hit = (self._compile(quantized or xml, signature).create_infer_request(), quantized is not None)
             self._compiled[name] = hit
             while len(self._compiled) > COMPILED_KEPT:
                 self._compiled.popitem(last=False)
@@ -152,14 +155,19 @@ class IRCache:
         prune_irs(spare=folder)
         return xml
 
-    def _compile(self, xml: Path):
+    def _compile(self, xml: Path, signature: dict):
         import openvino
 
+        core = openvino.Core()
+        model = core.read_model(str(xml))
+        # The inputs are in call order, as the signature's shapes (its "variant" is no input).
+        shapes = [shape for name, shape in signature.items() if name != "variant"]
+        model.reshape({port: openvino.PartialShape(shape) for port, shape in zip(model.inputs, shapes)})
         hint = "bf16" if self._precision == "bf16" else "f32"
         threads = self._threads or torch.get_num_threads()
         # No pinning: a thread pinned to a core another process keeps busy waits for that core,
         # where the OS would move an unpinned one to a free core (vgen bench --busy-core).
-        return openvino.Core().compile_model(str(xml), "CPU", {
+        return core.compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": str(threads),
             "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
 
