@@ -6,9 +6,8 @@ compiled at vgen's precision. The stand-ins of ``vgen.openvino_backend`` run the
    weights, as loaded, in fp32 with ``openvino.convert_model`` (its PyTorch frontend) into an IR
    saved under ``<user cache>/openvino/<key>/<role>.xml`` (``key``: the role, the model, its
    revision, a fingerprint of the weights, the signature, the precision, the versions). Later
-   processes read the IR
-   back (seconds) instead of converting (a minute for SD's UNet). ``done.json`` beside it marks
-   a finished save; a folder without one is converted again.
+   processes read the IR back (seconds) instead of converting (a minute for SD's UNet).
+   ``done.json`` beside it marks a finished save; a folder without one is converted again.
 2. **Compile at static shapes, with vgen's precision.** The converter leaves the batch and
    spatial dimensions dynamic, so each IR is reshaped to its signature's shapes before it is
    compiled, as FastSD CPU and optimum-intel's ``reshape`` do (a dynamic UNet ran slower: the
