@@ -237,9 +237,8 @@ def test_quantize_makes_an_int8_denoiser_that_runs_only_when_asked(fast_env, mon
 
     model, cache_dir = fast_env
     req = GenerateRequest(prompt="two yellow triangles", model=str(model), steps=2, guidance=0.0, seed=3)
-    monkeypatch.setenv("VGEN_BACKEND", "openvino")
+    monkeypatch.setenv("VGEN_BACKEND", "torch")
     with pytest.raises(ModelError, match="VGEN_BACKEND=openvino"):
-        monkeypatch.setenv("VGEN_BACKEND", "torch")
         quantize(req, prompts=("a",))
     monkeypatch.setenv("VGEN_BACKEND", "openvino")
     plain = generate(req, cache=ModelCache(max_models=1))

@@ -352,13 +352,17 @@ def usage(stand_ins: dict[str, "_StandIn"]) -> dict[str, dict]:
     return {name: {**m.used, "int8": m.int8_calls} for name, m in stand_ins.items()}
 
 
+def ran_int8(stand_ins: dict[str, "_StandIn"], before: dict[str, dict], name: str = "unet") -> bool:
+    """Whether stand-in ``name`` made calls on an int8 IR since ``before`` (:func:`usage`)."""
+    return name in stand_ins and stand_ins[name].int8_calls > before[name]["int8"]
+
+
 def parts_on_openvino(stand_ins: dict[str, "_StandIn"], before: dict[str, dict]) -> str:
     """Which of a job's parts made calls on OpenVINO since ``before`` (:func:`usage`), e.g.
     "text encoder, denoiser (int8), decoder"; "" for none."""
     ran = [name for name in PART_LABELS
            if name in stand_ins and stand_ins[name].used["openvino"] > before[name]["openvino"]]
-    return ", ".join(PART_LABELS[name] + (" (int8)" if stand_ins[name].int8_calls > before[name]["int8"] else "")
-                     for name in ran)
+    return ", ".join(PART_LABELS[name] + (" (int8)" if ran_int8(stand_ins, before, name) else "") for name in ran)
 
 
 def describe_use(stand_in: "OpenVINODenoiser | None", before: dict | None) -> str:

@@ -58,12 +58,13 @@ def quantize(req, prompts: tuple[str, ...] = CALIBRATION_PROMPTS, force: bool = 
     nncf = _nncf()
     if openvino_backend.backend() != "openvino":
         raise ModelError("python -m vgen quantize makes IRs for the OpenVINO backend: run it with VGEN_BACKEND=openvino")
-    # 1. Calibrate: one job per prompt on the converted IRs, recording the denoiser's inputs.
+    # 1. Calibrate: one job per prompt on the converted IRs (converted in the first job where
+    #    missing), recording the denoiser's inputs.
     cache = cache or ModelCache(max_models=1)
-    first = generate(replace(req, prompt=prompts[0], seed=0), cache=cache)
-    stand_in = openvino_backend.denoiser_for(cache.get(first.model))
+    model = cache.get(req.model)  # the jobs below find it loaded, with this stand-in
+    stand_in = openvino_backend.denoiser_for(model)
     if stand_in is None:
-        raise ModelError(f"{first.model} has no UNet for the OpenVINO backend to run")
+        raise ModelError(f"{model.ref} has no UNet for the OpenVINO backend to run")
     ir = stand_in._ir
     ir.use_int8, stand_in.recording = False, []
     try:
@@ -82,21 +83,21 @@ def quantize(req, prompts: tuple[str, ...] = CALIBRATION_PROMPTS, force: bool = 
         folder = ir.folder(signature)
         target = folder / f"{ir.role}{INT8_SUFFIX}.xml"
         if (folder / INT8_DONE).is_file() and target.is_file() and not force:
-            log(f"{first.model}: int8 IR for {signature} already there ({folder})")
+            log(f"{model.ref}: int8 IR for {signature} already there ({folder})")
             done.append(folder)
             continue
         t0 = time.perf_counter()
         calls = calls[:MAX_CALIBRATION_CALLS]
-        model = openvino.Core().read_model(str(folder / f"{ir.role}.xml"))
+        ov_model = openvino.Core().read_model(str(folder / f"{ir.role}.xml"))
         smooth = nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
-        quantized = nncf.quantize(model, nncf.Dataset(calls), model_type=nncf.ModelType.TRANSFORMER,
+        quantized = nncf.quantize(ov_model, nncf.Dataset(calls), model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(calls),
                                   advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alphas=smooth))
         openvino.save_model(quantized, str(target), compress_to_fp16=False)
         seconds = time.perf_counter() - t0
-        (folder / INT8_DONE).write_text(json.dumps({"ref": first.model, "signature": signature, "calls": len(calls),
+        (folder / INT8_DONE).write_text(json.dumps({"ref": model.ref, "signature": signature, "calls": len(calls),
                                                     "prompts": len(prompts), "nncf": nncf.__version__,
                                                     "quantize_seconds": round(seconds, 1)}) + "\n")
-        log(f"{first.model}: int8 IR for {signature} from {len(calls)} calls in {seconds:.1f} s ({folder})")
+        log(f"{model.ref}: int8 IR for {signature} from {len(calls)} calls in {seconds:.1f} s ({folder})")
         done.append(folder)
     return done

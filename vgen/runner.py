@@ -125,9 +125,8 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     seeds = tuple(req.seed + i for i in range(req.num_images))
     req = replace(req, decoder=decoder.used)  # what made the images, recorded in each PNG
     backend = openvino_backend.describe_use(stand_ins.get("unet"), used_before.get("unet"))
-    on_ov = openvino_backend.parts_on_openvino(stand_ins, used_before)
     stamp = {**(decoder.metadata or {}), "Precision": model.precision, **({"Backend": backend} if backend else {}),
-             **({"Quantized": "denoiser int8"} if "denoiser (int8)" in on_ov else {})}
+             **({"Quantized": "denoiser int8"} if openvino_backend.ran_int8(stand_ins, used_before) else {})}
     images = tuple(attach(im, format_parameters(req, s, sampler, req.model, model.revision, stamp))
                    for im, s in zip(pictures, seeds))
     t = phases.times
@@ -135,7 +134,7 @@ def run(req: GenerateRequest, model: LoadedModel, view, call_kwargs: dict,
     extras.update(decoder=decoder.label, decoder_note=decoder.note,
                   negative_note=negative_prompt_note(view, req), backend=backend or "torch",
                   backend_note=openvino_backend.fallback_note(backend),
-                  openvino_parts=on_ov)
+                  openvino_parts=openvino_backend.parts_on_openvino(stand_ins, used_before))
     return GenerationResult(
         images=images, seeds=seeds, request=req, model=req.model, revision=model.revision,
         sampler=sampler, timings=Timings(load_s=model.load_s, encode_s=t.text_s, denoise_s=t.unet_s,
